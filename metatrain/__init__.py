@@ -1,0 +1,1 @@
+"""Learned optimizers and meta-training (see the metatrain issues)."""

@@ -1,0 +1,1 @@
+"""Inner training problems (see the tasks issue)."""

@@ -1,0 +1,297 @@
+"""Weight spaces: which axes of which tensors are permuted together.
+
+A network's weight space is described by a nested dict that mirrors its params
+pytree. Each leaf is a tuple with one entry per array axis: a string *label*
+for an axis that is permuted when hidden neurons are reordered (axes with the
+same label, in any leaves, are permuted by the same permutation), or ``None``
+for a fixed axis (a convolution's spatial axes, input pixels, a vocabulary).
+
+Example:
+  >>> import unf
+  >>> space = unf.WeightSpace({
+  ...     "dense0": {"kernel": ("in", "hidden"), "bias": ("hidden",)},
+  ...     "dense1": {"kernel": ("hidden", "out"), "bias": ("out",)},
+  ... })
+  >>> space.labels
+  ('hidden', 'in', 'out')
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+Key = str | int
+Path = tuple[Key, ...]
+Axes = tuple[str | None, ...]
+
+
+def path_str(path: Path) -> str:
+  """Renders a leaf path as ``a/b/0/kernel``."""
+  return "/".join(str(k) for k in path) if path else "<root>"
+
+
+def _sort_key(key: Key) -> tuple[str, Any]:
+  # Matches the order in which jax flattens dicts for uniform key types, and
+  # stays total when int and str keys are mixed.
+  return (type(key).__name__, key)
+
+
+def _flatten_spec(spec: Any, prefix: Path = ()) -> list[tuple[Path, Axes]]:
+  if isinstance(spec, tuple):
+    for axis, entry in enumerate(spec):
+      if entry is not None and not isinstance(entry, str):
+        raise TypeError(
+          f"WeightSpace leaf {path_str(prefix)!r} axis {axis}: entries must be "
+          f"a string label or None (a fixed axis), got {entry!r}."
+        )
+    return [(prefix, spec)]
+  if isinstance(spec, Mapping):
+    if not spec and prefix:
+      raise ValueError(f"WeightSpace node {path_str(prefix)!r} is an empty dict.")
+    leaves = []
+    for key in sorted(spec, key=_sort_key):
+      if not isinstance(key, (str, int)):
+        raise TypeError(f"WeightSpace keys must be str or int, got {key!r} at {path_str(prefix)!r}.")
+      leaves.extend(_flatten_spec(spec[key], prefix + (key,)))
+    return leaves
+  if isinstance(spec, list):
+    raise TypeError(
+      f"WeightSpace leaf {path_str(prefix)!r} is a list {spec!r}: write each "
+      "leaf as a tuple of labels, e.g. ('in', 'hidden')."
+    )
+  raise TypeError(
+    f"WeightSpace leaf {path_str(prefix)!r}: expected a dict or a tuple of labels, got {type(spec).__name__} {spec!r}."
+  )
+
+
+def _leaves_with_paths(tree: Any, prefix: Path = ()) -> list[tuple[Path, Any]]:
+  """Flattens nested mappings to (path, leaf); anything that is not a Mapping is a leaf."""
+  if isinstance(tree, Mapping):
+    out = []
+    for key in sorted(tree, key=_sort_key):
+      out.extend(_leaves_with_paths(tree[key], prefix + (key,)))
+    return out
+  return [(prefix, tree)]
+
+
+class WeightSpace:
+  """A frozen, hashable description of a network's weight space.
+
+  Args:
+    spec: nested dict mirroring a params pytree; each leaf a tuple with, per
+      array axis, a string label (permutable) or None (fixed).
+    fixed_sizes: optional sizes of the fixed axes, as a mapping from leaf path
+      (a tuple of keys) to a tuple with an int for every fixed axis and None
+      for permutable ones. Usually set by :meth:`with_fixed_sizes`.
+
+  The space is static data: pass it to ``jax.jit`` as a static argument or
+  close over it. It is also registered as a pytree with no leaves.
+  """
+
+  __slots__ = ("_leaves", "_fixed", "_hash")
+
+  def __init__(self, spec: Mapping, *, fixed_sizes: Mapping[Path, Sequence[int | None]] | None = None):
+    if not isinstance(spec, Mapping):
+      raise TypeError(f"WeightSpace spec must be a dict mirroring the params pytree, got {type(spec).__name__}.")
+    leaves = tuple(_flatten_spec(spec))
+    if not leaves:
+      raise ValueError("WeightSpace spec has no leaves.")
+    fixed: list[tuple[int | None, ...] | None] = []
+    fixed_sizes = dict(fixed_sizes or {})
+    for path, axes in leaves:
+      sizes = fixed_sizes.pop(path, None)
+      if sizes is not None:
+        sizes = tuple(None if s is None else int(s) for s in sizes)
+        if len(sizes) != len(axes) or any((a is None) != (s is not None) for a, s in zip(axes, sizes)):
+          raise ValueError(
+            f"fixed_sizes for leaf {path_str(path)!r} is {sizes}; it must have one entry per "
+            f"axis of {axes}, an int exactly where the axis is fixed (None)."
+          )
+      fixed.append(sizes)
+    if fixed_sizes:
+      raise ValueError(f"fixed_sizes names leaves that are not in the spec: {[path_str(p) for p in fixed_sizes]}.")
+    self._leaves = leaves
+    self._fixed = tuple(fixed)
+    self._hash = hash((self._leaves, self._fixed))
+
+  # --- structure ---------------------------------------------------------
+
+  @property
+  def paths(self) -> tuple[Path, ...]:
+    """Leaf paths in pytree (sorted-key) order."""
+    return tuple(path for path, _ in self._leaves)
+
+  @property
+  def axes(self) -> tuple[Axes, ...]:
+    """Per leaf, its tuple of labels / None, in the order of :attr:`paths`."""
+    return tuple(axes for _, axes in self._leaves)
+
+  @property
+  def fixed_sizes(self) -> tuple[tuple[int | None, ...] | None, ...]:
+    """Per leaf, the sizes of its fixed axes (None where unknown)."""
+    return self._fixed
+
+  @property
+  def labels(self) -> tuple[str, ...]:
+    """All permutation labels, sorted."""
+    return tuple(sorted({a for axes in self.axes for a in axes if a is not None}))
+
+  def __len__(self) -> int:
+    return len(self._leaves)
+
+  def spec(self) -> dict:
+    """The nested-dict spec this space was built from."""
+    return self.unflatten(self.axes)
+
+  def fixed_shape(self, index: int) -> tuple[int, ...]:
+    """Sizes of leaf ``index``'s fixed axes, in axis order; raises if unknown."""
+    axes, sizes = self._leaves[index][1], self._fixed[index]
+    n_fixed = sum(a is None for a in axes)
+    if n_fixed == 0:
+      return ()
+    if sizes is None:
+      raise ValueError(
+        f"leaf {path_str(self.paths[index])!r} has fixed (None) axes whose sizes are unknown; "
+        "layers mix fixed axes like channels and need their sizes: build the space with "
+        "space.with_fixed_sizes(params) (the unf builders do this for you)."
+      )
+    return tuple(s for s in sizes if s is not None)
+
+  def with_fixed_sizes(self, params: Any) -> WeightSpace:
+    """Returns this space with its fixed-axis sizes read from ``params`` (validated)."""
+    self.validate(params)
+    shapes = [np.shape(leaf) for leaf in self.flatten(params)]
+    fixed = {
+      path: tuple(None if a is not None else s for a, s in zip(axes, shape))
+      for (path, axes), shape in zip(self._leaves, shapes)
+    }
+    return WeightSpace(self.spec(), fixed_sizes=fixed)
+
+  # --- pytrees -----------------------------------------------------------
+
+  def flatten(self, tree: Any) -> list[Any]:
+    """Leaves of ``tree`` (a nested dict shaped like the spec) in :attr:`paths` order."""
+    found = dict(_leaves_with_paths(tree))
+    missing = [path_str(p) for p in self.paths if p not in found]
+    if missing:
+      raise ValueError(f"pytree is missing leaves of the weight space: {missing}.")
+    return [found[p] for p in self.paths]
+
+  def unflatten(self, leaves: Sequence[Any]) -> dict:
+    """Builds a nested dict shaped like the spec from leaves in :attr:`paths` order."""
+    if len(leaves) != len(self._leaves):
+      raise ValueError(f"expected {len(self._leaves)} leaves, got {len(leaves)}.")
+    root: dict = {}
+    for path, leaf in zip(self.paths, leaves):
+      node = root
+      for key in path[:-1]:
+        node = node.setdefault(key, {})
+      if path:
+        node[path[-1]] = leaf
+      else:
+        raise ValueError("a WeightSpace leaf at the root is not supported: use a dict.")
+    return root
+
+  def validate(self, params: Any, *, trailing: int = 0) -> dict[str, int]:
+    """Checks that ``params`` lies in this space and returns the size of every label.
+
+    Args:
+      params: nested dict of arrays (or anything with ``.shape``).
+      trailing: number of extra trailing axes per leaf (e.g. 1 for features).
+
+    Returns:
+      A dict from label to its size.
+
+    Raises:
+      ValueError: naming the leaf path and axis on a missing or extra leaf, a
+        rank mismatch, a fixed-size mismatch, or two axes with one label that
+        disagree in size.
+    """
+    found = _leaves_with_paths(params)
+    found_paths = {p for p, _ in found}
+    expected = set(self.paths)
+    missing = sorted(path_str(p) for p in expected - found_paths)
+    extra = sorted(path_str(p) for p in found_paths - expected)
+    if missing or extra:
+      raise ValueError(
+        "params do not match the weight space: "
+        + (f"missing leaves {missing}" if missing else "")
+        + ("; " if missing and extra else "")
+        + (f"extra leaves {extra}" if extra else "")
+        + "."
+      )
+    sizes: dict[str, int] = {}
+    first_seen: dict[str, str] = {}
+    leaves = dict(found)
+    for (path, axes), fixed in zip(self._leaves, self._fixed):
+      leaf = leaves[path]
+      shape = getattr(leaf, "shape", None)
+      if shape is None:
+        raise ValueError(f"leaf {path_str(path)!r} is a {type(leaf).__name__}, not an array.")
+      if len(shape) != len(axes) + trailing:
+        raise ValueError(
+          f"leaf {path_str(path)!r} has rank {len(shape)} (shape {tuple(shape)}), but the weight "
+          f"space gives it {len(axes)} axes {axes}" + (f" plus {trailing} trailing" if trailing else "") + "."
+        )
+      for axis, (label, size) in enumerate(zip(axes, shape)):
+        if label is None:
+          if fixed is not None and fixed[axis] != size:
+            raise ValueError(
+              f"leaf {path_str(path)!r} axis {axis} is fixed with size {fixed[axis]} in the weight "
+              f"space, but has size {size}."
+            )
+          continue
+        where = f"{path_str(path)!r} axis {axis}"
+        if label in sizes and sizes[label] != size:
+          raise ValueError(
+            f"label {label!r} has size {sizes[label]} at {first_seen[label]} but size {size} at "
+            f"{where}: axes that share a label must have equal sizes."
+          )
+        sizes.setdefault(label, int(size))
+        first_seen.setdefault(label, where)
+    return sizes
+
+  # --- value semantics ---------------------------------------------------
+
+  def __eq__(self, other: object) -> bool:
+    return isinstance(other, WeightSpace) and (self._leaves, self._fixed) == (other._leaves, other._fixed)
+
+  def __hash__(self) -> int:
+    return self._hash
+
+  def __setattr__(self, name, value):
+    if hasattr(self, "_hash"):
+      raise AttributeError("WeightSpace is immutable.")
+    object.__setattr__(self, name, value)
+
+  def __repr__(self) -> str:
+    lines = []
+    for (path, axes), fixed in zip(self._leaves, self._fixed):
+      entries = []
+      for axis, label in enumerate(axes):
+        if label is not None:
+          entries.append(label)
+        else:
+          entries.append("None" if fixed is None else f"None[{fixed[axis]}]")
+      lines.append(f"  {path_str(path)}: ({', '.join(entries)}{',' if len(entries) == 1 else ''})")
+    return "WeightSpace(\n" + "\n".join(lines) + "\n)"
+
+  def num_parameters(self, sizes: Mapping[str, int]) -> int:
+    """Number of scalars in a params pytree of this space with the given label sizes."""
+    total = 0
+    for index, axes in enumerate(self.axes):
+      fixed = iter(self.fixed_shape(index))
+      total += math.prod(sizes[a] if a is not None else next(fixed) for a in axes)
+    return total
+
+
+jax.tree_util.register_pytree_node(
+  WeightSpace,
+  lambda space: ((), space),
+  lambda space, _: space,
+)
