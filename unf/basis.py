@@ -1,0 +1,296 @@
+"""The basis of permutation-equivariant linear maps between two weight spaces.
+
+This module is plain Python: it enumerates, once per pair of spaces, the
+terms of the maximally expressive equivariant linear layer (Zhou et al. 2024,
+"Universal Neural Functionals", Sec. 3) and compiles them into an execution
+plan that :mod:`unf.linear` runs with a handful of JAX operations per leaf.
+Plans are cached (``functools.lru_cache``), so tracing never re-enumerates.
+
+The basis. For an output leaf and an input leaf, a term is a partition of
+the union of their permutable axes into blocks, each block holding axes of
+a single label. A block with input and output axes is *kept*: the input is
+read on the diagonal of its input axes and written on the diagonal of its
+output axes at the same index. An input-only block is *pooled* (mean over the
+diagonal of its axes). An output-only block *broadcasts* (along the diagonal
+of its axes). Fixed (None) axes are mixed like channels. Their number is
+``prod_label Bell(#output axes + #input axes with that label)`` per leaf pair.
+
+Execution plan. Terms factor into an input *reduction* (which input axes are
+kept or pooled, computed once per input leaf for all output leaves), a channel
+mixing, and an output *pattern* (how kept indices and broadcasts are written).
+For one output leaf, all terms whose kept indices carry the same multiset of
+labels (the *signature*) share one concatenated input and one matrix product
+that mixes channels on the small pooled tensors for every pattern at once;
+only then are results broadcast into the output, where XLA fuses the
+additions into one loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import string
+from collections.abc import Iterator, Sequence
+
+from unf.space import WeightSpace
+
+Block = tuple[int, ...]  # axis positions within a leaf's permutable axes
+
+
+def bell(n: int) -> int:
+  """The Bell number B(n): the number of partitions of an n-element set."""
+  row = [1]
+  for _ in range(n):
+    nxt = [row[-1]]
+    for value in row:
+      nxt.append(nxt[-1] + value)
+    row = nxt
+  return row[0]
+
+
+def set_partitions(items: Sequence) -> Iterator[list[list]]:
+  """Yields every partition of ``items`` into non-empty blocks (in a fixed order)."""
+  items = list(items)
+  if not items:
+    yield []
+    return
+  first, rest = items[0], items[1:]
+  for partition in set_partitions(rest):
+    yield [[first], *partition]
+    for i in range(len(partition)):
+      yield partition[:i] + [[first, *partition[i]]] + partition[i + 1 :]
+
+
+def _label_partitions(labels: Sequence[str | None]) -> Iterator[list[tuple[str, Block]]]:
+  """Partitions of the permutable positions of ``labels``, blocks within one label."""
+  by_label: dict[str, list[int]] = {}
+  for pos, label in enumerate(labels):
+    by_label.setdefault(label, []).append(pos)
+  per_label = [[(label, p) for p in set_partitions(pos)] for label, pos in sorted(by_label.items())]
+  for choice in itertools.product(*per_label):
+    yield [(label, tuple(block)) for label, partition in choice for block in partition]
+
+
+# --- plan data ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafLayout:
+  """How a leaf is viewed inside a layer: permutable axes first, then channels.
+
+  ``channels = prod(fixed sizes) * features``; ``to_layer`` transposes the leaf
+  (with its trailing feature axis) so that permutable axes come first, in order.
+  """
+
+  labels: tuple[str, ...]  # labels of the permutable axes, in axis order
+  fixed_shape: tuple[int, ...]
+  to_layer: tuple[int, ...]  # transpose: leaf (+features) -> (permutable..., fixed..., features)
+  from_layer: tuple[int, ...]  # its inverse
+
+  @classmethod
+  def of(cls, axes: Sequence[str | None], fixed_shape: tuple[int, ...]) -> LeafLayout:
+    permutable = [i for i, a in enumerate(axes) if a is not None]
+    fixed = [i for i, a in enumerate(axes) if a is None]
+    order = (*permutable, *fixed, len(axes))
+    inverse = tuple(order.index(i) for i in range(len(order)))
+    return cls(tuple(axes[i] for i in permutable), fixed_shape, order, inverse)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reduction:
+  """Reads diagonals of an input leaf and mean-pools some of them.
+
+  Result: shape ``(sizes of kept blocks..., channels)``, kept blocks ordered by
+  their first axis.
+  """
+
+  leaf: int
+  einsum: str
+  kept_labels: tuple[str, ...]
+  pooled_labels: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pattern:
+  """Writes a tensor ``(slot sizes..., channels)`` into an output leaf.
+
+  ``carrier_order`` transposes slots into the order of the kept blocks' first
+  output axes; ``expand`` gives, per output axis, whether it carries a kept
+  index (True) or is size 1 before broadcasting; ``diagonals`` lists pairs of
+  output axes tied by an identity mask (a block's first axis with each other).
+  """
+
+  carrier_order: tuple[int, ...]
+  expand: tuple[bool, ...]
+  diagonals: tuple[tuple[int, int, str], ...]  # (axis, axis, label)
+  singleton: bool  # every block holds one axis: writes to off-diagonal entries
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+  """One reduced input, aligned to a signature's slot order."""
+
+  reduction: int  # index into Plan.reductions
+  transpose: tuple[int, ...]  # slot -> kept position in the reduction
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """All terms of one output leaf whose kept indices carry the same labels."""
+
+  out_leaf: int
+  signature: tuple[str, ...]  # label of every slot
+  pieces: tuple[Piece, ...]
+  patterns: tuple[Pattern, ...]
+  has_bias: bool  # signature () groups hold the leaf's full equivariant bias
+
+  @property
+  def name(self) -> str:
+    return f"{self.out_leaf}:{','.join(self.signature) or '-'}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Everything :mod:`unf.linear` needs to run an equivariant layer."""
+
+  space_in: WeightSpace
+  space_out: WeightSpace
+  layouts_in: tuple[LeafLayout, ...]
+  layouts_out: tuple[LeafLayout, ...]
+  reductions: tuple[Reduction, ...]
+  groups: tuple[Group, ...]
+  num_terms: int
+
+
+# --- enumeration -------------------------------------------------------------
+
+
+def _reduction_einsum(labels: Sequence[str], kept: Sequence[Block], pooled: Sequence[Block]) -> str:
+  letters = iter(string.ascii_letters)
+  sub = [""] * len(labels)
+  kept_letters = []
+  for block in [*kept, *pooled]:
+    letter = next(letters)
+    for pos in block:
+      sub[pos] = letter
+    if block in kept:
+      kept_letters.append(letter)
+  return f"{''.join(sub)}Z->{''.join(kept_letters)}Z"
+
+
+def _pattern(labels: Sequence[str], slots: Sequence[Block], broadcast: Sequence[Block]) -> Pattern:
+  carriers = sorted(range(len(slots)), key=lambda s: slots[s][0])
+  expand = [False] * len(labels)
+  for block in slots:
+    expand[block[0]] = True
+  diagonals = tuple((block[0], other, labels[other]) for block in [*slots, *broadcast] for other in block[1:])
+  singleton = all(len(b) == 1 for b in [*slots, *broadcast])
+  return Pattern(tuple(carriers), tuple(expand), diagonals, singleton)
+
+
+def _slot_order(labels: Sequence[str]) -> dict[str, int]:
+  """Labels ranked by first appearance in an output leaf: slots follow this order."""
+  rank: dict[str, int] = {}
+  for label in labels:
+    rank.setdefault(label, len(rank))
+  return rank
+
+
+@functools.lru_cache(maxsize=256)
+def plan(space_in: WeightSpace, space_out: WeightSpace) -> Plan:
+  """Enumerates the basis of equivariant affine maps ``space_in -> space_out``.
+
+  Cached per pair of spaces. Raises a ValueError if a fixed axis has no size.
+  """
+  layouts_in = tuple(LeafLayout.of(a, space_in.fixed_shape(i)) for i, a in enumerate(space_in.axes))
+  layouts_out = tuple(LeafLayout.of(a, space_out.fixed_shape(i)) for i, a in enumerate(space_out.axes))
+  reductions: dict[tuple, int] = {}
+  groups: dict[tuple[int, tuple[str, ...]], dict] = {}
+  num_terms = 0
+  for o, out in enumerate(layouts_out):
+    rank = _slot_order(out.labels)
+    for j, inp in enumerate(layouts_in):
+      n_out = len(out.labels)
+      # Output patterns and input reductions come from partitions of the union of axes.
+      for partition in _label_partitions([*out.labels, *inp.labels]):
+        num_terms += 1
+        kept_out, kept_in, pooled, broadcast = [], [], [], []
+        for label, block in partition:
+          out_part = tuple(p for p in block if p < n_out)
+          in_part = tuple(p - n_out for p in block if p >= n_out)
+          if out_part and in_part:
+            kept_out.append((label, out_part))
+            kept_in.append(in_part)
+          elif in_part:
+            pooled.append(in_part)
+          else:
+            broadcast.append(out_part)
+        # Slots: kept output blocks sorted by (label rank, first axis).
+        slot_of = sorted(range(len(kept_out)), key=lambda k: (rank[kept_out[k][0]], kept_out[k][1][0]))
+        slots = [kept_out[k][1] for k in slot_of]
+        signature = tuple(kept_out[k][0] for k in slot_of)
+        # The reduction keeps input blocks ordered by first axis.
+        in_order = sorted(range(len(kept_in)), key=lambda k: kept_in[k][0])
+        kept_sorted = tuple(kept_in[k] for k in in_order)
+        pooled_sorted = tuple(sorted(pooled))
+        rkey = (j, kept_sorted, pooled_sorted)
+        if rkey not in reductions:
+          reductions[rkey] = len(reductions)
+        transpose = tuple(in_order.index(k) for k in slot_of)
+        piece = Piece(reductions[rkey], transpose)
+        pattern = _pattern(out.labels, slots, sorted(broadcast))
+        group = groups.setdefault((o, signature), {"pieces": {}, "patterns": {}, "pairs": set()})
+        group["pieces"].setdefault(piece, None)
+        group["patterns"].setdefault(pattern, None)
+        group["pairs"].add((piece, pattern))
+  # Every piece pairs with every pattern of its group: one matrix product covers them all.
+  built = []
+  for (o, signature), group in sorted(groups.items()):
+    pieces, patterns = tuple(group["pieces"]), tuple(group["patterns"])
+    assert len(group["pairs"]) == len(pieces) * len(patterns), (o, signature)
+    built.append(Group(o, signature, pieces, patterns, has_bias=not signature))
+  reduction_list = [None] * len(reductions)
+  for (j, kept, pooled), index in reductions.items():
+    labels = layouts_in[j].labels
+    reduction_list[index] = Reduction(
+      leaf=j,
+      einsum=_reduction_einsum(labels, kept, pooled),
+      kept_labels=tuple(labels[b[0]] for b in kept),
+      pooled_labels=tuple(labels[b[0]] for b in pooled),
+    )
+  return Plan(space_in, space_out, layouts_in, layouts_out, tuple(reduction_list), tuple(built), num_terms)
+
+
+def count_terms(space_in: WeightSpace, space_out: WeightSpace) -> int:
+  """Number of basis terms of the equivariant linear maps, summed over leaf pairs.
+
+  Equals ``sum_{pairs} prod_label Bell(a_label + b_label)`` where ``a`` and ``b``
+  count the label's axes in the output and input leaf (fixed axes not counted).
+  """
+  return plan(space_in, space_out).num_terms
+
+
+def count_bias_terms(space: WeightSpace) -> int:
+  """Number of equivariant bias terms: per leaf, the partitions of its own axes."""
+  return sum(math.prod(bell(sum(a == label for a in axes)) for label in set(axes) - {None}) for axes in space.axes)
+
+
+@functools.lru_cache(maxsize=256)
+def invariant_reductions(space: WeightSpace) -> tuple[Reduction, ...]:
+  """Per leaf, every partition of its permutable axes, read on the diagonal and pooled."""
+  out = []
+  for j, axes in enumerate(space.axes):
+    labels = LeafLayout.of(axes, ()).labels
+    for partition in _label_partitions(labels):
+      pooled = tuple(sorted(block for _, block in partition))
+      out.append(
+        Reduction(
+          leaf=j,
+          einsum=_reduction_einsum(labels, (), pooled),
+          kept_labels=(),
+          pooled_labels=tuple(labels[b[0]] for b in pooled),
+        )
+      )
+  return tuple(out)
