@@ -92,6 +92,38 @@ def _reduce(views: list[jax.Array], reduction: Reduction, sizes: Mapping[str, in
   return out
 
 
+# XLA on CPU does not fuse a dot with the broadcast additions that follow it,
+# so a large output would be written and read again. A multiply-and-reduce over
+# a short channel axis does fuse with them into one loop (measured: 1.1x the
+# dot alone, against 1.6x for dot + additions); long contractions keep the dot.
+_FUSED_CONTRACTION_MAX = 64
+
+
+_IDENTITY_PATTERN = [Pattern(tuple(range(n)), (True,) * n, (), True) for n in range(16)]
+
+
+def _mix_channels(inputs: jax.Array, weight: jax.Array, *, fuse: bool) -> jax.Array:
+  # Only a group that writes every output entry once (the identity pattern) may
+  # fuse: a smaller result broadcast into the output would be recomputed per entry.
+  if fuse and inputs.shape[-1] <= _FUSED_CONTRACTION_MAX:
+    return _fusable_matmul(inputs, weight)
+  return inputs @ weight
+
+
+@jax.custom_jvp
+def _fusable_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """``x @ w`` written as multiply-and-reduce, so XLA fuses it with its consumers."""
+  return jnp.sum(x[..., :, None] * w, axis=-2)
+
+
+@_fusable_matmul.defjvp
+def _fusable_matmul_jvp(primals, tangents):
+  # Tangents (and, by transposition, gradients) run as ordinary matrix
+  # products: a reduction over the broadcast product is far slower than a GEMM.
+  (x, w), (dx, dw) = primals, tangents
+  return _fusable_matmul(x, w), dx @ w + x @ dw
+
+
 def _write(z: jax.Array, pattern: Pattern, labels: tuple[str, ...], sizes: Mapping[str, int]) -> jax.Array:
   """Embeds ``z`` (slots..., channels) into the output leaf's layer view (broadcastable)."""
   if pattern.carrier_order != tuple(range(len(pattern.carrier_order))):
@@ -145,6 +177,7 @@ def apply(
   reduced = [_reduce(views, r, sizes) for r in p.reductions]
   acc: list[jax.Array | None] = [None] * len(space_out)
   for g in p.groups:
+    labels = p.layouts_out[g.out_leaf].labels
     parts = []
     for piece in g.pieces:
       part = reduced[piece.reduction]
@@ -152,11 +185,10 @@ def apply(
         part = jnp.transpose(part, (*piece.transpose, part.ndim - 1))
       parts.append(part)
     inputs = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
-    z = inputs @ params[_weight_name(space_out, g)]
+    z = _mix_channels(inputs, params[_weight_name(space_out, g)], fuse=g.patterns == (_IDENTITY_PATTERN[len(labels)],))
     if g.has_bias:
       z = z + params[_bias_name(space_out, g)]
     z = z.reshape(z.shape[:-1] + (len(g.patterns), -1))
-    labels = p.layouts_out[g.out_leaf].labels
     for k, pattern in enumerate(g.patterns):
       term = _write(z[..., k, :], pattern, labels, sizes)
       acc[g.out_leaf] = term if acc[g.out_leaf] is None else acc[g.out_leaf] + term
