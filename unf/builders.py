@@ -1,7 +1,7 @@
 """Weight spaces of common flax nnx architectures, read from their params.
 
 Each builder takes a params pytree as a pure nested dict (for a module ``model``:
-``nnx.state(model, nnx.Param).to_pure_dict()``; keys may be str or int) and
+``nnx.to_pure_dict(nnx.state(model, nnx.Param))``; keys may be str or int) and
 returns the :class:`~unf.WeightSpace` of its permutation symmetries, already
 bound to the params' fixed sizes (:meth:`~unf.WeightSpace.with_fixed_sizes`).
 
@@ -216,7 +216,8 @@ def split_gates(cell_params: Mapping, num_gates: int) -> dict:
   Inverse: :func:`merge_gates`.
 
   Args:
-    cell_params: the cell's params dict, e.g. ``{"dense_i": {"kernel", "bias"}, "dense_h": {"kernel"}}``.
+    cell_params: the cell's params dict, e.g. an ``nnx.GRUCell``'s ``{"dense_i": {"kernel": (E, 3H), "bias":
+      (3H,)}, "dense_h": {"kernel": (H, 3H)}}`` (shapes shown).
     num_gates: G, the number of fused gates.
 
   Returns:

@@ -9,12 +9,10 @@ to be right.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from unf.permutation import permute, sample_permutation
@@ -30,24 +28,20 @@ class SymmetryError(AssertionError):
   """
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _random_element(space: WeightSpace, sizes: tuple[int, ...], key: jax.Array, moved: jax.Array, params: Any) -> Any:
-  """``sigma . params`` for a random group element that moves the labels where ``moved`` is True.
-
-  Every label's permutation depends on ``key`` alone, not on which labels are
-  moved, and ``moved`` is traced: one compilation per space serves every
-  subset of labels.
-  """
-  drawn = sample_permutation(space, key, dict(zip(space.labels, sizes)))
-  permutation = {}
-  for index, label in enumerate(space.labels):
-    p, identity = drawn[label], jnp.arange(sizes[index])
+def _random_element(space: WeightSpace, key: jax.Array, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+  """A random permutation for every label of ``space``, none of them the identity (for labels of size 2 or more)."""
+  # Drawn for all labels whichever are checked, so that a label gets the same
+  # permutation alone as in the failing trial. Eager on purpose: jax compiles
+  # a permutation per size once and reuses it for every space, where a jit of
+  # the whole draw would recompile for each space.
+  drawn = sample_permutation(space, key, sizes)
+  out = {}
+  for label, p in drawn.items():
+    p = np.asarray(p)
     # With small labels a uniform draw is often the identity (probability 1/2
-    # for two entries) and a broken label would pass unnoticed: such draws
-    # become a cyclic shift.
-    p = jnp.where(jnp.all(p == identity), jnp.roll(identity, 1), p)
-    permutation[label] = jnp.where(moved[index], p, identity)
-  return permute(space, permutation, params)
+    # for two entries) and a broken label would pass unnoticed.
+    out[label] = np.roll(p, 1) if p.size > 1 and np.array_equal(p, np.arange(p.size)) else p
+  return out
 
 
 def _worst(reference: Any, output: Any, rtol: float, atol: float) -> tuple[float, str | None]:
@@ -147,20 +141,20 @@ def check_symmetry(
   key = jax.random.key(0) if key is None else key
   reference = apply_fn(params, *inputs)
 
-  def run(trial_key: jax.Array, trial_labels: tuple[str, ...]) -> tuple[float, str | None]:
-    moved = jnp.array([label in trial_labels for label in space.labels], dtype=bool)
-    permuted = _random_element(space, tuple(sizes[label] for label in space.labels), trial_key, moved, params)
+  def run(element: dict[str, np.ndarray], trial_labels: tuple[str, ...]) -> tuple[float, str | None]:
+    permuted = permute(space, {label: element[label] for label in trial_labels}, params)
     return _worst(reference, apply_fn(permuted, *inputs), rtol, atol)
 
   worst = 0.0
   for trial, trial_key in enumerate(jax.random.split(key, num_trials)):
-    deviation, failure = run(trial_key, chosen)
+    element = _random_element(space, trial_key, sizes)
+    deviation, failure = run(element, chosen)
     worst = max(worst, deviation)
     if failure is None:
       continue
     message = f"permuting labels {list(chosen)} (trial {trial + 1} of {num_trials}): {failure}."
     if len(chosen) > 1:
-      alone = [label for label in chosen if run(trial_key, (label,))[1] is not None]
+      alone = [label for label in chosen if run(element, (label,))[1] is not None]
       message += (
         f" Labels that break the symmetry when permuted alone: {alone}."
         if alone
