@@ -139,7 +139,7 @@ class UNF(nnx.Module):
     space_out: WeightSpace | None = None,
     invariant: bool = False,
     head_hidden: Sequence[int] = (64,),
-    activation: Callable[[jax.Array], jax.Array] = jax.nn.gelu,
+    activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
     rngs: nnx.Rngs,
     param_dtype: Any = jnp.float32,
   ):

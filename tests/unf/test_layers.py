@@ -84,12 +84,13 @@ def test_unf_equivariant_and_invariant(name, key):
 def test_parameters_do_not_depend_on_width_and_transfer(key):
   space = bound(SPACES["rnn"])
   net = unf.UNF(space, 2, 2, hidden=(4,), rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+  forward = nnx.jit(lambda t: net(t))
   small, wide = sizes_for(space, base=3), sizes_for(space, base=9)
   n, m = small["hidden"], wide["hidden"]
-  assert net(random_features(space, small, 2, key))["cell"]["dense_h"]["kernel"].shape == (n, n, 2)
+  assert forward(random_features(space, small, 2, key))["cell"]["dense_h"]["kernel"].shape == (n, n, 2)
   wide = random_features(space, wide, 2, key)
-  assert net(wide)["cell"]["dense_h"]["kernel"].shape == (m, m, 2)
-  assert_equivariant(lambda t: net(t), space, key, wide)
+  assert forward(wide)["cell"]["dense_h"]["kernel"].shape == (m, m, 2)
+  assert_equivariant(forward, space, key, wide)
   assert unf.num_parameters(net) == unf.num_parameters(unf.UNF(space, 2, 2, hidden=(4,), rngs=nnx.Rngs(1)))
 
 
@@ -123,20 +124,21 @@ def test_init_keeps_unit_scale(name, key):
   space = bound(SPACES[name])
   x = random_features(space, sizes_for(space, base=40), 8, key)
   params = linear.init(key, space, space, 8, 16, dtype=jnp.float64)
-  y = linear.apply(params, x, space, space)
+  y = jax.jit(lambda t: linear.apply(params, t, space, space))(x)
   rms = {"/".join(map(str, p)): float(jnp.sqrt(jnp.mean(jnp.square(v)))) for p, v in zip(space.paths, space.flatten(y))}
   assert all(0.75 < r < 1.35 for r in rms.values()), rms
 
 
-def test_unf_keeps_scale_through_depth(key):
-  space = bound(SPACES["mlp"])
+@pytest.mark.parametrize("name", ["mlp", "transformer"])
+def test_unf_keeps_scale_through_depth(name, key):
+  space = bound(SPACES[name])
   x = random_features(space, sizes_for(space, base=40), 4, key)
-  net = unf.UNF(space, 4, 4, hidden=(32,) * 6, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+  net = unf.UNF(space, 4, 4, hidden=(32,) * 5, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
   h = x
   for k, layer in enumerate(net.layers):
-    h = layer(h)
+    h = jax.jit(lambda t, layer=layer: layer(t))(h)
     rms = float(jnp.sqrt(jnp.mean(jnp.concatenate([jnp.ravel(v) for v in jax.tree.leaves(h)]) ** 2)))
-    assert 0.3 < rms < 3.0, f"layer {k}: rms {rms}"
+    assert 0.5 < rms < 2.0, f"layer {k}: rms {rms}"
     h = jax.tree.map(net.activation, h)
 
 
