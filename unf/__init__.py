@@ -3,23 +3,35 @@
 Implements Zhou, Finn, Harrison (2024), "Universal Neural Functionals". Given a
 network's :class:`WeightSpace`, :class:`EquivariantLinear` is the maximally
 expressive permutation-equivariant affine layer on it, :class:`InvariantPool`
-the maximal invariant linear layer, and :class:`UNF` stacks them.
+the maximal invariant linear layer, and :class:`UNF` stacks them. The builders
+(:func:`mlp_space`, ...) read the space of common flax architectures from their
+params, and :func:`check_symmetry` proves a space right on a real network.
 """
 
 from unf import basis, linear
+from unf.builders import cnn_space, merge_gates, mlp_space, rnn_space, split_gates, transformer_space
 from unf.layers import UNF, EquivariantLinear, InvariantPool, num_parameters
 from unf.permutation import inverse, permute, sample_permutation
 from unf.space import WeightSpace
+from unf.symmetry import SymmetryError, check_symmetry
 
 __all__ = [
   "UNF",
   "EquivariantLinear",
   "InvariantPool",
+  "SymmetryError",
   "WeightSpace",
   "basis",
+  "check_symmetry",
+  "cnn_space",
   "inverse",
   "linear",
+  "merge_gates",
+  "mlp_space",
   "num_parameters",
   "permute",
+  "rnn_space",
   "sample_permutation",
+  "split_gates",
+  "transformer_space",
 ]

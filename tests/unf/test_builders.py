@@ -432,3 +432,29 @@ def test_transformer_bad_structure_raises():
     transformer_space({**params, "extra": {}})
   with pytest.raises(ValueError, match="label 'residual' has size"):
     transformer_space({**params, "head": {"kernel": jnp.zeros((9, 11))}})
+
+
+# --- layers on the builders' spaces ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "model, builder",
+  [
+    (_mlp, mlp_space),
+    (_cnn, cnn_space),
+    (lambda: _rnn(nnx.LSTMCell), rnn_space),
+    (_transformer, transformer_space),
+  ],
+  ids=["mlp", "cnn", "lstm", "transformer"],
+)
+def test_equivariant_layers_on_builder_spaces(model, builder, key):
+  import unf
+  from tests.unf.equivariance import assert_equivariant
+
+  _, params, _ = model()
+  space = builder(params)
+  x = jax.tree.map(lambda w: jnp.stack([w, jnp.square(w)], axis=-1), params)
+  layer = unf.EquivariantLinear(space, space, 2, 3, rngs=nnx.Rngs(0), param_dtype=F64)
+  assert_equivariant(nnx.jit(lambda t: layer(t)), space, key, x)
+  pool = unf.InvariantPool(space)
+  assert_equivariant(jax.jit(lambda t: pool(t)), space, key, x, invariant=True)
