@@ -45,12 +45,12 @@ def cnn_space():
 
 def rnn_space():
   spec = {
-    "embed": {"embedding": ("vocab_in", "embed")},
+    "embed": {"embedding": ("vocab", "embed")},
     "cell": {
       "dense_i": {"kernel": ("embed", "hidden"), "bias": ("hidden",)},
       "dense_h": {"kernel": ("hidden", "hidden")},
     },
-    "head": {"kernel": ("hidden", "vocab_out"), "bias": ("vocab_out",)},
+    "head": {"kernel": ("hidden", "vocab"), "bias": ("vocab",)},
   }
   shapes = {
     "embed": {"embedding": (256, 32)},
@@ -62,7 +62,7 @@ def rnn_space():
 
 def transformer_space(blocks=2, d=32, heads=4, mlp=128, vocab=1000, seq=64):
   hd = d // heads
-  spec = {"embed": {"embedding": ("vocab_in", "residual")}, "pos_embed": {"embedding": ("position", "residual")}}
+  spec = {"embed": {"embedding": ("vocab", "residual")}, "pos_embed": {"embedding": ("position", "residual")}}
   shapes = {"embed": {"embedding": (vocab, d)}, "pos_embed": {"embedding": (seq, d)}}
   for b in range(blocks):
     h, qk, v, m = f"heads{b}", f"qk{b}", f"v{b}", f"mlp{b}"
@@ -92,7 +92,7 @@ def transformer_space(blocks=2, d=32, heads=4, mlp=128, vocab=1000, seq=64):
       "mlp": {"fc1": {"kernel": (d, mlp), "bias": (mlp,)}, "fc2": {"kernel": (mlp, d), "bias": (d,)}},
     }
   spec["final_norm"] = {"scale": ("residual",), "bias": ("residual",)}
-  spec["head"] = {"kernel": ("residual", "vocab_out"), "bias": ("vocab_out",)}
+  spec["head"] = {"kernel": ("residual", "vocab"), "bias": ("vocab",)}
   shapes["final_norm"] = {"scale": (d,), "bias": (d,)}
   shapes["head"] = {"kernel": (d, vocab), "bias": (vocab,)}
   return spec, shapes

@@ -110,6 +110,10 @@ class Reduction:
   einsum: str
   kept_labels: tuple[str, ...]
   pooled_labels: tuple[str, ...]
+  # When another reduction keeps exactly one more block, this one is its mean
+  # over that block's axis: a pass over the small result, not over the leaf.
+  parent: int | None = None
+  parent_axis: int = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +164,7 @@ class Plan:
   layouts_in: tuple[LeafLayout, ...]
   layouts_out: tuple[LeafLayout, ...]
   reductions: tuple[Reduction, ...]
+  reduction_order: tuple[int, ...]  # parents before children
   groups: tuple[Group, ...]
   num_terms: int
 
@@ -254,13 +259,23 @@ def plan(space_in: WeightSpace, space_out: WeightSpace) -> Plan:
   reduction_list = [None] * len(reductions)
   for (j, kept, pooled), index in reductions.items():
     labels = layouts_in[j].labels
+    parent, parent_axis = None, -1
+    for block in pooled:
+      wider = tuple(sorted((*kept, block)))
+      key = (j, wider, tuple(b for b in pooled if b != block))
+      if key in reductions:
+        parent, parent_axis = reductions[key], wider.index(block)
+        break
     reduction_list[index] = Reduction(
       leaf=j,
       einsum=_reduction_einsum(labels, kept, pooled),
       kept_labels=tuple(labels[b[0]] for b in kept),
       pooled_labels=tuple(labels[b[0]] for b in pooled),
+      parent=parent,
+      parent_axis=parent_axis,
     )
-  return Plan(space_in, space_out, layouts_in, layouts_out, tuple(reduction_list), tuple(built), num_terms)
+  order = tuple(sorted(range(len(reduction_list)), key=lambda r: len(reduction_list[r].pooled_labels)))
+  return Plan(space_in, space_out, layouts_in, layouts_out, tuple(reduction_list), order, tuple(built), num_terms)
 
 
 def count_terms(space_in: WeightSpace, space_out: WeightSpace) -> int:

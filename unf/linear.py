@@ -190,7 +190,13 @@ def apply(
   p: Plan = plan(space_in, space_out)
   sizes = _label_sizes(space_in, x, out_sizes, space_out.labels)
   views = [_to_layer(leaf, layout) for leaf, layout in zip(space_in.flatten(x), p.layouts_in)]
-  reduced = [_reduce(views, r, sizes) for r in p.reductions]
+  reduced: list[jax.Array | None] = [None] * len(p.reductions)
+  for index in p.reduction_order:
+    r = p.reductions[index]
+    if r.parent is None:
+      reduced[index] = _reduce(views, r, sizes)
+    else:
+      reduced[index] = jnp.mean(reduced[r.parent], axis=r.parent_axis)
   acc: list[jax.Array | None] = [None] * len(space_out)
   for g in p.groups:
     labels = p.layouts_out[g.out_leaf].labels

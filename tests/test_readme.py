@@ -1,0 +1,25 @@
+"""The README's quick start runs as written."""
+
+import pathlib
+import re
+
+import jax.numpy as jnp
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _python_blocks():
+  return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_quick_start_runs():
+  namespace = {}
+  exec(_python_blocks()[0], namespace)  # noqa: S102 - the README's own code
+  assert namespace["update"]["layers"][0]["kernel"].shape == (64, 32, 1)
+  assert namespace["score"].shape == (1,)
+  assert jnp.all(jnp.isfinite(namespace["score"]))
+
+
+def test_readme_names_the_two_setup_commands():
+  text = README.read_text()
+  assert "make run" in text and "make test" in text
