@@ -115,7 +115,12 @@ def _reduce(views: list[jax.Array], reduction: Reduction, sizes: Mapping[str, in
 _FUSED_CONTRACTION_MAX = 64
 
 
-_IDENTITY_PATTERN = [Pattern(tuple(range(n)), (True,) * n, (), True) for n in range(16)]
+def _writes_every_entry_once(patterns: tuple[Pattern, ...]) -> bool:
+  """True for a group whose only pattern keeps every output axis as its own index."""
+  if len(patterns) != 1:
+    return False
+  (pattern,) = patterns
+  return all(pattern.expand) and not pattern.diagonals and pattern.carrier_order == tuple(range(len(pattern.expand)))
 
 
 def _mix_channels(inputs: jax.Array, weight: jax.Array, *, fuse: bool) -> jax.Array:
@@ -207,7 +212,7 @@ def apply(
         part = jnp.transpose(part, (*piece.transpose, part.ndim - 1))
       parts.append(part)
     inputs = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
-    z = _mix_channels(inputs, params[_weight_name(space_out, g)], fuse=g.patterns == (_IDENTITY_PATTERN[len(labels)],))
+    z = _mix_channels(inputs, params[_weight_name(space_out, g)], fuse=_writes_every_entry_once(g.patterns))
     if g.has_bias:
       z = z + params[_bias_name(space_out, g)]
     z = z.reshape(z.shape[:-1] + (len(g.patterns), -1))
