@@ -180,3 +180,15 @@ def test_random_spaces_equivariant(spec, data, key):
   _, fn = _layer_fn(space, space, 2, 2)
   assert_equivariant(fn, space, key, x)
   assert_equivariant(unf.InvariantPool(space), space, key, x, invariant=True)
+
+
+@pytest.mark.parametrize("name", ["mlp", "rnn", "transformer"])
+def test_bias_terms_match_closed_form(name):
+  space = bound(SPACES[name])
+  params = linear.init(jax.random.key(0), space, space, 1, 5)
+  biases = sum(v.size for k, v in params.items() if k.endswith("|bias"))
+  # Per leaf: the partitions of its own axes into same-label blocks (Bell numbers), 5 channels each.
+  expected = sum(
+    5 * int(np.prod([unf.basis.bell(axes.count(label)) for label in set(axes) - {None}])) for axes in space.axes
+  )
+  assert biases == expected == 5 * unf.basis.count_bias_terms(space)
