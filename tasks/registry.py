@@ -1,0 +1,159 @@
+"""The named tasks of the paper's experiments, and task families.
+
+Datasets are read once per process and moved to the device once; every task
+on the same dataset (and resize) shares the same device arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+import unf
+from tasks import cifar10, fashion_mnist, text
+from tasks.base import ClassificationData, SequenceData, Task, TaskFamily, as_device_arrays
+from tasks.models import CNN, MLP, RNNLM, TransformerLM
+
+# --- device-resident datasets (cached) -------------------------------------------------
+
+
+def _image_splits(load: Callable[..., tuple[np.ndarray, np.ndarray]], size: int, num_valid: int) -> dict:
+  """train / valid (the last ``num_valid`` training examples) / test, NHWC float32."""
+  train_x, train_y = load("train", size=size)
+  test_x, test_y = load("test", size=size)
+  if train_x.ndim == 3:  # grayscale: add the channel axis
+    train_x, test_x = train_x[..., None], test_x[..., None]
+  inputs = {"train": train_x[:-num_valid], "valid": train_x[-num_valid:], "test": test_x}
+  labels = {"train": train_y[:-num_valid], "valid": train_y[-num_valid:], "test": test_y}
+  return as_device_arrays({"inputs": inputs, "labels": labels})
+
+
+@functools.cache
+def fashion_mnist_data(size: int) -> ClassificationData:
+  """Fashion-MNIST at ``size x size``: 50k train, 10k valid, 10k test, on the device."""
+  return ClassificationData(**_image_splits(fashion_mnist.load, size, 10000), num_classes=10)
+
+
+@functools.cache
+def cifar10_data(size: int) -> ClassificationData:
+  """CIFAR-10 at ``size x size``: 45k train, 5k valid, 10k test, on the device."""
+  return ClassificationData(**_image_splits(cifar10.load, size, 5000), num_classes=10)
+
+
+@functools.cache
+def _corpus_tokens() -> tuple[dict, int]:
+  corpus = text.load_corpus()
+  return as_device_arrays({"train": corpus.train, "valid": corpus.valid, "test": corpus.test}), len(corpus.vocab)
+
+
+def shakespeare_data(seq_len: int) -> SequenceData:
+  """The Shakespeare character corpus in windows of ``seq_len`` (token arrays shared)."""
+  tokens, vocab_size = _corpus_tokens()
+  return SequenceData(tokens=tokens, num_classes=vocab_size, seq_len=seq_len)
+
+
+# --- task constructors -------------------------------------------------------------------
+
+ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jax.nn.tanh, "gelu": jax.nn.gelu}
+
+
+@functools.cache
+def mlp_fashion(size: int, hidden: tuple[int, ...], activation: str = "relu", *, name: str | None = None) -> Task:
+  """An MLP on Fashion-MNIST resized to ``size x size``."""
+  sizes = (size * size, *hidden, 10)
+  return Task(
+    name=name or f"mlp_fashion{size}_{'-'.join(map(str, hidden))}_{activation}",
+    make_model=lambda rngs: MLP(sizes, activation=ACTIVATIONS[activation], rngs=rngs),
+    data=fashion_mnist_data(size),
+    batch_size=128,
+    space_builder=unf.mlp_space,
+  )
+
+
+@functools.cache
+def cnn(dataset: str, size: int, channels: tuple[int, ...] = (16, 32), *, name: str | None = None) -> Task:
+  """3x3 stride-2 convolutions, global average pool, dense head, on Fashion-MNIST or CIFAR-10."""
+  data = {"fashion": fashion_mnist_data, "cifar": cifar10_data}[dataset](size)
+  in_channels = 1 if dataset == "fashion" else 3
+  return Task(
+    name=name or f"cnn_{dataset}{size}",
+    make_model=lambda rngs: CNN(in_channels, channels, 10, rngs=rngs),
+    data=data,
+    batch_size=128,
+    space_builder=unf.cnn_space,
+  )
+
+
+@functools.cache
+def rnn_lm(cell: str, *, embed: int = 32, hidden: int = 64, name: str | None = None) -> Task:
+  """A character-level RNN LM on Shakespeare: batch 64, sequence length 16."""
+  data = shakespeare_data(16)
+  return Task(
+    name=name or f"{cell}_lm",
+    make_model=lambda rngs: RNNLM(data.num_classes, embed, hidden, cell=cell, rngs=rngs),
+    data=data,
+    batch_size=64,
+    space_builder=unf.rnn_space,
+    eval_size=1024,
+  )
+
+
+@functools.cache
+def transformer_lm(*, name: str = "transformer_lm") -> Task:
+  """A 2-block pre-LN transformer LM on Shakespeare: d 32, 4 heads, MLP 128, batch 8, sequence length 8."""
+  data = shakespeare_data(8)
+  return Task(
+    name=name,
+    make_model=lambda rngs: TransformerLM(
+      data.num_classes, d_model=32, num_heads=4, mlp=128, num_blocks=2, max_len=8, rngs=rngs
+    ),
+    data=data,
+    batch_size=8,
+    space_builder=unf.transformer_space,
+    eval_size=1024,
+  )
+
+
+_TASKS: dict[str, Callable[[], Task]] = {
+  "mlp_fashion8": lambda: mlp_fashion(8, (32,), name="mlp_fashion8"),
+  "cnn_fashion16": lambda: cnn("fashion", 16, name="cnn_fashion16"),
+  "cnn_cifar16": lambda: cnn("cifar", 16, name="cnn_cifar16"),
+  "rnn_lm": lambda: rnn_lm("irnn", name="rnn_lm"),
+  "lstm_lm": lambda: rnn_lm("lstm", name="lstm_lm"),
+  "transformer_lm": transformer_lm,
+}
+
+
+def names() -> list[str]:
+  """Names of the registered tasks."""
+  return sorted(_TASKS)
+
+
+def get(name: str) -> Task:
+  """The registered task ``name`` (its data is loaded on first use and shared)."""
+  if name not in _TASKS:
+    raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(names())}.")
+  return _TASKS[name]()
+
+
+# --- task families ---------------------------------------------------------------------
+
+
+def _mlp_variant(rng: np.random.Generator) -> Task:
+  depth = int(rng.integers(1, 3))
+  hidden = tuple(int(w) for w in rng.choice([16, 32, 48, 64, 96, 128], size=depth))
+  activation = str(rng.choice(sorted(ACTIVATIONS)))
+  size = int(rng.choice([8, 16]))
+  return mlp_fashion(size, hidden, activation)
+
+
+# Fashion-MNIST MLPs with 1-2 hidden layers of 16-128 units, relu / tanh / gelu, inputs 8x8 or 16x16.
+MLP_FASHION_FAMILY = TaskFamily("mlp_fashion_family", _mlp_variant)
+
+
+def families() -> dict[str, TaskFamily]:
+  """The registered task families."""
+  return {MLP_FASHION_FAMILY.name: MLP_FASHION_FAMILY}
