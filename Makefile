@@ -56,8 +56,9 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: $(STAMP)
-	$(PY) benchmarks/unf_layer.py
+bench: $(STAMP) data
+	$(PY) -m benchmarks.unf_layer
+	$(PY) -m benchmarks.tasks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

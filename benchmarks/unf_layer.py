@@ -3,7 +3,7 @@
 Prints, per space: compile time, forward and forward+backward time, parameter
 count, and the forward time of a pointwise Dense(19 -> 32) applied to every
 weight (the per-parameter cost floor), with the ratio. Not a test: numbers
-depend on the machine. Run with `make bench` or `python benchmarks/unf_layer.py`.
+depend on the machine. Run with `make bench` or `python -m benchmarks.unf_layer`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import numpy as np
 
 import unf
 from tasks import cifar10, fashion_mnist, text
-from tasks.base import ClassificationData, SequenceData, Task, TaskFamily, as_device_arrays
+from tasks.base import ClassificationData, SequenceData, Task, TaskFamily, as_device_arrays, shuffled
 from tasks.models import CNN, MLP, RNNLM, TransformerLM
 
 # --- device-resident datasets (cached) -------------------------------------------------
@@ -26,8 +26,9 @@ def _image_splits(load: Callable[..., tuple[np.ndarray, np.ndarray]], size: int,
   test_x, test_y = load("test", size=size)
   if train_x.ndim == 3:  # grayscale: add the channel axis
     train_x, test_x = train_x[..., None], test_x[..., None]
-  inputs = {"train": train_x[:-num_valid], "valid": train_x[-num_valid:], "test": test_x}
-  labels = {"train": train_y[:-num_valid], "valid": train_y[-num_valid:], "test": test_y}
+  train = shuffled({"x": train_x[:-num_valid], "y": train_y[:-num_valid]})  # fixed order for strided batches
+  inputs = {"train": train["x"], "valid": train_x[-num_valid:], "test": test_x}
+  labels = {"train": train["y"], "valid": train_y[-num_valid:], "test": test_y}
   return as_device_arrays({"inputs": inputs, "labels": labels})
 
 

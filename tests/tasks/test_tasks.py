@@ -138,3 +138,20 @@ def test_task_family_is_deterministic_and_varied():
   params = variant.init(jax.random.key(0))
   assert variant.space.validate(params)
   assert np.isfinite(float(variant.loss(params, variant.sample_batch(jax.random.key(1)))))
+
+
+def test_classification_batches_are_distinct_and_uniform(key):
+  n, batch, draws = 1000, 128, 2000
+  data = tasks.ClassificationData(
+    inputs={s: jnp.arange(n, dtype=jnp.float32)[:, None] for s in ("train", "valid", "test")},
+    labels={s: jnp.arange(n, dtype=jnp.int32) for s in ("train", "valid", "test")},
+    num_classes=n,
+  )
+  _, labels = jax.jit(jax.vmap(lambda k: data.sample(k, "train", batch)))(jax.random.split(key, draws))
+  labels = np.asarray(labels)
+  assert all(len(set(row)) == batch for row in labels[:100])  # no example twice in a batch
+  counts = np.bincount(labels.ravel(), minlength=n)
+  expected = draws * batch / n  # 256 per example
+  assert np.abs(counts - expected).max() < 6 * np.sqrt(expected), (counts.min(), counts.max())
+  first_slot = np.bincount(labels[:, 0], minlength=n)  # each slot is uniform too, not only the union
+  assert first_slot.max() <= 10 and (first_slot > 0).sum() > 800
