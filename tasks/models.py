@@ -27,6 +27,23 @@ class MLP(nnx.Module):
     return x
 
 
+def conv_as_matmul(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+  """``conv(x)`` for a stride-2, SAME-padded ``nnx.Conv``, computed as image patches times the kernel.
+
+  Same params and result as ``conv(x)``. XLA on CPU runs a convolution inside a
+  while loop (every ``lax.scan`` unroll) through a slow path: a
+  ``cnn_fashion16`` training step measured 14 ms there against 0.8 ms outside
+  a loop; as patches and a matrix product it takes 1.7 ms in the loop.
+  """
+  kernel = conv.kernel[...]
+  patches = jax.lax.conv_general_dilated_patches(
+    x, kernel.shape[:2], conv.strides, conv.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  # Patch features are ordered (in_channels, kh, kw).
+  weights = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(-1, kernel.shape[-1])
+  return patches @ weights + conv.bias[...]
+
+
 class CNN(nnx.Module):
   """3x3 stride-2 convolutions, global average pooling and a dense head (NHWC inputs)."""
 
@@ -48,7 +65,7 @@ class CNN(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for conv in self.convs:
-      x = self.activation(conv(x))
+      x = self.activation(conv_as_matmul(conv, x))
     return self.head(jnp.mean(x, axis=(1, 2)))
 
 

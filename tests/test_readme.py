@@ -20,6 +20,13 @@ def test_quick_start_runs():
   assert jnp.all(jnp.isfinite(namespace["score"]))
 
 
+def test_tasks_example_runs():
+  (block,) = [b for b in _python_blocks() if "tasks.get(" in b]
+  namespace = {}
+  exec(block, namespace)  # noqa: S102 - the README's own code
+  assert jnp.isfinite(namespace["loss"]) and namespace["task"].name == "mlp_fashion8"
+
+
 def test_readme_names_the_two_setup_commands():
   text = README.read_text()
   assert "make run" in text and "make test" in text

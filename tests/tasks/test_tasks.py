@@ -155,3 +155,23 @@ def test_classification_batches_are_distinct_and_uniform(key):
   assert np.abs(counts - expected).max() < 6 * np.sqrt(expected), (counts.min(), counts.max())
   first_slot = np.bincount(labels[:, 0], minlength=n)  # each slot is uniform too, not only the union
   assert first_slot.max() <= 10 and (first_slot > 0).sum() > 800
+
+
+def test_cnn_cifar16_without_data_says_where_to_put_it(monkeypatch, tmp_path):
+  monkeypatch.setenv("UNF_CIFAR10_DIR", str(tmp_path / "no-cifar"))
+  tasks.registry.cifar10_data.cache_clear()
+  tasks.registry.cnn.cache_clear()
+  with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
+    tasks.get("cnn_cifar16")
+
+
+def test_conv_as_matmul_equals_flax_conv(key):
+  from flax import nnx
+
+  from tasks.models import conv_as_matmul
+
+  conv = nnx.Conv(3, 5, (3, 3), strides=(2, 2), padding="SAME", rngs=nnx.Rngs(0))
+  conv.bias[...] = jax.random.normal(key, (5,))
+  for shape in [(2, 16, 16, 3), (2, 9, 7, 3)]:
+    x = jax.random.normal(key, shape)
+    np.testing.assert_allclose(conv_as_matmul(conv, x), conv(x), rtol=1e-5, atol=1e-5)
