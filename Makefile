@@ -59,6 +59,7 @@ format: $(STAMP)
 bench: $(STAMP) data
 	$(PY) -m benchmarks.unf_layer
 	$(PY) -m benchmarks.tasks
+	$(PY) -m benchmarks.metatrain
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -98,14 +98,18 @@ def test_fused_and_plain_channel_mixing_agree(key, monkeypatch):
   space = bound(SPACES["mlp"])
   x = random_features(space, sizes_for(space), 3, key)
   params, _ = _layer_fn(space, space, 3, 4)
-  fused = linear.apply(params, x, space, space)
+  program = lambda: jax.jit(lambda t: linear.apply(params, t, space, space)).lower(x).as_text()  # noqa: E731
+  monkeypatch.setattr(linear, "_FUSED_OUTPUT_MIN", 0)  # fuse even these small tensors
+  fused, fused_program = linear.apply(params, x, space, space), program()
   monkeypatch.setattr(linear, "_FUSED_CONTRACTION_MAX", 0)
-  plain = linear.apply(params, x, space, space)
+  plain, plain_program = linear.apply(params, x, space, space), program()
+  assert fused_program != plain_program  # the two paths really differ
   for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(plain)):
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_gradients_flow_through_fused_path(key):
+def test_gradients_flow_through_fused_path(key, monkeypatch):
+  monkeypatch.setattr(linear, "_FUSED_OUTPUT_MIN", 0)
   space = bound(SPACES["mlp"])
   x = random_features(space, sizes_for(space), 3, key)
   params, _ = _layer_fn(space, space, 3, 4)
