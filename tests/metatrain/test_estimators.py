@@ -151,3 +151,29 @@ def test_pes_resets_runs_and_accumulators_at_the_horizon(key):
 def test_horizon_must_be_a_multiple_of_the_truncation(key):
   with pytest.raises(ValueError, match="multiple of the truncation"):
     PES(truncation=3).init(Quadratic(horizon=8), THETA, key)
+
+
+ESTIMATORS = {
+  "PES": lambda: PES(num_pairs=4, truncation=4, std=0.05),
+  "TruncatedES": lambda: TruncatedES(num_pairs=4, truncation=4, std=0.05),
+  "FullES": lambda: FullES(num_pairs=4, std=0.05),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_estimator_contract(name, key):
+  """Every estimator: jittable step, a gradient shaped like theta, metrics as values, reproducible from its key."""
+  estimator, problem = ESTIMATORS[name](), Quadratic()
+  state = estimator.init(problem, THETA, key)
+  step = jax.jit(lambda problem, state, theta, k: estimator.step(problem, state, theta, k))
+  new_state, grad, metrics = step(problem, state, THETA, key)
+  assert jax.tree.structure(grad) == jax.tree.structure(THETA)
+  assert all(
+    np.shape(g) == np.shape(t) and np.isfinite(g).all() for g, t in zip(jax.tree.leaves(grad), jax.tree.leaves(THETA))
+  )
+  assert {"meta_loss", "nan_pairs"} <= set(metrics) and np.isfinite(metrics["meta_loss"])
+  again = step(problem, state, THETA, key)[1]
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(again)))
+  other = step(problem, state, THETA, jax.random.fold_in(key, 1))[1]
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(other)))
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
