@@ -1,0 +1,365 @@
+"""Learned optimizers: features, the shared contract every learned optimizer passes, symmetry, sizes."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import tasks
+import unf
+from metatrain import features, lopt
+from tests.unf.equivariance import assert_equivariant
+from tests.unf.spaces import SPACES, bound, sizes_for
+
+# --- features against an independent numpy computation --------------------------------------------------------
+
+DECAYS = np.array([0.1, 0.5, 0.9, 0.99, 0.999, 0.9999])
+TAUS = np.array([1, 3, 10, 30, 100, 300, 1e3, 3e3, 1e4, 3e4, 1e5])
+
+
+def _numpy_features(p, g, m_prev, step):
+  """The 19 features of one tensor, written out entry by entry from their definition."""
+  m = np.empty_like(m_prev)
+  for i, d in enumerate(DECAYS):
+    m[..., i] = d * m_prev[..., i] + (1 - d) * g
+
+  def normalize(x):
+    rms = np.sqrt(np.sum(x.astype(np.float64) ** 2) / x.size) + 1e-8
+    return np.clip(x / rms, -10, 10)
+
+  columns = [normalize(p), normalize(g)] + [normalize(m[..., i]) for i in range(len(DECAYS))]
+  columns += [np.full(p.shape, np.tanh(step / tau - 1)) for tau in TAUS]
+  return np.stack(columns, axis=-1), m
+
+
+def _at(path, tree):
+  return functools.reduce(lambda t, k: t[k], path, tree)
+
+
+def test_features_match_numpy():
+  rng = np.random.default_rng(0)
+  shapes = {"a": (12, 11), "b": {"c": (5,)}, "zero": (2, 2)}
+  params = jax.tree.map(lambda s: rng.normal(size=s).astype(np.float32), shapes, is_leaf=lambda s: isinstance(s, tuple))
+  params["zero"] = np.zeros((2, 2), np.float32)  # an all-zero tensor (a bias at init): RMS 0
+  grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+  grads["a"][1, 2] = 300.0  # holds most of its tensor's mass: normalised to about sqrt(132) > 10, clipped
+  momenta = jax.tree.map(lambda p: rng.normal(size=p.shape + (6,)).astype(np.float32), params)
+  step = 57
+
+  new_momenta = features.update_momenta(momenta, grads)
+  got = features.features(params, grads, new_momenta, jnp.asarray(step, jnp.int32))
+
+  assert features.NUM_FEATURES == 19
+  for path in (("a",), ("b", "c"), ("zero",)):
+    leaf = functools.partial(_at, path)
+    expected, expected_m = _numpy_features(leaf(params), leaf(grads), leaf(momenta), step)
+    assert leaf(got).shape == leaf(params).shape + (19,) and leaf(got).dtype == jnp.float32
+    # float32 rounds 1 - 0.999 by 5e-5 relative: the oracle runs in float64.
+    np.testing.assert_allclose(leaf(new_momenta), expected_m, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(leaf(got), expected, rtol=1e-4, atol=1e-5, err_msg=str(path))
+  assert float(got["a"][1, 2, 1]) == 10.0  # the clip is exercised
+
+
+def test_features_follow_params_dtype_and_read_non_finite_as_zero():
+  params = {"w": jnp.ones((3, 2), jnp.bfloat16)}
+  grads = {"w": jnp.asarray([[1.0, jnp.nan], [jnp.inf, 2.0], [-jnp.inf, 3.0]], jnp.bfloat16)}
+  momenta = features.update_momenta({"w": jnp.zeros((3, 2, 6), jnp.bfloat16)}, grads)
+  got = features.features(params, grads, momenta, jnp.asarray(0))
+  assert got["w"].dtype == jnp.bfloat16 and got["w"].shape == (3, 2, 19)
+  assert bool(jnp.all(jnp.isfinite(got["w"])))
+  clean = {"w": jnp.asarray([[1.0, 0], [0, 2.0], [0, 3.0]], jnp.bfloat16)}
+  np.testing.assert_array_equal(
+    got["w"][..., :2], features.features(params, clean, momenta, jnp.asarray(0))["w"][..., :2]
+  )
+
+
+# --- the contract: every learned optimizer ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def task():
+  return tasks.get("mlp_fashion8")
+
+
+@pytest.fixture(params=sorted(lopt.LEARNED_OPTIMIZERS))
+def make_lopt(request):
+  return lopt.LEARNED_OPTIMIZERS[request.param]
+
+
+@functools.partial(jax.jit, static_argnames=("learned", "steps"))
+def _train(learned, theta, task, key, *, steps):
+  """``steps`` steps of the learned optimizer in a plain optax loop; returns the final params."""
+  optimizer = learned.optimizer(theta)
+  init_key, data_key = jax.random.split(key)
+  params = task.init(init_key)
+
+  def step(carry, batch_key):
+    params, state = carry
+    grads = jax.grad(task.loss)(params, task.sample_batch(batch_key, "train"))
+    updates, state = optimizer.update(grads, state, params)
+    return (optax.apply_updates(params, updates), state), None
+
+  (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), jax.random.split(data_key, steps))
+  return params
+
+
+def test_trains_a_task_in_a_plain_optax_loop(make_lopt, task, key):
+  learned = make_lopt(task.space)
+  theta = learned.init_meta(jax.random.key(1))
+  initial = float(task.eval_loss(task.init(jax.random.split(key)[0])))
+  final = float(task.eval_loss(_train(learned, theta, task, key, steps=100)))
+  # Measured: 2.32 -> 1.57 for both (momentum SGD at lr 0.1 would reach about the same).
+  assert final < initial - 0.5, f"valid loss {initial:.3f} -> {final:.3f}"
+
+
+def test_starts_close_to_momentum_sgd(make_lopt, task, key):
+  """At init ``beta * f`` is a small perturbation of the momentum step ``-alpha * m_gamma0`` (lr 0.1, decay 0.9).
+
+  Measured on mlp_fashion8 after 10 steps: 0.5% to 3% per tensor (up to 35% at the first step, where
+  ``m_gamma0 = 0.1 g`` is smallest).
+  """
+  learned = make_lopt(task.space)
+  optimizer = learned.optimizer(learned.init_meta(jax.random.key(1)))
+
+  @jax.jit
+  def step(task, params, state, batch_key):
+    grads = jax.grad(task.loss)(params, task.sample_batch(batch_key, "train"))
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, updates
+
+  params = task.init(key)
+  state = optimizer.init(params)
+  for batch_key in jax.random.split(jax.random.key(2), 10):
+    params, state, updates = step(task, params, state, batch_key)
+  for u, m in zip(jax.tree.leaves(updates), jax.tree.leaves(state.momentum)):
+    error = float(jnp.linalg.norm(u + 0.1 * m) / jnp.linalg.norm(0.1 * m))
+    assert 1e-4 < error < 0.1, error  # close, but f does contribute
+
+
+def test_state_shapes_and_dtypes(make_lopt, task, key):
+  learned = make_lopt(task.space)
+  optimizer = learned.optimizer(learned.init_meta(key))
+  params = task.init(key)
+  state = optimizer.init(params)
+  assert isinstance(state, lopt.LearnedOptimizerState)
+  for p, momenta, momentum in zip(*map(jax.tree.leaves, (params, state.momenta, state.momentum))):
+    assert momenta.shape == p.shape + (6,) and momenta.dtype == p.dtype
+    assert momentum.shape == p.shape and momentum.dtype == p.dtype
+  assert state.count.shape == () and state.count.dtype == jnp.int32 and int(state.count) == 0
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, new_state = jax.jit(optimizer.update)(grads, state, params)
+  assert jax.tree.structure(updates) == jax.tree.structure(params)
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), updates) == jax.tree.map(lambda x: (x.shape, x.dtype), params)
+  assert jax.tree.structure(new_state) == jax.tree.structure(state) and int(new_state.count) == 1
+  # Composes with other optax transformations.
+  chained = optax.chain(optimizer, optax.scale(2.0))
+  doubled, _ = jax.jit(chained.update)(grads, chained.init(params), params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, 2 * b, rtol=1e-6), doubled, updates)
+
+
+def test_update_requires_params(make_lopt, task, key):
+  learned = make_lopt(task.space)
+  optimizer = learned.optimizer(learned.init_meta(key))
+  params = task.init(key)
+  with pytest.raises(ValueError, match="needs the params"):
+    optimizer.update(params, optimizer.init(params))
+
+
+def test_jit_and_vmap_over_theta(make_lopt, task, key):
+  learned = make_lopt(task.space)
+  assert hash(learned) == hash(make_lopt(task.space)) and learned == make_lopt(task.space)  # a static jit argument
+  theta = learned.init_meta(jax.random.key(1))
+  leaves, treedef = jax.tree.flatten(theta)
+  noise = [jax.random.normal(k, (3,) + x.shape) for k, x in zip(jax.random.split(key, len(leaves)), leaves)]
+  thetas = jax.tree.unflatten(treedef, [x + 0.3 * n for x, n in zip(leaves, noise)])
+  # 100 steps: the unbatched runs reuse the compilation of the training test.
+  run = jax.jit(jax.vmap(lambda th, task: task.eval_loss(_train(learned, th, task, key, steps=100)), (0, None)))
+  batched = run(thetas, task)
+  one_by_one = []
+  for i in range(3):
+    theta_i = jax.tree.map(lambda x, i=i: x[i], thetas)
+    one_by_one.append(float(task.eval_loss(_train(learned, theta_i, task, key, steps=100))))
+  np.testing.assert_allclose(batched, one_by_one, rtol=1e-4)
+  assert np.ptp(one_by_one) > 1e-4  # the perturbations matter
+
+
+def _with_non_finite(grads):
+  grads = jax.tree.map(lambda g: g, grads)
+  grads["layers"][0]["kernel"] = grads["layers"][0]["kernel"].at[3, 4].set(jnp.nan)
+  grads["layers"][1]["bias"] = grads["layers"][1]["bias"].at[2].set(jnp.inf)
+  return grads
+
+
+def test_non_finite_gradients_leave_everything_finite(make_lopt, task, key):
+  """NaN / inf gradient entries are read as 0: finite updates, state and meta-gradients."""
+  learned = make_lopt(task.space)
+  theta = learned.init_meta(jax.random.key(1))
+  optimizer = learned.optimizer(theta)
+  update = jax.jit(optimizer.update)
+  params = task.init(key)  # its biases are all zero: the features' RMS is 0 there
+  grads = jax.grad(task.loss)(params, task.sample_batch(jax.random.key(2)))
+  _, state = update(grads, optimizer.init(params), params)  # a state that is not all zeros
+  bad = _with_non_finite(grads)
+  zeroed = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0), bad)
+  updates, new_state = update(bad, state, params)
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((updates, new_state)))
+  expected, _ = update(zeroed, state, params)
+  jax.tree.map(np.testing.assert_array_equal, updates, expected)
+
+  def objective(theta, params):
+    updates, _ = learned.optimizer(theta).update(bad, state, params)
+    return sum(jnp.sum(jnp.square(u)) for u in jax.tree.leaves(updates))
+
+  meta_grads = jax.jit(jax.grad(objective, argnums=(0, 1)))(theta, params)
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(meta_grads))
+  assert float(jnp.abs(meta_grads[0]["log_beta"])) > 0
+
+
+def _mlp_params(hidden):
+  return {
+    "layers": {
+      0: {"kernel": jnp.ones((64, hidden)), "bias": jnp.ones(hidden)},
+      1: {"kernel": jnp.ones((hidden, 10)), "bias": jnp.ones(10)},
+    }
+  }
+
+
+def test_meta_parameter_count_does_not_depend_on_widths(make_lopt, task, key):
+  # Spaces carry labels, not widths: the space of a 64-128-10 MLP is that of mlp_fashion8 (64-32-10).
+  narrow, wide = make_lopt(task.space), make_lopt(unf.mlp_space(_mlp_params(128)))
+  theta = narrow.init_meta(key)
+  count = narrow.num_meta_parameters(theta)
+  assert wide.num_meta_parameters(wide.init_meta(key)) == count
+  assert lopt.describe(narrow, theta).splitlines()[-1].split() == ["total", f"{count:,}"]
+  # A theta meta-trained on the narrow network runs on the wide one.
+  params = _mlp_params(128)
+  optimizer = wide.optimizer(theta)
+  updates, _ = optimizer.update(params, optimizer.init(params), params)
+  assert updates["layers"][0]["kernel"].shape == (64, 128)
+  assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+
+
+def test_unf_meta_parameter_count(task, key):
+  learned = lopt.UNFLOpt(task.space)
+  count = learned.num_meta_parameters(learned.init_meta(key))
+  assert 1_000 <= count <= 10_000, count
+  # 3 scalars, Dense 19 -> 32 (640), Dense 32 -> 32 (1056), EquivariantLinear 32 -> 1 on the MLP space (1028).
+  assert count == 3 + 640 + 1056 + 1028
+
+
+# --- symmetry ---------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _PositionDependentLOpt(lopt.UNFLOpt):
+  """A deliberately broken UNFLOpt: its last layer adds a term that depends on each entry's position."""
+
+  def _head(self, head, hidden):
+    out = super()._head(head, hidden)
+    return jax.tree.map(lambda y: y + 0.1 * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size, out)
+
+
+def _update_fn(learned, theta, count):
+  """The update as one map of per-parameter features: (params, grads, momentum, momenta) -> (update, state).
+
+  Packs everything on one trailing axis, so that ``assert_equivariant`` permutes it all at once.
+  """
+  optimizer = learned.optimizer(theta)
+
+  @jax.jit
+  def fn(x):
+    params, grads, momentum = (jax.tree.map(lambda v, i=i: v[..., i], x) for i in range(3))
+    momenta = jax.tree.map(lambda v: v[..., 3:], x)
+    updates, state = optimizer.update(grads, lopt.LearnedOptimizerState(momenta, momentum, count), params)
+    return jax.tree.map(
+      lambda u, m, ms: jnp.concatenate([u[..., None], m[..., None], ms], -1), updates, state.momentum, state.momenta
+    )
+
+  return fn
+
+
+def _generic_theta(learned, seed=0):
+  """Random float64 meta-parameters, every entry nonzero (no zero bias that could hide a broken term).
+
+  Drawn by numpy in the structure of ``init_meta``'s: eager ``jax.random`` compiles once per leaf shape.
+  """
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(functools.partial(learned.init_meta, dtype=jnp.float64), jax.random.key(0))
+  return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape)), shapes)
+
+
+def _random_inputs(space, features, seed=0):
+  """A random pytree of ``space`` with distinct label sizes and a trailing feature axis.
+
+  numpy draws it: ``jax.random`` would compile once per leaf shape (seconds on 2 cores).
+  """
+  rng = np.random.default_rng(seed)
+  sizes = sizes_for(space)
+  leaves = []
+  for index, axes in enumerate(space.axes):
+    fixed = iter(space.fixed_shape(index))
+    shape = tuple(sizes[a] if a is not None else next(fixed) for a in axes)
+    leaves.append(jnp.asarray(rng.normal(size=(*shape, features))))
+  return space.unflatten(leaves)
+
+
+def _set_space(space):
+  """Every tensor flattened into a set of its own: this space's group permutes each tensor's entries freely."""
+  return unf.WeightSpace(space.unflatten([(f"entries{i}",) for i in range(len(space))]))
+
+
+def _on_sets(fn, space, shapes):
+  def on_sets(x):
+    y = fn(space.unflatten([v.reshape(s + v.shape[-1:]) for v, s in zip(space.flatten(x), shapes)]))
+    return space.unflatten([v.reshape((-1, v.shape[-1])) for v in space.flatten(y)])
+
+  return on_sets
+
+
+class TestSymmetry:
+  @pytest.fixture(autouse=True)
+  def float64(self):
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+  def _inputs(self, name, key):
+    space = bound(SPACES[name])
+    return space, _random_inputs(space, 3 + 6)
+
+  @pytest.mark.parametrize("name", sorted(SPACES))
+  def test_unf_lopt_is_equivariant(self, name, key):
+    space, x = self._inputs(name, key)
+    learned = lopt.UNFLOpt(space, width=8)
+    fn = _update_fn(learned, _generic_theta(learned), jnp.asarray(37, jnp.int32))
+    assert_equivariant(fn, space, jax.random.key(3), x)
+
+  @pytest.mark.parametrize("name", ["mlp", "rnn"])
+  def test_deep_sets_lopt_is_equivariant_to_any_permutation_of_each_tensor(self, name, key):
+    space, x = self._inputs(name, key)
+    learned = lopt.DeepSetsLOpt(space, width=8)
+    fn = _update_fn(learned, _generic_theta(learned), jnp.asarray(37, jnp.int32))
+    shapes = [v.shape[:-1] for v in space.flatten(x)]
+    sets = _set_space(space)
+    x_sets = sets.unflatten([v.reshape((-1, v.shape[-1])) for v in space.flatten(x)])
+    assert_equivariant(_on_sets(fn, space, shapes), sets, jax.random.key(3), x_sets)
+    assert_equivariant(fn, space, jax.random.key(4), x)  # hence to the network's symmetry group too
+
+  def test_negative_controls(self, key):
+    space, x = self._inputs("mlp", key)
+    broken = _PositionDependentLOpt(space, width=8)
+    with pytest.raises(AssertionError, match="not equivariant"):
+      assert_equivariant(_update_fn(broken, _generic_theta(broken), jnp.asarray(37)), space, jax.random.key(3), x)
+    # The UNF optimizer uses the structure of the space: it is not equivariant to arbitrary entry permutations.
+    learned = lopt.UNFLOpt(space, width=8)
+    fn = _update_fn(learned, _generic_theta(learned), jnp.asarray(37))
+    shapes = [v.shape[:-1] for v in space.flatten(x)]
+    sets = _set_space(space)
+    x_sets = sets.unflatten([v.reshape((-1, v.shape[-1])) for v in space.flatten(x)])
+    with pytest.raises(AssertionError, match="not equivariant"):
+      assert_equivariant(_on_sets(fn, space, shapes), sets, jax.random.key(3), x_sets)
