@@ -3,6 +3,7 @@
 import pathlib
 import re
 
+import jax
 import jax.numpy as jnp
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
@@ -25,6 +26,14 @@ def test_tasks_example_runs():
   namespace = {}
   exec(block, namespace)  # noqa: S102 - the README's own code
   assert jnp.isfinite(namespace["loss"]) and namespace["task"].name == "mlp_fashion8"
+
+
+def test_metatrain_example_runs():
+  (block,) = [b for b in _python_blocks() if "metatrain.train_local(" in b]
+  namespace = {}
+  exec(block, namespace)  # noqa: S102 - the README's own code
+  assert len(namespace["history"]) == 5 and jnp.isfinite(namespace["history"][-1]["meta_loss"])
+  assert all(jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(namespace["params"]))
 
 
 def test_readme_names_the_two_setup_commands():
