@@ -22,7 +22,7 @@ def test_quick_start_runs():
 
 
 def test_tasks_example_runs():
-  (block,) = [b for b in _python_blocks() if "tasks.get(" in b]
+  (block,) = [b for b in _python_blocks() if "def train_step(" in b]
   namespace = {}
   exec(block, namespace)  # noqa: S102 - the README's own code
   assert jnp.isfinite(namespace["loss"]) and namespace["task"].name == "mlp_fashion8"
