@@ -78,7 +78,16 @@ def outer_optimizer(
     final_fraction: the learning rate at the end, as a fraction of the peak.
     max_grad_norm: global-norm clip (the paper's 1.0).
   """
-  schedule = optax.warmup_cosine_decay_schedule(
-    0.0, learning_rate, warmup_steps, max(total_steps, warmup_steps + 1), learning_rate * final_fraction
+  schedule = outer_schedule(
+    learning_rate, total_steps=total_steps, warmup_steps=warmup_steps, final_fraction=final_fraction
   )
   return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(schedule))
+
+
+def outer_schedule(
+  learning_rate: float, *, total_steps: int, warmup_steps: int = 0, final_fraction: float = 0.1
+) -> optax.Schedule:
+  """Linear warm-up from 0 to ``learning_rate``, then cosine decay to ``final_fraction`` of it."""
+  return optax.warmup_cosine_decay_schedule(
+    0.0, learning_rate, warmup_steps, max(total_steps, warmup_steps + 1), learning_rate * final_fraction
+  )

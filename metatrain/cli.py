@@ -1,0 +1,62 @@
+"""``metatrain train --config FILE [--gin_bindings ...] --workdir DIR``: the entry point.
+
+gin lives here and in ``configs/`` only: it fills :class:`TrainConfig` and
+:class:`WorkerConfig`, and the run itself takes plain values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import gin  # noqa: E402
+
+from metatrain.run import TrainConfig, train  # noqa: E402
+from metatrain.worker import WorkerConfig  # noqa: E402
+
+GinTrainConfig = gin.external_configurable(TrainConfig, name="TrainConfig")
+GinWorkerConfig = gin.external_configurable(WorkerConfig, name="WorkerConfig")
+
+
+def parse_config(config: str, bindings: list[str]) -> tuple[TrainConfig, WorkerConfig, str]:
+  """Parses a gin file and bindings into the two configs; gin's errors name the file and line."""
+  if not os.path.isfile(config):
+    raise FileNotFoundError(f"config file {config!r} not found; see configs/ for examples.")
+  gin.clear_config()
+  gin.parse_config_files_and_bindings([config], bindings, finalize_config=False)
+  train_config, worker_config = GinTrainConfig(), GinWorkerConfig()
+  return train_config, worker_config, gin.config_str()
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="metatrain", description="Meta-train learned optimizers.")
+  commands = parser.add_subparsers(dest="command", required=True)
+  run = commands.add_parser("train", help="meta-train with a gin config; resumes from the workdir's checkpoints")
+  run.add_argument("--config", required=True, help="a gin file, e.g. configs/mlp_unf.gin")
+  run.add_argument("--gin_bindings", nargs="*", default=[], help="extra bindings, e.g. TrainConfig.outer_steps=10")
+  run.add_argument("--workdir", required=True, help="checkpoints and TensorBoard logs go here")
+  run.add_argument("--address", default=None, help='Ray address: "auto" on a cluster (default: a local Ray)')
+  commands.add_parser("eval", help="evaluate a meta-trained optimizer (comes with the evaluation milestone)")
+  args = parser.parse_args(argv)
+  if args.command == "eval":
+    parser.error("'metatrain eval' is not available yet: it comes with the evaluation milestone (issue 6).")
+  bindings = list(args.gin_bindings) + ([f"TrainConfig.address = {args.address!r}"] if args.address else [])
+  try:
+    train_config, worker_config, operative = parse_config(args.config, bindings)
+  except (ValueError, TypeError, FileNotFoundError) as error:
+    print(f"metatrain: bad configuration: {error}", file=sys.stderr)
+    return 2
+  print(f"workdir: {os.path.abspath(args.workdir)}")
+  print(f"  checkpoints: {os.path.join(os.path.abspath(args.workdir), 'checkpoints')}")
+  print(f"  TensorBoard: tensorboard --logdir {os.path.join(os.path.abspath(args.workdir), 'tensorboard')}")
+  _, history = train(train_config, worker_config, args.workdir, operative_config=operative)
+  if history:
+    print(f"done: {len(history)} outer steps, last meta-loss {history[-1].get('meta_loss', float('nan')):.4f}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

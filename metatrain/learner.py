@@ -1,0 +1,111 @@
+"""The central learner: aggregates gradient estimates over its devices and applies the outer optimizer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from metatrain.worker import Estimate
+
+
+def local_mesh() -> Mesh:
+  """A 1-D mesh over this process's devices (axis ``"estimates"``)."""
+  return Mesh(np.array(jax.local_devices()), ("estimates",))
+
+
+def sharded_mean(stacked: Any, count: int, mesh: Mesh) -> Any:
+  """Mean over the leading axis of ``stacked``, the sum split over the devices of ``mesh``.
+
+  ``stacked`` leaves have a leading axis padded with zeros to a multiple of
+  the device count; ``count`` is the number of real rows.
+  """
+
+  def partial_sums(x):
+    return jax.lax.psum(jnp.sum(x, axis=0), "estimates")
+
+  summed = jax.shard_map(
+    lambda tree: jax.tree.map(partial_sums, tree),
+    mesh=mesh,
+    in_specs=PartitionSpec("estimates"),
+    out_specs=PartitionSpec(),
+  )(stacked)
+  return jax.tree.map(lambda s: s / count, summed)
+
+
+class Learner:
+  """Holds theta and the outer optimizer state; turns batches of estimates into outer steps.
+
+  Estimates computed more than ``staleness`` outer steps ago, or with a
+  non-finite gradient, are dropped and counted. The rest are averaged with a
+  reduction sharded over the local devices, and the outer optimizer is
+  applied once. Plain Python around jitted pure functions; no Ray.
+
+  Args:
+    outer: the outer optax optimizer.
+    theta: initial meta-parameters.
+    staleness: the largest accepted ``step - estimate.theta_step`` (0: synchronous).
+    mesh: devices for the reduction (default: all local devices).
+  """
+
+  def __init__(self, outer: optax.GradientTransformation, theta: Any, *, staleness: int = 0, mesh: Mesh | None = None):
+    self.outer, self.staleness = outer, staleness
+    self.mesh = local_mesh() if mesh is None else mesh
+    # Replicated on the mesh from the start, as the update's outputs are: one compilation.
+    replicated = NamedSharding(self.mesh, PartitionSpec())
+    self.theta = jax.device_put(jax.tree.map(jnp.asarray, theta), replicated)
+    self.opt_state = jax.device_put(outer.init(self.theta), replicated)
+    self.step = 0
+    devices = self.mesh.devices.size
+
+    @jax.jit
+    def update(theta, opt_state, stacked, count):
+      grad = sharded_mean(stacked, count, self.mesh)
+      updates, opt_state = outer.update(grad, opt_state, theta)
+      return optax.apply_updates(theta, updates), opt_state, optax.tree.norm(grad)
+
+    self._update = update
+    self._devices = devices
+
+  def state(self) -> dict:
+    """What a checkpoint holds of the learner."""
+    return {"theta": self.theta, "opt_state": self.opt_state, "step": jnp.asarray(self.step, jnp.int32)}
+
+  def load(self, state: dict) -> None:
+    self.theta, self.opt_state, self.step = state["theta"], state["opt_state"], int(state["step"])
+
+  def apply(self, estimates: Sequence[Estimate]) -> dict[str, float]:
+    """One outer step from ``estimates``; returns metrics (dropped counts, gradient norm, meta-loss)."""
+    fresh = [e for e in estimates if self.step - e.theta_step <= self.staleness]
+    stale = len(estimates) - len(fresh)
+    usable = [e for e in fresh if all(np.isfinite(g).all() for g in jax.tree.leaves(e.grad))]
+    metrics = {
+      "stale_estimates": float(stale),
+      "nan_estimates": float(len(fresh) - len(usable)),
+      "used_estimates": float(len(usable)),
+      "staleness": float(np.mean([self.step - e.theta_step for e in fresh])) if fresh else 0.0,
+    }
+    if not usable:
+      metrics["skipped_step"] = 1.0
+      return metrics
+    usable.sort(key=lambda e: (e.theta_step, e.worker_id))  # a fixed summation order: reproducible means
+    padded = math.ceil(len(usable) / self._devices) * self._devices
+    stacked = jax.tree.map(
+      lambda *gs: np.concatenate(
+        [np.stack(gs), np.zeros((padded - len(gs), *np.shape(gs[0])), np.asarray(gs[0]).dtype)]
+      ),
+      *[e.grad for e in usable],
+    )
+    self.theta, self.opt_state, grad_norm = self._update(self.theta, self.opt_state, stacked, len(usable))
+    self.step += 1
+    metrics["grad_norm"] = float(grad_norm)
+    metrics["meta_loss"] = float(np.mean([e.meta_loss for e in usable]))
+    metrics["nan_pairs"] = float(sum(e.metrics.get("nan_pairs", 0.0) for e in usable))
+    metrics["skipped_step"] = 0.0
+    return metrics

@@ -1,0 +1,202 @@
+"""Pools of gradient workers: the interface the learner loop talks to, and a pool in this process. No Ray here.
+
+A pool turns published meta-parameters into a stream of
+:class:`metatrain.worker.Estimate`. The learner loop is::
+
+  pool.publish(theta, step)
+  while training:
+    estimates = pool.gather(count)  # computed at `step` or, asynchronously, earlier
+    theta, step = apply(estimates)  # drops estimates older than the staleness allows
+    pool.publish(theta, step)
+
+Scheduling rules, shared by :class:`InProcessPool` and
+:class:`metatrain.distributed.RayPool` through :class:`WorkerPool`:
+
+- ``publish`` starts every idle worker on the new theta;
+- ``gather`` first starts every idle worker on the latest published theta,
+  then returns estimates in the order they finish; a worker whose estimate
+  was returned is started again only while the estimates still needed
+  outnumber the calls in flight (otherwise it waits, idle, for the next
+  ``publish`` or ``gather``, so it never starts on a theta about to be
+  replaced).
+
+So a synchronous learner (publish, gather ``num_workers``) gets exactly one
+estimate per worker, all computed at the current step, and an asynchronous
+one (gather fewer than ``num_workers``) keeps every worker busy and gets
+estimates tagged with the older ``theta_step`` they were computed at. An
+estimate is returned at most once; estimates lost to dead workers are
+counted in ``lost`` and replaced by new calls on the latest theta.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol, runtime_checkable
+
+from metatrain.worker import Estimate, GradientWorker, WorkerConfig
+
+
+@runtime_checkable
+class Pool(Protocol):
+  """What the learner loop needs from a pool of gradient workers.
+
+  Attributes:
+    num_workers: the number of workers (each computes one estimate at a time).
+    lost: estimates lost to dead workers so far.
+  """
+
+  num_workers: int
+  lost: int
+
+  def publish(self, theta: Any, step: int) -> None:
+    """Makes ``theta`` (a numpy pytree) at outer step ``step`` the latest; idle workers start on it."""
+
+  def gather(self, count: int, timeout: float | None = None) -> list[Estimate]:
+    """The next ``count`` estimates to finish (fewer only when ``timeout`` seconds pass first)."""
+
+  def close(self) -> None:
+    """Stops the workers; the pool cannot be used afterwards."""
+
+
+class WorkerPool:
+  """The scheduling rules of every pool (see the module docstring); subclasses say how a call runs.
+
+  Subclasses implement ``_put(theta)`` (how a theta is shared with workers),
+  ``_start(index)`` (start worker ``index`` on ``self._theta`` at
+  ``self._step``; returns a handle kept in ``self._busy[index]``) and
+  ``_next(deadline)`` (wait for one call in flight to end, remove it from
+  ``self._busy`` and return ``(index, estimate)``, with ``estimate=None``
+  when it was lost; ``None`` when ``deadline`` passes first).
+
+  Args:
+    num_workers: the number of workers (at least 1).
+  """
+
+  def __init__(self, num_workers: int):
+    if num_workers < 1:
+      raise ValueError(f"a pool needs at least one worker, got num_workers={num_workers}.")
+    self.num_workers = num_workers
+    self.lost = 0
+    self._theta: Any = None
+    self._step: int | None = None
+    self._busy: dict[int, Any] = {}
+    self._closed = False
+
+  def publish(self, theta: Any, step: int) -> None:
+    """Makes ``theta`` (a numpy pytree) at outer step ``step`` the latest; idle workers start on it.
+
+    Args:
+      theta: the meta-parameters, a pytree of numpy arrays.
+      step: the outer step they belong to; estimates computed on them carry it as ``theta_step``.
+    """
+    self._check_open()
+    self._theta, self._step = self._put(theta), int(step)
+    self._start_idle(self.num_workers)
+
+  def gather(self, count: int, timeout: float | None = None) -> list[Estimate]:
+    """Returns the next ``count`` estimates to finish, in the order they finish.
+
+    Args:
+      count: the number of estimates wanted.
+      timeout: seconds to wait at most (``None``: no limit).
+
+    Returns:
+      ``count`` estimates, or fewer when ``timeout`` passed first (the calls
+      still in flight deliver theirs to later gathers).
+    """
+    self._check_open()
+    if self._theta is None:
+      raise RuntimeError("publish a theta before gathering estimates.")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    self._start_idle(self.num_workers)
+    estimates: list[Estimate] = []
+    while len(estimates) < count:
+      finished = self._next(deadline)
+      if finished is None:
+        break
+      _, estimate = finished
+      if estimate is None:
+        self.lost += 1
+      else:
+        estimates.append(estimate)
+      self._start_idle(count - len(estimates))
+    return estimates
+
+  def close(self) -> None:
+    """Stops the workers and forgets the calls in flight."""
+    if not self._closed:
+      self._closed = True
+      self._busy.clear()
+      self._stop()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()
+
+  def _start_idle(self, needed: int) -> None:
+    """Starts idle workers, lowest index first, until ``needed`` calls are in flight (or all are busy)."""
+    for index in range(self.num_workers):
+      if len(self._busy) >= needed:
+        return
+      if index not in self._busy:
+        self._busy[index] = self._start(index)
+
+  def _check_open(self) -> None:
+    if self._closed:
+      raise RuntimeError("this pool is closed.")
+
+  def _put(self, theta: Any) -> Any:
+    return theta
+
+  def _start(self, index: int) -> Any:
+    raise NotImplementedError
+
+  def _next(self, deadline: float | None) -> tuple[int, Estimate | None] | None:
+    raise NotImplementedError
+
+  def _stop(self) -> None:
+    pass
+
+
+class InProcessPool(WorkerPool):
+  """``num_workers`` :class:`GradientWorker` s in this process, run one after another (round robin).
+
+  Same scheduling as the Ray pool, and the same estimates for the same seed
+  and thetas: a "started" worker holds the theta and step it was started on
+  and computes when ``gather`` reaches it, in round-robin order from the
+  worker after the last one that finished. Use it for tests, debugging and
+  single-process runs.
+
+  Args:
+    config: the workers' configuration.
+    num_workers: the number of workers; worker ``i`` has ``worker_id=i``.
+    seed: the run's seed (each worker derives its keys from ``(seed, i)``).
+
+  Example::
+
+    pool = InProcessPool(WorkerConfig(num_pairs=2, truncation=5, horizon=20), 2, seed=0)
+    pool.publish(pool.workers[0].initial_theta(0), 0)
+    estimates = pool.gather(2)  # one per worker, both at theta_step 0
+  """
+
+  def __init__(self, config: WorkerConfig, num_workers: int, seed: int = 0):
+    super().__init__(num_workers)
+    self.workers = [GradientWorker(config, index, seed) for index in range(num_workers)]
+    self._cursor = 0
+
+  def _start(self, index: int) -> tuple[Any, int]:
+    return self._theta, self._step
+
+  def _next(self, deadline: float | None) -> tuple[int, Estimate | None] | None:
+    if not self._busy or (deadline is not None and time.monotonic() >= deadline):
+      return None
+    index = next(
+      i % self.num_workers
+      for i in range(self._cursor, self._cursor + self.num_workers)
+      if i % self.num_workers in self._busy
+    )
+    theta, step = self._busy.pop(index)
+    self._cursor = index + 1
+    return index, self.workers[index].compute(theta, step)

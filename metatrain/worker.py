@@ -1,0 +1,116 @@
+"""A gradient worker: a pool of inner runs that turns theta into gradient estimates. No Ray here.
+
+:class:`GradientWorker` is plain Python around the pure estimator step; the Ray
+actor in :mod:`metatrain.distributed` wraps it unchanged, and the in-process
+pool runs it directly (tests, debugging, a single process).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import tasks
+from metatrain.full_es import FullES
+from metatrain.lopt import LEARNED_OPTIMIZERS
+from metatrain.pes import PES
+from metatrain.problem import LearnedOptimizerProblem
+from metatrain.truncated_es import TruncatedES
+
+ESTIMATORS = {"pes": PES, "truncated_es": TruncatedES, "full_es": FullES}
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+  """Everything a worker needs, as plain values (it travels to remote processes)."""
+
+  task: str = "mlp_fashion8"
+  optimizer: str = "unf"
+  width: int = 32
+  estimator: str = "pes"
+  num_pairs: int = 8
+  truncation: int = 50
+  std: float = 0.01
+  clip: float | None = None
+  horizon: int = 2000
+  meta_loss_split: str = "train"
+
+  def __post_init__(self):
+    if self.optimizer not in LEARNED_OPTIMIZERS:
+      raise ValueError(f"unknown learned optimizer {self.optimizer!r}; choose one of {sorted(LEARNED_OPTIMIZERS)}.")
+    if self.estimator not in ESTIMATORS:
+      raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {sorted(ESTIMATORS)}.")
+    if self.task not in tasks.names():
+      raise ValueError(f"unknown task {self.task!r}; known tasks: {', '.join(tasks.names())}.")
+
+  def learned_optimizer(self):
+    return LEARNED_OPTIMIZERS[self.optimizer](tasks.get(self.task).space, width=self.width)
+
+  def build_estimator(self):
+    if self.estimator == "full_es":
+      return FullES(num_pairs=self.num_pairs, std=self.std, clip=self.clip)
+    return ESTIMATORS[self.estimator](
+      num_pairs=self.num_pairs, truncation=self.truncation, std=self.std, clip=self.clip
+    )
+
+  @property
+  def inner_steps_per_estimate(self) -> int:
+    return 2 * self.num_pairs * (self.horizon if self.estimator == "full_es" else self.truncation)
+
+
+@dataclasses.dataclass
+class Estimate:
+  """One gradient estimate, as numpy, and where it came from."""
+
+  grad: Any
+  meta_loss: float
+  theta_step: int
+  worker_id: int
+  metrics: dict[str, float]
+
+
+class GradientWorker:
+  """Owns a pool of inner runs (they never leave it) and computes one estimate per call.
+
+  Args:
+    config: the worker's configuration.
+    worker_id: its index; seeds derive from ``(seed, worker_id)``.
+    seed: the run's seed.
+  """
+
+  def __init__(self, config: WorkerConfig, worker_id: int, seed: int = 0):
+    self.config, self.worker_id = config, worker_id
+    self.lopt = config.learned_optimizer()
+    self.estimator = config.build_estimator()
+    self.problem = LearnedOptimizerProblem(tasks.get(config.task), self.lopt, config.horizon, config.meta_loss_split)
+    self.init_key, self.key = jax.random.split(jax.random.fold_in(jax.random.key(seed), worker_id))
+    self.state = None
+    self.calls_at_step: dict[int, int] = {}
+    estimator = self.estimator
+    self._step = jax.jit(lambda problem, state, theta, key: estimator.step(problem, state, theta, key))
+
+  def compute(self, theta: Any, theta_step: int) -> Estimate:
+    """One truncation (or whole run) at ``theta``; returns the estimate as numpy."""
+    start = time.perf_counter()
+    theta = jax.tree.map(jnp.asarray, theta)
+    if self.state is None:
+      self.state = self.estimator.init(self.problem, theta, self.init_key)
+    # The noise depends on (seed, worker, theta step, n-th estimate at that step), not on how many
+    # estimates this process made: a run resumed from a checkpoint draws the same noise.
+    nth = self.calls_at_step.get(theta_step, 0)
+    self.calls_at_step[theta_step] = nth + 1
+    key = jax.random.fold_in(jax.random.fold_in(self.key, theta_step), nth)
+    self.state, grad, metrics = self._step(self.problem, self.state, theta, key)
+    grad = jax.tree.map(np.asarray, grad)
+    metrics = {name: float(value) for name, value in metrics.items()}
+    metrics["inner_steps_per_second"] = self.config.inner_steps_per_estimate / (time.perf_counter() - start)
+    return Estimate(grad, metrics["meta_loss"], int(theta_step), self.worker_id, metrics)
+
+  def initial_theta(self, seed: int) -> Any:
+    """The learned optimizer's initial meta-parameters for a run seed, as numpy."""
+    return jax.tree.map(np.asarray, self.lopt.init_meta(jax.random.key(seed)))

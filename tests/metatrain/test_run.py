@@ -1,0 +1,132 @@
+"""`metatrain train` end to end in one process: checkpoints, resume, TensorBoard, configuration errors."""
+
+import pathlib
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from metatrain import cli
+from metatrain.run import TrainConfig
+
+SMOKE = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "smoke.gin")
+IN_PROCESS = ["TrainConfig.use_ray = False"]
+
+
+def _train(workdir, *bindings):
+  return cli.main(["train", "--config", SMOKE, "--workdir", str(workdir), "--gin_bindings", *IN_PROCESS, *bindings])
+
+
+def _theta(workdir, bindings=()):
+  train_config, worker_config, _ = cli.parse_config(SMOKE, [*IN_PROCESS, *bindings])
+  from metatrain.checkpoint import Checkpoints
+  from metatrain.learner import Learner
+  from metatrain.problem import outer_optimizer
+
+  lopt = worker_config.learned_optimizer()
+  import jax
+
+  theta = lopt.init_meta(jax.random.key(0))
+  target = Learner(outer_optimizer(1.0, total_steps=1), theta).state()
+  checkpoints = Checkpoints(workdir)
+  step, state, config = checkpoints.restore_latest(target)
+  checkpoints.close()
+  return step, state, config
+
+
+def test_train_writes_checkpoints_and_tensorboard(tmp_path):
+  assert _train(tmp_path) == 0
+  step, state, config = _theta(tmp_path)
+  assert step == 4 and int(state["step"]) == 4
+  assert "WorkerConfig.task = 'mlp_fashion8'" in config["gin"] and config["worker"]["optimizer"] == "unf"
+  events = EventAccumulator(str(tmp_path / "tensorboard"))
+  events.Reload()
+  scalars = set(events.Tags()["scalars"])
+  assert {"meta_loss", "grad_norm", "learning_rate", "inner_steps_per_second", "outer_steps_per_second"} <= scalars
+  assert {"staleness", "stale_estimates", "nan_estimates", "nan_pairs", "live_workers", "lost_estimates"} <= scalars
+  losses = [e.value for e in events.Scalars("meta_loss")]
+  assert len(losses) == 4 and all(np.isfinite(losses))
+  assert [e.step for e in events.Scalars("meta_loss")] == [1, 2, 3, 4]
+  texts = events.Tags()["tensors"]
+  assert any("operative_config" in t for t in texts)
+
+
+class _Interrupt:
+  """Wraps a pool and raises KeyboardInterrupt (Ctrl-C) at the n-th gather."""
+
+  def __init__(self, pool, after):
+    self.pool, self.after, self.calls = pool, after, 0
+
+  def __getattr__(self, name):
+    return getattr(self.pool, name)
+
+  def gather(self, count, timeout=None):
+    self.calls += 1
+    if self.calls > self.after:
+      raise KeyboardInterrupt
+    return self.pool.gather(count)
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
+  # Full-horizon ES keeps no particle state, so an interrupted and resumed synchronous run must
+  # retrace the uninterrupted one exactly (PES particles restart fresh on resume; see README).
+  bindings = ["WorkerConfig.estimator = 'full_es'"]
+  assert _train(tmp_path / "straight", *bindings) == 0
+  from metatrain import run
+
+  make_pool = run._make_pool
+  monkeypatch.setattr(run, "_make_pool", lambda *a, **k: _Interrupt(make_pool(*a, **k), after=2))
+  with pytest.raises(KeyboardInterrupt):
+    _train(tmp_path / "resumed", *bindings)
+  assert _theta(tmp_path / "resumed", bindings)[0] == 2  # saved at exit
+  monkeypatch.setattr(run, "_make_pool", make_pool)
+  assert _train(tmp_path / "resumed", *bindings) == 0
+  straight, resumed = _theta(tmp_path / "straight", bindings), _theta(tmp_path / "resumed", bindings)
+  assert straight[0] == resumed[0] == 4
+  import jax
+
+  for a, b in zip(jax.tree.leaves(straight[1]["theta"]), jax.tree.leaves(resumed[1]["theta"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
+  assert _train(tmp_path) == 0
+  with pytest.raises(ValueError, match="different learned optimizer or task"):
+    _train(tmp_path, "WorkerConfig.optimizer = 'deep_sets'")
+
+
+@pytest.mark.parametrize(
+  "bindings, message",
+  [
+    (["TrainConfig.no_such_option = 3"], "No configurable matching|no_such_option"),
+    (["TrainConfig.outer_steps = 'ten'"], "TrainConfig.outer_steps must be int"),
+    (["WorkerConfig.task = 'mlp_mnist'"], "unknown task 'mlp_mnist'"),
+    (["WorkerConfig.estimator = 'reinforce'"], "unknown estimator"),
+  ],
+)
+def test_bad_configuration_stops_at_start_up(tmp_path, capsys, bindings, message):
+  assert _train(tmp_path, *bindings) == 2
+  assert pytest.importorskip("re").search(message, capsys.readouterr().err)
+  assert not (tmp_path / "checkpoints").exists()  # stopped before any work
+
+
+def test_config_file_errors_name_file_and_line(tmp_path, capsys):
+  config = tmp_path / "bad.gin"
+  config.write_text("WorkerConfig.task = 'mlp_fashion8'\nWorkerConfig.widht = 3\n")
+  assert cli.main(["train", "--config", str(config), "--workdir", str(tmp_path / "w")]) == 2
+  err = capsys.readouterr().err
+  assert "widht" in err and "bad.gin" in err and "line 2" in err
+  assert cli.main(["train", "--config", str(tmp_path / "missing.gin"), "--workdir", str(tmp_path / "w")]) == 2
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a folder")
+  with pytest.raises(PermissionError, match="not writable"):
+    _train(blocker / "run")
+
+
+def test_train_config_checks_types():
+  with pytest.raises(TypeError, match="TrainConfig.learning_rate must be float"):
+    TrainConfig(learning_rate="fast")
+  assert TrainConfig(learning_rate=1).learning_rate == 1  # an int is a fine float
