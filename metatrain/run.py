@@ -56,6 +56,8 @@ class TrainConfig:
     seed: seeds theta's initialisation and every worker.
     use_ray: run workers as Ray actors (False: in this process, one after another).
     address: Ray address (None: a local Ray; "auto": the cluster this runs on).
+    worker_cpus: CPUs reserved per worker actor (Ray scheduling).
+    worker_gpus: GPUs per worker actor (a worker uses every device it is given).
   """
 
   outer_steps: int = 100
@@ -69,6 +71,8 @@ class TrainConfig:
   seed: int = 0
   use_ray: bool = True
   address: str | None = None
+  worker_cpus: int = 1
+  worker_gpus: float = 0.0
 
   def __post_init__(self):
     check_types(self)
@@ -95,7 +99,14 @@ def _make_pool(config: TrainConfig, worker: WorkerConfig):
     return InProcessPool(worker, config.workers, config.seed)
   from metatrain.distributed import RayPool  # Ray only where it is used
 
-  return RayPool(worker, config.workers, config.seed, address=config.address)
+  return RayPool(
+    worker,
+    config.workers,
+    config.seed,
+    address=config.address,
+    num_cpus=config.worker_cpus,
+    num_gpus=config.worker_gpus,
+  )
 
 
 def train(
