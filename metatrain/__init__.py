@@ -24,8 +24,7 @@ from metatrain.pes import PES
 from metatrain.problem import InnerState, LearnedOptimizerProblem, outer_optimizer
 from metatrain.train import train_local
 from metatrain.truncated_es import TruncatedES
-
-ESTIMATORS = {"pes": PES, "truncated_es": TruncatedES, "full_es": FullES}
+from metatrain.worker import ESTIMATORS
 
 __all__ = [
   "ESTIMATORS",

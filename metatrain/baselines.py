@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from metatrain.evaluate import train_run
 from tasks.base import Task
 
 
@@ -68,17 +69,7 @@ def _final_losses(
   """Final ``split`` loss of every (learning rate, seed) run: shape ``(rates, seeds)``."""
 
   def run(learning_rate: jax.Array, key: jax.Array) -> jax.Array:
-    optimizer = make_optimizer(learning_rate)
-    init_key, data_key = jax.random.split(key)
-    params = task.init(init_key)
-
-    def step(carry, batch_key):
-      params, state = carry
-      grads = jax.grad(task.loss)(params, task.sample_batch(batch_key, "train"))
-      updates, state = optimizer.update(grads, state, params)
-      return (optax.apply_updates(params, updates), state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), jax.random.split(data_key, steps))
+    params, _ = train_run(task, make_optimizer(learning_rate), key, steps)
     return task.eval_loss(params, split)
 
   return jax.vmap(lambda lr: jax.vmap(lambda k: run(lr, k))(keys))(learning_rates)

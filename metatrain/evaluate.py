@@ -11,21 +11,27 @@ import optax
 from tasks import Task
 
 
+def train_run(task: Task, optimizer: optax.GradientTransformation, key: jax.Array, steps: int):
+  """One inner run (pure, unjitted): fresh params from ``key``, ``steps`` steps on training batches.
+
+  Returns:
+    ``(params, losses)``: the final params and the training loss of every step.
+  """
+  init_key, data_key = jax.random.split(key)
+  params = task.init(init_key)
+
+  def step(carry, k):
+    params, state = carry
+    loss, grads = jax.value_and_grad(task.loss)(params, task.sample_batch(k, "train"))
+    updates, state = optimizer.update(grads, state, params)
+    return (optax.apply_updates(params, updates), state), loss
+
+  (params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)), jax.random.split(data_key, steps))
+  return params, losses
+
+
 def _curves(task: Task, optimizer: optax.GradientTransformation, keys: jax.Array, steps: int) -> jax.Array:
-  def run(key):
-    init_key, data_key = jax.random.split(key)
-    params = task.init(init_key)
-
-    def step(carry, k):
-      params, state = carry
-      loss, grads = jax.value_and_grad(task.loss)(params, task.sample_batch(k, "train"))
-      updates, state = optimizer.update(grads, state, params)
-      return (optax.apply_updates(params, updates), state), loss
-
-    _, losses = jax.lax.scan(step, (params, optimizer.init(params)), jax.random.split(data_key, steps))
-    return losses
-
-  return jax.vmap(run)(keys)
+  return jax.vmap(lambda key: train_run(task, optimizer, key, steps)[1])(keys)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 3))
