@@ -76,6 +76,28 @@ def unroll_pairs(
   return first, second, mean[0], mean[1]
 
 
+def unroll_perturbed(
+  problem: Any, theta: Theta, eps: Theta, state_pos: Any, state_neg: Any, key: jax.Array, length: int
+) -> tuple[Any, Any, jax.Array, jax.Array]:
+  """:func:`unroll_pairs` under ``theta + eps_i`` and ``theta - eps_i``."""
+  return unroll_pairs(problem, add(theta, eps), add(theta, eps, -1.0), state_pos, state_neg, key, length)
+
+
+def end_truncation(
+  problem: Any, theta: Theta, key: jax.Array, steps: jax.Array, truncation: int
+) -> tuple[jax.Array, Any, jax.Array]:
+  """Bookkeeping at a truncation boundary: which runs reached the horizon, fresh runs, new step counters.
+
+  Returns:
+    ``(done, fresh, steps)``: a mask per pair, fresh inner runs to select with
+    :func:`where`, and the step counters (0 where the run restarts).
+  """
+  steps = steps + truncation
+  done = steps >= problem.horizon
+  fresh = init_particles(problem, theta, key, steps.shape[0])
+  return done, fresh, jnp.where(done, 0, steps)
+
+
 def estimate(
   loss_pos: jax.Array,
   loss_neg: jax.Array,

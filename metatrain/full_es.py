@@ -40,14 +40,6 @@ class FullES:
     noise_key, init_key, data_key = jax.random.split(key, 3)
     eps = antithetic.sample_noise(noise_key, theta, self.num_pairs, self.std)
     runs = antithetic.init_particles(problem, theta, init_key, self.num_pairs)
-    _, _, loss_pos, loss_neg = antithetic.unroll_pairs(
-      problem,
-      antithetic.add(theta, eps),
-      antithetic.add(theta, eps, -1.0),
-      runs,
-      runs,
-      data_key,
-      problem.horizon,
-    )
+    _, _, loss_pos, loss_neg = antithetic.unroll_perturbed(problem, theta, eps, runs, runs, data_key, problem.horizon)
     grad, metrics = antithetic.estimate(loss_pos, loss_neg, eps, std=self.std, clip=self.clip)
     return state, grad, metrics

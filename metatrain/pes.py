@@ -69,24 +69,16 @@ class PES:
     noise_key, data_key, reset_key = jax.random.split(key, 3)
     eps = antithetic.sample_noise(noise_key, theta, self.num_pairs, self.std)
     accumulated = jax.tree.map(jnp.add, state.accumulated, eps)
-    pos, neg, loss_pos, loss_neg = antithetic.unroll_pairs(
-      problem,
-      antithetic.add(theta, eps),
-      antithetic.add(theta, eps, -1.0),
-      state.pos,
-      state.neg,
-      data_key,
-      self.truncation,
+    pos, neg, loss_pos, loss_neg = antithetic.unroll_perturbed(
+      problem, theta, eps, state.pos, state.neg, data_key, self.truncation
     )
     grad, metrics = antithetic.estimate(loss_pos, loss_neg, accumulated, std=self.std, clip=self.clip)
-    steps = state.step + self.truncation
-    done = steps >= problem.horizon
-    fresh = antithetic.init_particles(problem, theta, reset_key, self.num_pairs)
+    done, fresh, steps = antithetic.end_truncation(problem, theta, reset_key, state.step, self.truncation)
     state = PESState(
       pos=antithetic.where(done, fresh, pos),
       neg=antithetic.where(done, fresh, neg),
       accumulated=antithetic.where(done, jax.tree.map(jnp.zeros_like, accumulated), accumulated),
-      step=jnp.where(done, 0, steps),
+      step=steps,
     )
     metrics["resets"] = jnp.sum(done)
     return state, grad, metrics

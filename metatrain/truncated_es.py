@@ -48,19 +48,11 @@ class TruncatedES:
     """One truncation: ``(state, theta, key) -> (state, gradient estimate, metrics)``."""
     noise_key, data_key, reset_key = jax.random.split(key, 3)
     eps = antithetic.sample_noise(noise_key, theta, self.num_pairs, self.std)
-    pos, _, loss_pos, loss_neg = antithetic.unroll_pairs(
-      problem,
-      antithetic.add(theta, eps),
-      antithetic.add(theta, eps, -1.0),
-      state.runs,
-      state.runs,
-      data_key,
-      self.truncation,
+    pos, _, loss_pos, loss_neg = antithetic.unroll_perturbed(
+      problem, theta, eps, state.runs, state.runs, data_key, self.truncation
     )
     grad, metrics = antithetic.estimate(loss_pos, loss_neg, eps, std=self.std, clip=self.clip)
-    steps = state.step + self.truncation
-    done = steps >= problem.horizon
-    fresh = antithetic.init_particles(problem, theta, reset_key, self.num_pairs)
-    state = TruncatedESState(antithetic.where(done, fresh, pos), jnp.where(done, 0, steps))
+    done, fresh, steps = antithetic.end_truncation(problem, theta, reset_key, state.step, self.truncation)
+    state = TruncatedESState(antithetic.where(done, fresh, pos), steps)
     metrics["resets"] = jnp.sum(done)
     return state, grad, metrics
