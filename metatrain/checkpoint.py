@@ -16,8 +16,9 @@ class Checkpoints:
   """Saves and restores the learner state under ``workdir/checkpoints``, keeping the last ``keep``.
 
   Each checkpoint holds the learner's pytree (theta, outer optimizer state,
-  step, RNG key data) and, as JSON, the operative gin config and the worker
-  configuration. Orbax writes to a temporary folder and renames it when
+  step), as JSON the operative gin config and the worker configuration, and
+  optionally the workers' particle states (PES inner runs), so that a resumed
+  synchronous run continues exactly. Orbax writes to a temporary folder and renames it when
   complete, so a crash never leaves a checkpoint that looks whole; a
   checkpoint that still fails to restore is skipped with a warning for the
   one before it.
@@ -28,14 +29,28 @@ class Checkpoints:
     self.manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-      item_names=("state", "config"),
+      item_names=("state", "config", "particles"),
     )
 
-  def save(self, step: int, state: Any, config: dict[str, Any]) -> None:
-    self.manager.save(
-      step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config)), force=True
-    )
+  def save(self, step: int, state: Any, config: dict[str, Any], particles: dict | None = None) -> None:
+    """Saves ``state`` and ``config`` (and the workers' ``particles`` when given) as checkpoint ``step``."""
+    items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config))
+    if particles:
+      items["particles"] = ocp.args.StandardSave(particles)
+    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
     self.manager.wait_until_finished()
+
+  def restore_particles(self, step: int) -> dict:
+    """The workers' particles saved with checkpoint ``step`` (``{}`` when it has none or they do not restore)."""
+    if not (self.directory / str(step) / "particles").exists():
+      return {}
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(particles=ocp.args.StandardRestore()))["particles"]
+    except Exception as error:  # noqa: BLE001 - particles are an optimisation of resuming: start fresh runs
+      log.warning(
+        "the particles of checkpoint %d in %s do not restore (%s); fresh inner runs.", step, self.directory, error
+      )
+      return {}
 
   def restore_latest(self, target: Any) -> tuple[int, Any, dict] | None:
     """The newest checkpoint that restores into ``target``'s structure, or None when there is none."""

@@ -56,6 +56,14 @@ class GradientWorkerActor:
     """The learned optimizer's initial meta-parameters for ``seed``, as numpy."""
     return self.worker.initial_theta(seed)
 
+  def particles(self) -> dict | None:
+    """The inner runs' state as numpy (see :meth:`GradientWorker.particles`)."""
+    return self.worker.particles()
+
+  def load_particles(self, leaves: dict) -> bool:
+    """Replaces the inner runs (see :meth:`GradientWorker.load_particles`)."""
+    return self.worker.load_particles(leaves)
+
   def devices(self) -> list[str]:
     """The JAX devices this worker computes on (for logs and tests)."""
     import jax
@@ -218,6 +226,25 @@ class RayPool(WorkerPool):
       return index, None
     self._failures[index] = 0
     return index, estimate
+
+  def _settled(self, index: int) -> bool:
+    return index not in self._busy and index not in self._restarting
+
+  def _get_particles(self, indices: list[int]) -> list[dict | None]:
+    refs = [self.actors[index].particles.remote() for index in indices]
+    particles = []
+    for ref in refs:
+      try:
+        particles.append(ray.get(ref))
+      except RayActorError:  # died meanwhile: its runs restart fresh anyway
+        particles.append(None)
+    return particles
+
+  def _set_particles(self, index: int, leaves: dict) -> bool:
+    try:
+      return ray.get(self.actors[index].load_particles.remote(leaves))
+    except RayActorError:
+      return False
 
   def _replace(self, index: int) -> None:
     """A new actor for worker ``index``; calls to it wait until it is created."""

@@ -124,6 +124,31 @@ class WorkerPool:
       self._start_idle(count - len(estimates))
     return estimates
 
+  def particles(self) -> dict[str, dict]:
+    """The particle states of the workers not computing now, ``{"worker_<i>": leaves}``, for checkpoints.
+
+    A synchronous learner calls it between ``gather`` and ``publish``, when
+    every worker is idle and its particles belong to the learner's step.
+    """
+    self._check_open()
+    indices = [index for index in range(self.num_workers) if self._settled(index)]
+    saved = zip(indices, self._get_particles(indices))
+    return {f"worker_{index}": leaves for index, leaves in saved if leaves}
+
+  def load_particles(self, saved: dict[str, dict]) -> list[int]:
+    """Gives each worker its particles from :meth:`particles`; returns the workers that took them.
+
+    Workers with none saved, or whose saved particles do not fit their
+    configuration (another estimator or number of pairs), start fresh runs.
+    """
+    self._check_open()
+    loaded = []
+    for index in range(self.num_workers):
+      leaves = saved.get(f"worker_{index}")
+      if leaves and self._set_particles(index, leaves):
+        loaded.append(index)
+    return loaded
+
   def close(self) -> None:
     """Stops the workers and forgets the calls in flight."""
     if not self._closed:
@@ -154,6 +179,16 @@ class WorkerPool:
 
   def _available(self, index: int) -> bool:
     return True
+
+  def _settled(self, index: int) -> bool:
+    """Whether worker ``index``'s particles can be read now (no call computing on them)."""
+    return index not in self._busy
+
+  def _get_particles(self, indices: list[int]) -> list[dict | None]:
+    raise NotImplementedError
+
+  def _set_particles(self, index: int, leaves: dict) -> bool:
+    raise NotImplementedError
 
   def _start(self, index: int) -> Any:
     raise NotImplementedError
@@ -193,6 +228,15 @@ class InProcessPool(WorkerPool):
 
   def _start(self, index: int) -> tuple[Any, int]:
     return self._theta, self._step
+
+  def _settled(self, index: int) -> bool:
+    return True  # a started call computes only when gathered
+
+  def _get_particles(self, indices: list[int]) -> list[dict | None]:
+    return [self.workers[index].particles() for index in indices]
+
+  def _set_particles(self, index: int, leaves: dict) -> bool:
+    return self.workers[index].load_particles(leaves)
 
   def _next(self, deadline: float | None) -> tuple[int, Estimate | None] | None:
     if not self._busy or (deadline is not None and time.monotonic() >= deadline):

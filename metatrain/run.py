@@ -6,6 +6,7 @@ import dataclasses
 import os
 import pathlib
 import time
+import types
 import typing
 from typing import Any
 
@@ -29,8 +30,9 @@ def check_types(config: Any) -> None:
   hints = typing.get_type_hints(type(config))
   for field in dataclasses.fields(config):
     value, hint = getattr(config, field.name), hints[field.name]
-    allowed = typing.get_args(hint) or (hint,)
-    allowed = tuple(float if a is float else a for a in allowed if isinstance(a, type))
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    allowed = tuple(typing.get_origin(a) or a for a in allowed)  # dict[str, float] -> dict
+    allowed = tuple(a for a in allowed if isinstance(a, type))
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
       continue  # an int where a float is expected is fine
     if allowed and not isinstance(value, allowed):
@@ -57,7 +59,9 @@ class TrainConfig:
     use_ray: run workers as Ray actors (False: in this process, one after another).
     address: Ray address (None: a local Ray; "auto": the cluster this runs on).
     worker_cpus: CPUs reserved per worker actor (Ray scheduling).
-    worker_gpus: GPUs per worker actor (a worker uses every device it is given).
+    worker_gpus: GPUs per worker actor (a worker shards its pairs over every device it is given).
+    worker_resources: custom Ray resources per worker actor, e.g. ``{"TPU": 4}`` for one worker per
+      4-chip TPU VM (a TPU can be opened by one process only).
   """
 
   outer_steps: int = 100
@@ -73,6 +77,7 @@ class TrainConfig:
   address: str | None = None
   worker_cpus: int = 1
   worker_gpus: float = 0.0
+  worker_resources: dict[str, float] | None = None
 
   def __post_init__(self):
     check_types(self)
@@ -106,6 +111,7 @@ def _make_pool(config: TrainConfig, worker: WorkerConfig):
     address=config.address,
     num_cpus=config.worker_cpus,
     num_gpus=config.worker_gpus,
+    resources=dict(config.worker_resources or {}),
   )
 
 
@@ -145,20 +151,40 @@ def train(
     if restored is None:
       raise ValueError(f"no checkpoint in {checkpoints.directory} restores; move it away or use a new --workdir.")
     learner.load(restored[1])
+    particles = checkpoints.restore_particles(restored[0])
+    print(f"resuming from step {learner.step} ({len(particles)} workers' inner runs restored)")
+  else:
+    particles = {}
   writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
   writer.add_text("operative_config", f"```\n{operative_config}\n```", learner.step)
   pool = _make_pool(config, worker)
+  if particles:
+    pool.load_particles(particles)
   per_step = config.estimates_per_step or config.workers
   history: list[dict[str, float]] = []
   progress = tqdm.tqdm(total=config.outer_steps, initial=learner.step, desc="meta-training", unit="step")
   last_saved = learner.step
+
+  def save() -> None:
+    try:
+      particles = pool.particles()
+    except Exception as error:  # noqa: BLE001 - the learner state is what must be saved
+      print(f"warning: the workers' inner runs are not saved ({error}); a resume restarts them.")
+      particles = {}
+    checkpoints.save(learner.step, learner.state(), saved_config, particles)
+
   try:
     pool.publish(jax.tree.map(np.asarray, learner.theta), learner.step)
     while learner.step < config.outer_steps:
       start = time.perf_counter()
       estimates = pool.gather(per_step)
       metrics = learner.apply(estimates)
-      pool.publish(jax.tree.map(np.asarray, learner.theta), learner.step)
+      # Saved before publishing: in synchronous mode every worker is idle, its runs at this step.
+      if learner.step - last_saved >= config.checkpoint_every:
+        save()
+        last_saved = learner.step
+      if learner.step < config.outer_steps:
+        pool.publish(jax.tree.map(np.asarray, learner.theta), learner.step)
       seconds = time.perf_counter() - start
       metrics.update(
         outer_steps_per_second=1.0 / seconds,
@@ -172,12 +198,9 @@ def train(
         writer.add_scalar(name, value, learner.step)
       progress.update(learner.step - progress.n)
       progress.set_postfix(meta_loss=f"{metrics.get('meta_loss', float('nan')):.4f}")
-      if learner.step - last_saved >= config.checkpoint_every:
-        checkpoints.save(learner.step, learner.state(), saved_config)
-        last_saved = learner.step
   finally:
     if learner.step > last_saved or not checkpoints.manager.all_steps():
-      checkpoints.save(learner.step, learner.state(), saved_config)
+      save()
     progress.close()
     writer.close()
     pool.close()

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import tasks
 from metatrain.full_es import FullES
@@ -74,16 +75,31 @@ class Estimate:
   metrics: dict[str, float]
 
 
+def pairs_mesh(num_pairs: int, devices: list | None = None) -> Mesh | None:
+  """A 1-D mesh (axis ``"pairs"``) over the local devices that split ``num_pairs`` evenly (None for one device)."""
+  devices = jax.local_devices() if devices is None else devices
+  count = max(d for d in range(1, len(devices) + 1) if num_pairs % d == 0)
+  return Mesh(np.array(devices[:count]), ("pairs",)) if count > 1 else None
+
+
 class GradientWorker:
   """Owns a pool of inner runs (they never leave it) and computes one estimate per call.
+
+  On a host with several local devices (a multi-GPU host, a TPU VM) the
+  particle state is sharded along its leading (pair) axis over a 1-D mesh of
+  the devices that divide ``num_pairs`` evenly, and the jitted step keeps it
+  there: each device advances its share of the pairs, and only the estimate
+  (a mean over pairs) is reduced across devices. The numbers are the same as
+  on one device.
 
   Args:
     config: the worker's configuration.
     worker_id: its index; seeds derive from ``(seed, worker_id)``.
     seed: the run's seed.
+    shard_pairs: shard the pairs over the local devices (False: everything on the default device).
   """
 
-  def __init__(self, config: WorkerConfig, worker_id: int, seed: int = 0):
+  def __init__(self, config: WorkerConfig, worker_id: int, seed: int = 0, *, shard_pairs: bool = True):
     self.config, self.worker_id = config, worker_id
     self.lopt = config.learned_optimizer()
     self.estimator = config.build_estimator()
@@ -92,14 +108,61 @@ class GradientWorker:
     self.state = None
     self.calls_at_step: dict[int, int] = {}
     estimator = self.estimator
-    self._step = jax.jit(lambda problem, state, theta, key: estimator.step(problem, state, theta, key))
+    self.mesh = pairs_mesh(config.num_pairs) if shard_pairs else None
+    step = lambda problem, state, theta, key: estimator.step(problem, state, theta, key)  # noqa: E731
+    if self.mesh is None:
+      self._step = jax.jit(step)
+    else:
+      replicated = NamedSharding(self.mesh, PartitionSpec())
+      state_sharding = jax.tree.map(self._leaf_sharding, self._abstract_state())
+      self._step = jax.jit(step, out_shardings=(state_sharding, replicated, replicated))
+
+  def _leaf_sharding(self, leaf: Any) -> NamedSharding:
+    """Pair-axis sharding for a particle-state leaf (its leading axis is the pair axis)."""
+    spec = PartitionSpec("pairs") if jnp.ndim(leaf) else PartitionSpec()
+    return NamedSharding(self.mesh, spec)
+
+  def _abstract_state(self) -> Any:
+    theta = jax.eval_shape(self.lopt.init_meta, self.init_key)
+    return jax.eval_shape(self.estimator.init, self.problem, theta, self.init_key)
+
+  def _place(self, state: Any) -> Any:
+    return state if self.mesh is None else jax.device_put(state, jax.tree.map(self._leaf_sharding, state))
+
+  def particles(self) -> dict[str, np.ndarray] | None:
+    """The inner runs' state as numpy leaves ``{"0000": ..., "0001": ...}`` (None before the first estimate).
+
+    With :meth:`load_particles` it lets a checkpoint carry the particles, so a
+    resumed PES run continues its inner runs instead of restarting them.
+    """
+    if self.state is None:
+      return None
+    return {f"{i:04d}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(self.state))}
+
+  def load_particles(self, saved: dict[str, np.ndarray]) -> bool:
+    """Replaces the inner runs by ``saved`` (from :meth:`particles`); False, changing nothing, if they do not fit.
+
+    They do not fit when the estimator, the number of pairs or the task's
+    shapes differ from the ones they were saved with.
+    """
+    abstract = self._abstract_state()
+    expected = jax.tree.leaves(abstract)
+    leaves = [saved[name] for name in sorted(saved)]
+    if len(leaves) != len(expected):
+      return False
+    if any(
+      np.shape(leaf) != spec.shape or np.asarray(leaf).dtype != spec.dtype for leaf, spec in zip(leaves, expected)
+    ):
+      return False
+    self.state = self._place(jax.tree.structure(abstract).unflatten([jnp.asarray(leaf) for leaf in leaves]))
+    return True
 
   def compute(self, theta: Any, theta_step: int) -> Estimate:
     """One truncation (or whole run) at ``theta``; returns the estimate as numpy."""
     start = time.perf_counter()
     theta = jax.tree.map(jnp.asarray, theta)
     if self.state is None:
-      self.state = self.estimator.init(self.problem, theta, self.init_key)
+      self.state = self._place(self.estimator.init(self.problem, theta, self.init_key))
     # The noise depends on (seed, worker, theta step, n-th estimate at that step), not on how many
     # estimates this process made: a run resumed from a checkpoint draws the same noise.
     nth = self.calls_at_step.get(theta_step, 0)

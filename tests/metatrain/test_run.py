@@ -67,10 +67,11 @@ class _Interrupt:
     return self.pool.gather(count)
 
 
-def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
-  # Full-horizon ES keeps no particle state, so an interrupted and resumed synchronous run must
-  # retrace the uninterrupted one exactly (PES particles restart fresh on resume; see README).
-  bindings = ["WorkerConfig.estimator = 'full_es'"]
+@pytest.mark.parametrize("estimator", ["pes", "full_es"])
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, estimator):
+  # A synchronous run interrupted by Ctrl-C and resumed must retrace the uninterrupted one exactly:
+  # the checkpoint carries theta, the outer optimizer state and the PES workers' inner runs.
+  bindings = [f"WorkerConfig.estimator = {estimator!r}"]
   assert _train(tmp_path / "straight", *bindings) == 0
   from metatrain import run
 
@@ -130,3 +131,56 @@ def test_train_config_checks_types():
   with pytest.raises(TypeError, match="TrainConfig.learning_rate must be float"):
     TrainConfig(learning_rate="fast")
   assert TrainConfig(learning_rate=1).learning_rate == 1  # an int is a fine float
+
+
+def test_killed_learner_process_resumes_from_its_latest_checkpoint(tmp_path):
+  # SIGKILL: no exit checkpoint, possibly a half-written one. The restarted run resumes from the
+  # latest complete checkpoint and ends where an uninterrupted run ends.
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  bindings = ["TrainConfig.outer_steps = 60", "TrainConfig.checkpoint_every = 5"]
+  workdir = tmp_path / "killed"
+  command = [sys.executable, "-m", "metatrain.cli", "train", "--config", SMOKE, "--workdir", str(workdir)]
+  process = subprocess.Popen(
+    [*command, "--gin_bindings", *IN_PROCESS, *bindings],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+    env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+  )
+  deadline = time.monotonic() + 300
+  checkpoints = workdir / "checkpoints"
+  while time.monotonic() < deadline and process.poll() is None:
+    if checkpoints.exists() and any(p.name.isdigit() and int(p.name) >= 10 for p in checkpoints.iterdir()):
+      process.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.02)
+  assert process.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+  killed_at = _theta(workdir, bindings)[0]
+  assert 10 <= killed_at < 60
+  assert _train(workdir, *bindings) == 0
+  assert _train(tmp_path / "straight", *bindings) == 0
+  straight, resumed = _theta(tmp_path / "straight", bindings), _theta(workdir, bindings)
+  assert straight[0] == resumed[0] == 60
+  import jax
+
+  for a, b in zip(jax.tree.leaves(straight[1]["theta"]), jax.tree.leaves(resumed[1]["theta"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_worker_accelerators_reach_the_ray_actors(monkeypatch):
+  # gin: TrainConfig.worker_gpus = 1 / TrainConfig.worker_resources = {"TPU": 4}
+  from metatrain import distributed, run
+  from metatrain.worker import WorkerConfig
+
+  made = {}
+  monkeypatch.setattr(distributed, "RayPool", lambda *args, **kwargs: made.update(kwargs))
+  config = TrainConfig(num_workers=2, worker_cpus=8, worker_gpus=0.5, worker_resources={"TPU": 4}, address="auto")
+  run._make_pool(config, WorkerConfig())
+  assert made == {"address": "auto", "num_cpus": 8, "num_gpus": 0.5, "resources": {"TPU": 4}}
+  env = distributed.worker_env(num_gpus=0, resources={"TPU": 4})
+  assert "JAX_PLATFORMS" not in env  # a TPU worker must see its TPU
+  assert distributed.worker_env()["JAX_PLATFORMS"] == "cpu"
