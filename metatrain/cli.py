@@ -1,4 +1,4 @@
-"""``metatrain train --config FILE [--gin_bindings ...] --workdir DIR``: the entry point.
+"""``metatrain train --config FILE [--gin_bindings ...] --workdir DIR`` and ``metatrain eval``: the entry point.
 
 gin lives here and in ``configs/`` only: it fills :class:`TrainConfig` and
 :class:`WorkerConfig`, and the run itself takes plain values.
@@ -39,10 +39,17 @@ def main(argv: list[str] | None = None) -> int:
   run.add_argument("--gin_bindings", nargs="*", default=[], help="extra bindings, e.g. TrainConfig.outer_steps=10")
   run.add_argument("--workdir", required=True, help="checkpoints and TensorBoard logs go here")
   run.add_argument("--address", default=None, help='Ray address: "auto" on a cluster (default: a local Ray)')
-  commands.add_parser("eval", help="evaluate a meta-trained optimizer (comes with the evaluation milestone)")
+  evaluate = commands.add_parser("eval", help="meta-trained optimizers vs tuned Adam and SGDM: CSV, plot, table")
+  evaluate.add_argument("--checkpoint", nargs="+", required=True, help="workdirs of `metatrain train` runs")
+  evaluate.add_argument("--task", required=True, help="the task to train, e.g. mlp_fashion8 (see tasks.names())")
+  evaluate.add_argument("--steps", type=int, default=2000, help="inner steps per run (tuning runs too)")
+  evaluate.add_argument("--seeds", type=int, default=5, help="evaluation runs per optimizer")
+  evaluate.add_argument("--every", type=int, default=20, help="steps between train / valid evaluations")
+  evaluate.add_argument("--tune_seeds", type=int, default=2, help="runs per learning rate in the grid search")
+  evaluate.add_argument("--out", default=None, help="output folder (default: CHECKPOINT/eval/TASK)")
   args = parser.parse_args(argv)
   if args.command == "eval":
-    parser.error("'metatrain eval' is not available yet: it comes with the evaluation milestone (issue 6).")
+    return _eval(args)
   bindings = list(args.gin_bindings) + ([f"TrainConfig.address = {args.address!r}"] if args.address else [])
   try:
     train_config, worker_config, operative = parse_config(args.config, bindings)
@@ -55,6 +62,25 @@ def main(argv: list[str] | None = None) -> int:
   _, history = train(train_config, worker_config, args.workdir, operative_config=operative)
   if history:
     print(f"done: {len(history)} outer steps, last meta-loss {history[-1].get('meta_loss', float('nan')):.4f}")
+  return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+  from metatrain import compare
+
+  if args.steps < 1 or args.seeds < 1 or args.every < 1 or args.steps % args.every:
+    print("metatrain eval: --steps, --seeds, --every must be positive, --steps a multiple of --every.", file=sys.stderr)
+    return 2
+  try:
+    out = args.out or os.path.join(compare.workdir_of(args.checkpoint[0]), "eval", args.task)
+    results = compare.evaluate(
+      args.checkpoint, args.task, out, steps=args.steps, seeds=args.seeds, every=args.every, tune_seeds=args.tune_seeds
+    )
+  except (KeyError, ValueError, FileNotFoundError) as error:
+    print(f"metatrain eval: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
+    return 2
+  print(compare.summary(results, args.task, args.steps))
+  print(f"written to {os.path.abspath(out)}: curves.csv, curves.png, summary.md, tensorboard/")
   return 0
 
 

@@ -11,6 +11,18 @@ import optax
 from tasks import Task
 
 
+def _train_step(task: Task, optimizer: optax.GradientTransformation):
+  """``(params, opt_state), key -> ((params, opt_state), training batch loss)``."""
+
+  def step(carry, key):
+    params, state = carry
+    loss, grads = jax.value_and_grad(task.loss)(params, task.sample_batch(key, "train"))
+    updates, state = optimizer.update(grads, state, params)
+    return (optax.apply_updates(params, updates), state), loss
+
+  return step
+
+
 def train_run(task: Task, optimizer: optax.GradientTransformation, key: jax.Array, steps: int):
   """One inner run (pure, unjitted): fresh params from ``key``, ``steps`` steps on training batches.
 
@@ -19,15 +31,49 @@ def train_run(task: Task, optimizer: optax.GradientTransformation, key: jax.Arra
   """
   init_key, data_key = jax.random.split(key)
   params = task.init(init_key)
-
-  def step(carry, k):
-    params, state = carry
-    loss, grads = jax.value_and_grad(task.loss)(params, task.sample_batch(k, "train"))
-    updates, state = optimizer.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state), loss
-
+  step = _train_step(task, optimizer)
   (params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)), jax.random.split(data_key, steps))
   return params, losses
+
+
+def evaluated_run(task: Task, optimizer: optax.GradientTransformation, key: jax.Array, steps: int, every: int):
+  """:func:`train_run` (same params and batches for the same key) with evaluations every ``every`` steps.
+
+  Returns:
+    ``(batch_losses, evals)``: the training batch loss of every step, shape
+    ``(steps,)``, and ``task.eval_loss`` on the train and valid splits at
+    steps ``0, every, 2 every, ..., steps``, shape ``(steps // every + 1, 2)``.
+  """
+  if steps % every:
+    raise ValueError(f"steps ({steps}) must be a multiple of the evaluation interval ({every}).")
+  init_key, data_key = jax.random.split(key)
+  params = task.init(init_key)
+  step = _train_step(task, optimizer)
+
+  def evaluate(params):
+    return jnp.stack([task.eval_loss(params, "train"), task.eval_loss(params, "valid")])
+
+  def chunk(carry, keys):
+    carry, losses = jax.lax.scan(step, carry, keys)
+    return carry, (losses, evaluate(carry[0]))
+
+  keys = jax.random.split(data_key, steps).reshape(steps // every, every)
+  _, (losses, evals) = jax.lax.scan(chunk, (params, optimizer.init(params)), keys)
+  return losses.reshape(steps), jnp.concatenate([evaluate(params)[None], evals])
+
+
+@functools.partial(jax.jit, static_argnames=("make_optimizer", "steps", "every"))
+def evaluation_curves(task: Task, hyper, keys: jax.Array, *, make_optimizer, steps: int, every: int):
+  """:func:`evaluated_run` of ``make_optimizer(hyper)`` for every key (vmapped, one program).
+
+  ``make_optimizer`` is static (a learning-rate function such as
+  :func:`metatrain.adam`, or a learned optimizer's ``optimizer`` method) and
+  ``hyper`` traced (a learning rate, or theta): other values reuse the compilation.
+
+  Returns:
+    ``(batch_losses, evals)`` with a leading seed axis.
+  """
+  return jax.vmap(lambda key: evaluated_run(task, make_optimizer(hyper), key, steps, every))(keys)
 
 
 def _curves(task: Task, optimizer: optax.GradientTransformation, keys: jax.Array, steps: int) -> jax.Array:

@@ -120,6 +120,8 @@ def transformer_lm(*, name: str = "transformer_lm") -> Task:
 
 _TASKS: dict[str, Callable[[], Task]] = {
   "mlp_fashion8": lambda: mlp_fashion(8, (32,), name="mlp_fashion8"),
+  # Held out from meta-training: the same architecture at 16x16 inputs and 4x the width (generalisation).
+  "mlp_fashion16_wide": lambda: mlp_fashion(16, (128,), name="mlp_fashion16_wide"),
   "cnn_fashion16": lambda: cnn("fashion", 16, name="cnn_fashion16"),
   "cnn_cifar16": lambda: cnn("cifar", 16, name="cnn_cifar16"),
   "rnn_lm": lambda: rnn_lm("irnn", name="rnn_lm"),

@@ -1,0 +1,291 @@
+"""``metatrain eval``: meta-trained optimizers against tuned Adam and SGD with momentum on a task.
+
+Every optimizer trains the same fresh inner runs (evaluation seeds, never used
+in meta-training or tuning: same initial params and batches for each
+optimizer) for the same number of steps. The baselines' learning rates are
+picked by grid search on the validation loss after the same number of steps,
+with tuning seeds of their own. Outputs, in one folder:
+
+- ``curves.csv``: every curve, one row per (optimizer, seed, step, split):
+  ``train_batch`` (the loss of each step's training batch), ``train`` and
+  ``valid`` (``task.eval_loss`` on a fixed batch of the split, every ``every`` steps);
+- ``curves.png``: mean and standard error bands over seeds, log-scale loss;
+- ``summary.md``: final and best train and valid loss per optimizer, mean +- standard error;
+- ``tensorboard/``: the mean curves.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorboardX
+import tqdm
+
+import tasks
+from metatrain.baselines import adam, grid_search, sgdm
+from metatrain.checkpoint import Checkpoints
+from metatrain.evaluate import evaluation_curves
+from metatrain.learner import Learner
+from metatrain.lopt import LEARNED_OPTIMIZERS
+from metatrain.problem import outer_optimizer
+
+EVAL_SEED = 10_000  # evaluation run i uses jax.random.key(EVAL_SEED + i)
+TUNE_SEED = 20_000  # tuning run i uses jax.random.key(TUNE_SEED + i)
+ADAM_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+SGDM_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+SPLITS = ("train", "valid")
+
+
+@dataclasses.dataclass
+class Curves:
+  """One optimizer's runs on a task.
+
+  Attributes:
+    name: the optimizer's label.
+    learning_rate: the tuned rate of a baseline (None for a learned optimizer).
+    batch: training batch losses, shape ``(seeds, steps)``.
+    evals: ``{"train": (seeds, evaluations), "valid": ...}`` at :attr:`eval_steps`.
+    eval_steps: the steps evaluated, ``0, every, ..., steps``.
+  """
+
+  name: str
+  learning_rate: float | None
+  batch: np.ndarray
+  evals: dict[str, np.ndarray]
+  eval_steps: np.ndarray
+
+
+def _stats(values: np.ndarray) -> tuple[float, float]:
+  """Mean and standard error over the first axis (s.e. 0 for a single value)."""
+  values = np.asarray(values, np.float64)
+  se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+  return float(values.mean()), float(se)
+
+
+def workdir_of(path: str | pathlib.Path) -> pathlib.Path:
+  """The ``metatrain train`` workdir given it or its ``checkpoints`` folder; a clear error otherwise."""
+  path = pathlib.Path(path)
+  if path.name == "checkpoints" and path.is_dir():
+    path = path.parent
+  if not (path / "checkpoints").is_dir():
+    raise FileNotFoundError(f"no checkpoints in {path}: pass the --workdir of a `metatrain train` run.")
+  return path
+
+
+def load_learned(path: str | pathlib.Path, task: tasks.Task) -> tuple[str, Any, Any]:
+  """The latest meta-trained optimizer of a workdir, built for ``task``: ``(name, lopt, theta)``.
+
+  A learned optimizer's meta-parameters do not depend on the widths of the
+  networks it trains, so it runs on other widths and datasets of the same
+  architecture; another architecture (more layers, a CNN for an MLP's
+  optimizer) is a clear error.
+  """
+  workdir = workdir_of(path)
+  checkpoints = Checkpoints(workdir)
+  try:
+    config = checkpoints.latest_config()
+    if config is None:
+      raise FileNotFoundError(f"no readable checkpoint in {checkpoints.directory}.")
+    worker = config["worker"]
+    make = LEARNED_OPTIMIZERS[worker["optimizer"]]
+    trained = make(tasks.get(worker["task"]).space, width=worker["width"])
+    target = Learner(outer_optimizer(1.0, total_steps=1), trained.init_meta(jax.random.key(0))).state()
+    restored = checkpoints.restore_latest(target)
+    if restored is None:
+      raise FileNotFoundError(f"no checkpoint in {checkpoints.directory} restores.")
+    step, state, _ = restored
+  finally:
+    checkpoints.close()
+  lopt = make(task.space, width=worker["width"])
+  theta = jax.tree.map(np.asarray, state["theta"])
+  expected = jax.eval_shape(lopt.init_meta, jax.random.key(0))
+  shapes = lambda tree: jax.tree.map(lambda x: np.shape(x), tree)  # noqa: E731
+  if jax.tree.structure(theta) != jax.tree.structure(expected) or shapes(theta) != shapes(expected):
+    raise ValueError(
+      f"the {worker['optimizer']} optimizer in {workdir} was meta-trained on {worker['task']}, whose weight "
+      f"space does not match {task.name}'s; learned optimizers transfer across widths and datasets of the "
+      "same architecture, not across architectures."
+    )
+  return f"{worker['optimizer']} (step {step})", lopt, theta
+
+
+def run(
+  task: tasks.Task,
+  learned: Sequence[tuple[str, Any, Any]],
+  *,
+  steps: int,
+  seeds: int,
+  every: int,
+  tune_seeds: int = 2,
+  adam_rates: Sequence[float] = ADAM_RATES,
+  sgdm_rates: Sequence[float] = SGDM_RATES,
+  progress: bool = True,
+) -> list[Curves]:
+  """Tunes Adam and SGDM, then trains every optimizer on ``seeds`` evaluation runs of ``task``.
+
+  Args:
+    task: the inner task.
+    learned: ``(name, lopt, theta)`` per learned optimizer (see :func:`load_learned`).
+    steps: inner steps per run (tuning runs included).
+    seeds: evaluation runs per optimizer.
+    every: steps between evaluations of the train and valid loss.
+    tune_seeds: grid-search runs per learning rate.
+    adam_rates, sgdm_rates: the grids.
+    progress: show a progress bar.
+
+  Returns:
+    The baselines' curves, then the learned optimizers'.
+  """
+  baselines: list[tuple[str, Callable, Sequence[float]]] = [("adam", adam, adam_rates), ("sgdm", sgdm, sgdm_rates)]
+  bar = tqdm.tqdm(total=2 * len(baselines) + len(learned), desc="evaluating", unit="stage", disable=not progress)
+  keys = jnp.stack([jax.random.key(EVAL_SEED + i) for i in range(seeds)])
+  tuning = range(TUNE_SEED, TUNE_SEED + tune_seeds)
+
+  def curves(name, learning_rate, hyper, make_optimizer):
+    bar.set_postfix(optimizer=name)
+    batch, evals = evaluation_curves(task, hyper, keys, make_optimizer=make_optimizer, steps=steps, every=every)
+    evals = np.asarray(evals)
+    bar.update()
+    return Curves(
+      name,
+      learning_rate,
+      np.asarray(batch),
+      {split: evals[..., i] for i, split in enumerate(SPLITS)},
+      np.arange(0, steps + 1, every),
+    )
+
+  results = []
+  for name, make_optimizer, rates in baselines:
+    bar.set_postfix(optimizer=f"tuning {name}")
+    best, _ = grid_search(task, make_optimizer, rates, steps=steps, seeds=tuning, split="valid")
+    bar.update()
+    results.append(curves(name, best, jnp.float32(best), make_optimizer))
+  for name, lopt, theta in learned:
+    results.append(curves(name, None, jax.tree.map(jnp.asarray, theta), lopt.optimizer))
+  bar.close()
+  return results
+
+
+def write_csv(results: Sequence[Curves], path: pathlib.Path) -> None:
+  """One row per (optimizer, seed, step, split): ``optimizer, learning_rate, seed, step, split, loss``."""
+  with open(path, "w", newline="") as file:
+    writer = csv.writer(file)
+    writer.writerow(["optimizer", "learning_rate", "seed", "step", "split", "loss"])
+    for c in results:
+      rate = "" if c.learning_rate is None else repr(c.learning_rate)
+      for seed in range(len(c.batch)):
+        for step, loss in enumerate(c.batch[seed], start=1):
+          writer.writerow([c.name, rate, EVAL_SEED + seed, step, "train_batch", repr(float(loss))])
+        for split in SPLITS:
+          for step, loss in zip(c.eval_steps, c.evals[split][seed]):
+            writer.writerow([c.name, rate, EVAL_SEED + seed, int(step), split, repr(float(loss))])
+
+
+def summary(results: Sequence[Curves], task_name: str, steps: int) -> str:
+  """A markdown table: per optimizer, final and best train and valid loss, mean +- s.e. over seeds."""
+  seeds = len(results[0].batch)
+  lines = [
+    f"Task `{task_name}`, {steps} steps, {seeds} evaluation seeds (mean +- standard error); "
+    "`train` and `valid` are losses on fixed batches of each split, `best` is the lowest evaluated.",
+    "",
+    "| optimizer | learning rate | final train | best train | final valid | best valid |",
+    "|---|---|---|---|---|---|",
+  ]
+  for c in results:
+    cells = []
+    for split in SPLITS:
+      for values in (c.evals[split][:, -1], np.min(c.evals[split], axis=1)):
+        cells.append("{:.4f} +- {:.4f}".format(*_stats(values)))
+    rate = "tuned: " + f"{c.learning_rate:g}" if c.learning_rate is not None else "meta-trained"
+    lines.append(f"| {c.name} | {rate} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def parse_summary(text: str) -> dict[str, dict[str, tuple[float, float]]]:
+  """Reads :func:`summary`'s table back: ``{optimizer: {column: (mean, s.e.)}}``."""
+  columns = ("final train", "best train", "final valid", "best valid")
+  table = {}
+  for line in text.splitlines():
+    cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+    if len(cells) != 6 or "+-" not in cells[2]:
+      continue
+    table[cells[0]] = {column: tuple(float(x) for x in cell.split("+-")) for column, cell in zip(columns, cells[2:])}
+  return table
+
+
+def plot(results: Sequence[Curves], path: pathlib.Path, title: str) -> None:
+  """Train and valid loss against steps: mean and standard error bands, log-scale loss."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  for axis, split in zip(axes, SPLITS):
+    for c in results:
+      values = np.asarray(c.evals[split], np.float64)
+      mean = values.mean(0)
+      se = values.std(0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.zeros_like(mean)
+      label = c.name if c.learning_rate is None else f"{c.name} (lr {c.learning_rate:g})"
+      (line,) = axis.plot(c.eval_steps, mean, label=label)
+      axis.fill_between(c.eval_steps, mean - se, mean + se, color=line.get_color(), alpha=0.25)
+    axis.set_yscale("log")
+    axis.set_xlabel("inner step")
+    axis.set_title(f"{split} loss")
+    axis.grid(True, which="both", alpha=0.3)
+  axes[0].set_ylabel("loss (log scale)")
+  axes[1].legend()
+  figure.suptitle(title)
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+
+
+def write_tensorboard(results: Sequence[Curves], folder: pathlib.Path) -> None:
+  """The mean curves over seeds: tags ``train_batch/<optimizer>``, ``train/<optimizer>``, ``valid/<optimizer>``."""
+  with tensorboardX.SummaryWriter(str(folder)) as writer:
+    for c in results:
+      for step, loss in enumerate(c.batch.mean(0), start=1):
+        writer.add_scalar(f"train_batch/{c.name}", float(loss), step)
+      for split in SPLITS:
+        for step, loss in zip(c.eval_steps, c.evals[split].mean(0)):
+          writer.add_scalar(f"{split}/{c.name}", float(loss), int(step))
+
+
+def evaluate(
+  checkpoints: Sequence[str | pathlib.Path],
+  task_name: str,
+  out: str | pathlib.Path,
+  *,
+  steps: int = 2000,
+  seeds: int = 5,
+  every: int = 20,
+  tune_seeds: int = 2,
+  progress: bool = True,
+) -> list[Curves]:
+  """``metatrain eval``: runs :func:`run` for the learned optimizers in ``checkpoints`` and writes every output.
+
+  Bad input (no checkpoint, an unknown task, an optimizer that does not fit
+  the task's weight space) is a clear error before anything runs.
+  """
+  task = tasks.get(task_name)
+  learned = [load_learned(path, task) for path in checkpoints]
+  names = [name for name, _, _ in learned]
+  for i, (name, lopt, theta) in enumerate(learned):  # two checkpoints at the same step: tell them apart
+    if names.count(name) > 1:
+      learned[i] = (f"{name} [{workdir_of(checkpoints[i]).name}]", lopt, theta)
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  results = run(task, learned, steps=steps, seeds=seeds, every=every, tune_seeds=tune_seeds, progress=progress)
+  write_csv(results, out / "curves.csv")
+  (out / "summary.md").write_text(summary(results, task_name, steps))
+  plot(results, out / "curves.png", f"{task_name}: {steps} steps, {seeds} seeds")
+  write_tensorboard(results, out / "tensorboard")
+  return results

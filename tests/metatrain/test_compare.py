@@ -1,0 +1,89 @@
+"""`metatrain eval` end to end on the smoke config's checkpoint: files, table, CSV and TensorBoard agree."""
+
+import csv
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import tasks
+from metatrain import cli, compare
+from metatrain.evaluate import learned_curves
+
+SMOKE = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "smoke.gin")
+STEPS, SEEDS, EVERY = 20, 2, 5
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("smoke")
+  bindings = ["TrainConfig.use_ray = False"]
+  assert cli.main(["train", "--config", SMOKE, "--workdir", str(workdir), "--gin_bindings", *bindings]) == 0
+  return workdir
+
+
+def _eval(workdir, task, out, *extra):
+  args = ["eval", "--checkpoint", str(workdir), "--task", task, "--steps", str(STEPS), "--seeds", str(SEEDS)]
+  return cli.main([*args, "--every", str(EVERY), "--tune_seeds", "1", "--out", str(out), *extra])
+
+
+def _rows(path):
+  with open(path) as file:
+    return list(csv.DictReader(file))
+
+
+def test_eval_writes_curves_plot_table_and_tensorboard(workdir, tmp_path):
+  assert _eval(workdir, "mlp_fashion8", tmp_path) == 0
+  assert (tmp_path / "curves.png").stat().st_size > 10_000
+  table = compare.parse_summary((tmp_path / "summary.md").read_text())
+  learned = "unf (step 4)"
+  assert set(table) == {"adam", "sgdm", learned}
+  rows = _rows(tmp_path / "curves.csv")
+  for name, columns in table.items():
+    assert all(np.isfinite(v) for cell in columns.values() for v in cell)
+    # The table, recomputed from the CSV: final valid loss of each seed, mean and standard error.
+    final = [float(r["loss"]) for r in rows if r["optimizer"] == name and r["split"] == "valid" and r["step"] == "20"]
+    assert len(final) == SEEDS
+    mean, se = np.mean(final), np.std(final, ddof=1) / np.sqrt(SEEDS)
+    np.testing.assert_allclose(columns["final valid"], (mean, se), atol=6e-5)
+    best = [
+      min(float(r["loss"]) for r in rows if r["optimizer"] == name and r["split"] == "train" and r["seed"] == seed)
+      for seed in {r["seed"] for r in rows}
+    ]
+    np.testing.assert_allclose(columns["best train"][0], np.mean(best), atol=6e-5)
+  # The learned optimizer's training batch losses are those of an independent run with the same keys.
+  task = tasks.get("mlp_fashion8")
+  _, lopt, theta = compare.load_learned(workdir, task)
+  keys = jax.numpy.stack([jax.random.key(compare.EVAL_SEED + i) for i in range(SEEDS)])
+  expected = np.asarray(learned_curves(task, lopt, theta, keys, STEPS))
+  seeds = sorted({r["seed"] for r in rows})
+  batch_rows = [r for r in rows if r["optimizer"] == learned and r["split"] == "train_batch"]
+  got = [[float(r["loss"]) for r in batch_rows if r["seed"] == s] for s in seeds]
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+  assert {int(s) for s in seeds}.isdisjoint(range(100))  # evaluation seeds are not meta-training or tuning seeds
+  # TensorBoard holds the mean curves.
+  events = EventAccumulator(str(tmp_path / "tensorboard"))
+  events.Reload()
+  valid = events.Scalars("valid/adam")
+  assert [e.step for e in valid] == list(range(0, STEPS + 1, EVERY))
+  adam_final = [
+    float(r["loss"]) for r in rows if r["optimizer"] == "adam" and r["split"] == "valid" and r["step"] == "20"
+  ]
+  np.testing.assert_allclose(valid[-1].value, np.mean(adam_final), rtol=1e-5)
+
+
+def test_eval_on_a_held_out_task_and_clear_errors(workdir, tmp_path, capsys):
+  # Widths and input size differ from the meta-training task: the same theta runs.
+  assert _eval(workdir, "mlp_fashion16_wide", tmp_path / "wide") == 0
+  table = compare.parse_summary((tmp_path / "wide" / "summary.md").read_text())
+  assert np.isfinite(table["unf (step 4)"]["final valid"][0])
+  # Another architecture, an unknown task, a folder without checkpoints: exit 2 with a message.
+  assert _eval(workdir, "cnn_fashion16", tmp_path / "cnn") == 2
+  assert "does not match cnn_fashion16's" in capsys.readouterr().err
+  assert _eval(workdir, "mlp_mnist", tmp_path / "x") == 2
+  assert "unknown task 'mlp_mnist'" in capsys.readouterr().err
+  assert _eval(tmp_path, "mlp_fashion8", tmp_path / "y") == 2
+  assert "no checkpoints in" in capsys.readouterr().err
+  assert not (tmp_path / "cnn").exists()
