@@ -1,4 +1,4 @@
-"""``metatrain train --config FILE [--gin_bindings ...] --workdir DIR`` and ``metatrain eval``: the entry point.
+"""The ``metatrain`` command: ``train``, ``eval``, and the RNN zoo experiment's ``zoo`` and ``predict``.
 
 gin lives here and in ``configs/`` only: it fills :class:`TrainConfig` and
 :class:`WorkerConfig`, and the run itself takes plain values.
@@ -47,9 +47,15 @@ def main(argv: list[str] | None = None) -> int:
   evaluate.add_argument("--every", type=int, default=20, help="steps between train / valid evaluations")
   evaluate.add_argument("--tune_seeds", type=int, default=2, help="runs per learning rate in the grid search")
   evaluate.add_argument("--out", default=None, help="output folder (default: CHECKPOINT/eval/TASK)")
+  from metatrain import predict, zoo
+
+  zoo.build_parser(commands.add_parser("zoo", help="generate a zoo of small RNNs with their test accuracies"))
+  predict.build_parser(commands.add_parser("predict", help="predict a zoo's test accuracies from weights"))
   args = parser.parse_args(argv)
   if args.command == "eval":
     return _eval(args)
+  if args.command in ("zoo", "predict"):
+    return {"zoo": zoo, "predict": predict}[args.command].run(args)
   bindings = list(args.gin_bindings) + ([f"TrainConfig.address = {args.address!r}"] if args.address else [])
   try:
     train_config, worker_config, operative = parse_config(args.config, bindings)

@@ -1,0 +1,485 @@
+"""A zoo of tiny character-level IRNNs on Shakespeare, for predicting generalization from weights.
+
+The small-scale analogue of the Tiny RNN Zoo of Zhou, Finn, Harrison (2024),
+"Universal Neural Functionals", Sec. 4: many small recurrent language models,
+each trained with its own learning rate, initialization scale, number of
+training steps and label noise, stored with their weights and their test
+accuracy (next-character accuracy on a fixed batch of the corpus's test
+split). :mod:`metatrain.predict` then learns to predict the accuracy from the
+weights alone.
+
+Every model of the zoo is trained at once: one ``jax.vmap`` over models inside
+one jitted ``lax.scan`` over steps. Shapes are static; a model whose step
+budget is spent keeps its weights (a per-model mask on the update).
+
+The zoo is one ``.npz`` per split (``train``, ``valid``, ``test``: disjoint
+models) holding the stacked weights (``weights/<leaf path>``, leading model
+axis), the accuracy, each model's hyper-parameters, and the weight space as
+JSON text; :func:`load_split` gives them back with the rebuilt
+:class:`unf.WeightSpace`.
+
+Example:
+  >>> import tempfile
+  >>> from metatrain import zoo
+  >>> folder = tempfile.mkdtemp()
+  >>> _ = zoo.generate(zoo.ZooConfig(num_models=4, max_steps=4, min_steps=2), folder, progress=False)
+  >>> split = zoo.load_split(folder, "train")
+  >>> split.accuracy.shape[0] == split.weights["head"]["kernel"].shape[0]
+  True
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import io
+import json
+import math
+import os
+import pathlib
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+import unf
+from tasks.base import SequenceData
+from tasks.registry import shakespeare_data
+
+SPLITS = ("train", "valid", "test")
+HYPERPARAMETERS = ("learning_rate", "init_scale", "num_steps", "label_noise")
+_WEIGHTS_PREFIX = "weights/"
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooConfig:
+  """What the zoo holds and how its models are trained.
+
+  Each model draws its hyper-parameters independently: the Adam learning rate
+  log-uniform in ``learning_rate``, the initialization scale log-uniform in
+  ``init_scale`` (a multiplier on the fan-in-scaled standard deviation of the
+  embedding, input and head matrices, so it means the same at every width;
+  the recurrent matrix always starts at the identity, as in an IRNN), the
+  number of training steps uniform in ``[min_steps, max_steps]``, and the
+  label noise (the fraction of training targets replaced by uniformly random
+  characters) uniform in ``label_noise``.
+
+  Attributes:
+    num_models: models in the zoo, over all splits.
+    seed: everything (hyper-parameters, initializations, batches, splits) follows from it.
+    embed: embedding width.
+    hidden: recurrent state width.
+    seq_len: characters per training and evaluation window.
+    batch_size: windows per training step.
+    min_steps, max_steps: range of the per-model number of training steps.
+    learning_rate: (low, high) of the log-uniform Adam learning rate.
+    init_scale: (low, high) of the log-uniform initialization scale.
+    label_noise: (low, high) of the uniform label-noise fraction.
+    clip_norm: global gradient-norm clip (keeps high learning rates finite).
+    eval_windows: windows of the fixed test batch on which accuracy is measured.
+    split_fractions: shares of the models in the zoo's train and valid splits (test: the rest).
+    chunk: training steps per call of the jitted scan (one compile; the progress bar advances per chunk).
+  """
+
+  num_models: int = 300
+  seed: int = 0
+  embed: int = 8
+  hidden: int = 32
+  seq_len: int = 16
+  batch_size: int = 16
+  min_steps: int = 50
+  max_steps: int = 600
+  learning_rate: tuple[float, float] = (1e-3, 3e-2)
+  init_scale: tuple[float, float] = (0.2, 3.0)
+  label_noise: tuple[float, float] = (0.0, 0.6)
+  clip_norm: float = 1.0
+  eval_windows: int = 256
+  split_fractions: tuple[float, float] = (0.6, 0.2)
+  chunk: int = 50
+
+  def __post_init__(self):
+    if self.num_models < len(SPLITS):
+      raise ValueError(f"num_models must be at least {len(SPLITS)} (one per split), got {self.num_models}.")
+    if not 1 <= self.min_steps <= self.max_steps:
+      raise ValueError(f"need 1 <= min_steps <= max_steps, got {self.min_steps} and {self.max_steps}.")
+    train, valid = self.split_fractions
+    if not (0 < train and 0 < valid and train + valid < 1):
+      raise ValueError(f"split_fractions {self.split_fractions} must be positive and sum to less than 1.")
+
+
+class ZooSplit(NamedTuple):
+  """One split of a zoo.
+
+  Attributes:
+    weights: the models' params, a nested dict of arrays with a leading model axis.
+    accuracy: (models,) test next-character accuracy of each model, in [0, 1].
+    hyperparameters: per name in :data:`HYPERPARAMETERS`, a (models,) array; also ``index``, the
+      model's position in the whole zoo.
+    space: the weight space of one model's params.
+  """
+
+  weights: dict
+  accuracy: np.ndarray
+  hyperparameters: dict[str, np.ndarray]
+  space: unf.WeightSpace
+
+  def __len__(self) -> int:
+    return int(self.accuracy.shape[0])
+
+
+# --- the model: a functional IRNN language model laid out like tasks.models.RNNLM ---------------
+
+
+def init_params(key: jax.Array, config: ZooConfig, vocab_size: int, init_scale: jax.Array) -> dict:
+  """Initial params of one IRNN LM, with the layout of ``tasks.models.RNNLM(cell="irnn")``.
+
+  The embedding is ``N(0, 1)``, the input and head kernels ``N(0, 1 / fan_in)``,
+  all three times ``init_scale``; the recurrent kernel is the identity and the
+  biases are zero.
+  """
+  k_embed, k_input, k_head = jax.random.split(key, 3)
+  e, h = config.embed, config.hidden
+  return {
+    "embed": {"embedding": init_scale * jax.random.normal(k_embed, (vocab_size, e))},
+    "cell": {
+      "dense_i": {"kernel": init_scale * jax.random.normal(k_input, (e, h)) / math.sqrt(e), "bias": jnp.zeros(h)},
+      "dense_h": {"kernel": jnp.eye(h)},
+    },
+    "head": {
+      "kernel": init_scale * jax.random.normal(k_head, (h, vocab_size)) / math.sqrt(h),
+      "bias": jnp.zeros(vocab_size),
+    },
+  }
+
+
+def apply(params: dict, tokens: jax.Array) -> jax.Array:
+  """Logits (batch, time, vocab) of tokens (batch, time): ``h_t = relu(x_t W_i + b_i + h_{t-1} W_h)``."""
+  inputs = params["embed"]["embedding"][tokens]
+  cell = params["cell"]
+
+  def step(state, x):
+    state = jax.nn.relu(x @ cell["dense_i"]["kernel"] + cell["dense_i"]["bias"] + state @ cell["dense_h"]["kernel"])
+    return state, state
+
+  initial = jnp.zeros((tokens.shape[0], cell["dense_h"]["kernel"].shape[0]), inputs.dtype)
+  _, states = jax.lax.scan(step, initial, jnp.swapaxes(inputs, 0, 1))
+  return jnp.swapaxes(states, 0, 1) @ params["head"]["kernel"] + params["head"]["bias"]
+
+
+def accuracy(params: dict, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+  """Fraction of positions whose most likely next character is the target."""
+  inputs, targets = batch
+  return jnp.mean(jnp.argmax(apply(params, inputs), axis=-1) == targets)
+
+
+def _loss(params: dict, inputs: jax.Array, targets: jax.Array) -> jax.Array:
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(apply(params, inputs), targets))
+
+
+# --- hyper-parameters and training ------------------------------------------------------------------
+
+
+def sample_hyperparameters(config: ZooConfig) -> dict[str, np.ndarray]:
+  """Each model's hyper-parameters (see :class:`ZooConfig`), drawn from ``config.seed``."""
+  rng = np.random.default_rng([config.seed, 0])
+  n = config.num_models
+
+  def log_uniform(bounds):
+    return np.exp(rng.uniform(np.log(bounds[0]), np.log(bounds[1]), n)).astype(np.float32)
+
+  return {
+    "learning_rate": log_uniform(config.learning_rate),
+    "init_scale": log_uniform(config.init_scale),
+    "num_steps": rng.integers(config.min_steps, config.max_steps + 1, n).astype(np.int32),
+    "label_noise": rng.uniform(*config.label_noise, n).astype(np.float32),
+  }
+
+
+def _optimizer(clip_norm: float) -> optax.GradientTransformation:
+  # The learning rate differs per model: it multiplies the direction outside the transformation.
+  return optax.chain(optax.clip_by_global_norm(clip_norm), optax.scale_by_adam())
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "chunk", "clip_norm"))
+def _train_chunk(
+  data: SequenceData,
+  state: tuple,
+  hyper: dict,
+  keys: jax.Array,
+  start: jax.Array,
+  *,
+  batch_size: int,
+  chunk: int,
+  clip_norm: float,
+) -> tuple:
+  """Advances every model ``chunk`` steps from step ``start``: one scan of a vmapped step.
+
+  A model trains at step t only while ``t < num_steps``; afterwards its params
+  and optimizer state are carried unchanged, so shapes stay static.
+  """
+  optimizer = _optimizer(clip_norm)
+
+  def model_step(params, opt_state, hyper, key, step):
+    k_batch, k_noise, k_token = jax.random.split(jax.random.fold_in(key, step), 3)
+    inputs, targets = data.sample(k_batch, "train", batch_size)
+    noisy = jax.random.uniform(k_noise, targets.shape) < hyper["label_noise"]
+    targets = jnp.where(noisy, jax.random.randint(k_token, targets.shape, 0, data.num_classes), targets)
+    grads = jax.grad(_loss)(params, inputs, targets)
+    direction, new_opt_state = optimizer.update(grads, opt_state, params)
+    active = step < hyper["num_steps"]
+    new_params = jax.tree.map(lambda p, d: jnp.where(active, p - hyper["learning_rate"] * d, p), params, direction)
+    new_opt_state = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_opt_state, opt_state)
+    return new_params, new_opt_state
+
+  def scan_step(state, step):
+    params, opt_state = jax.vmap(model_step, in_axes=(0, 0, 0, 0, None))(*state, hyper, keys, step)
+    return (params, opt_state), None
+
+  state, _ = jax.lax.scan(scan_step, state, start + jnp.arange(chunk))
+  return state
+
+
+@jax.jit
+def _evaluate(data_batch: tuple[jax.Array, jax.Array], params: dict) -> jax.Array:
+  return jax.vmap(accuracy, in_axes=(0, None))(params, data_batch)
+
+
+def train_zoo(
+  config: ZooConfig, hyperparameters: dict[str, np.ndarray], *, data: SequenceData | None = None, progress: bool = True
+) -> tuple[dict, np.ndarray]:
+  """Trains every model of the zoo and measures its test accuracy.
+
+  Args:
+    config: the zoo's configuration.
+    hyperparameters: per-model arrays, as from :func:`sample_hyperparameters`.
+    data: the corpus windows (default: the Shakespeare corpus at ``config.seq_len``).
+    progress: show a progress bar.
+
+  Returns:
+    The stacked params (numpy, leading model axis) and the (models,) test accuracies on
+    ``config.eval_windows`` evenly spaced windows of the test split.
+  """
+  data = shakespeare_data(config.seq_len) if data is None else data
+  n = len(hyperparameters["num_steps"])
+  root = jax.random.key(config.seed)
+  init_keys = jax.random.split(jax.random.fold_in(root, 1), n)
+  step_keys = jax.random.split(jax.random.fold_in(root, 2), n)
+  hyper = {name: jnp.asarray(value) for name, value in hyperparameters.items()}
+  params = jax.vmap(init_params, in_axes=(0, None, None, 0))(init_keys, config, data.num_classes, hyper["init_scale"])
+  state = (params, jax.vmap(_optimizer(config.clip_norm).init)(params))
+  steps = int(np.max(hyperparameters["num_steps"]))
+  chunks = -(-steps // config.chunk)
+  for c in tqdm.trange(chunks, desc=f"training {n} models", unit="chunk", disable=not progress, leave=False):
+    state = _train_chunk(
+      data,
+      state,
+      hyper,
+      step_keys,
+      jnp.int32(c * config.chunk),
+      batch_size=config.batch_size,
+      chunk=config.chunk,
+      clip_norm=config.clip_norm,
+    )
+  params = state[0]
+  test_accuracy = _evaluate(data.eval_batch("test", config.eval_windows), params)
+  return jax.tree.map(np.asarray, params), np.asarray(test_accuracy)
+
+
+# --- storage ----------------------------------------------------------------------------------------
+
+
+def space_to_json(space: unf.WeightSpace) -> str:
+  """A weight space as JSON text: per leaf its path, axes (labels or null) and fixed sizes."""
+  leaves = [
+    {"path": list(path), "axes": list(axes), "fixed_sizes": None if fixed is None else list(fixed)}
+    for path, axes, fixed in zip(space.paths, space.axes, space.fixed_sizes)
+  ]
+  return json.dumps({"leaves": leaves})
+
+
+def space_from_json(text: str) -> unf.WeightSpace:
+  """Inverse of :func:`space_to_json`."""
+  spec, fixed = {}, {}
+  for leaf in json.loads(text)["leaves"]:
+    path = tuple(leaf["path"])
+    node = spec
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = tuple(leaf["axes"])
+    if leaf["fixed_sizes"] is not None:
+      fixed[path] = tuple(leaf["fixed_sizes"])
+  return unf.WeightSpace(spec, fixed_sizes=fixed)
+
+
+def write_atomically(path: pathlib.Path, data: bytes) -> None:
+  """Writes to a temporary file in the same folder, then renames: readers never see a partial file."""
+  handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+  try:
+    with os.fdopen(handle, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temporary, path)
+  except BaseException:
+    pathlib.Path(temporary).unlink(missing_ok=True)
+    raise
+
+
+def save_split(path: str | os.PathLike, split: ZooSplit) -> None:
+  """Writes a split as one ``.npz`` (atomically)."""
+  arrays = {
+    _WEIGHTS_PREFIX + "/".join(map(str, p)): np.asarray(leaf)
+    for p, leaf in zip(split.space.paths, split.space.flatten(split.weights))
+  }
+  arrays["accuracy"] = np.asarray(split.accuracy, np.float32)
+  arrays.update({f"hyper/{name}": np.asarray(value) for name, value in split.hyperparameters.items()})
+  arrays["space"] = np.asarray(space_to_json(split.space))
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  write_atomically(pathlib.Path(path), buffer.getvalue())
+
+
+def load_split(folder: str | os.PathLike, split: str) -> ZooSplit:
+  """Reads one split of a zoo written by :func:`generate`.
+
+  Raises:
+    FileNotFoundError: the split's file is missing.
+    ValueError: an unknown split, or weights that do not match the stored space.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}.")
+  path = pathlib.Path(folder) / f"{split}.npz"
+  if not path.exists():
+    raise FileNotFoundError(f"zoo split {path} not found: generate the zoo with `python -m metatrain.zoo --out DIR`.")
+  with np.load(path, allow_pickle=False) as file:
+    space = space_from_json(str(file["space"]))
+    leaves = [file[_WEIGHTS_PREFIX + "/".join(map(str, p))] for p in space.paths]
+    accuracy = file["accuracy"]
+    hyper = {name.removeprefix("hyper/"): file[name] for name in file.files if name.startswith("hyper/")}
+  weights = space.unflatten(leaves)
+  space.validate(jax.tree.map(lambda leaf: leaf[0], weights))  # one model's params lie in the space
+  if any(leaf.shape[0] != accuracy.shape[0] for leaf in leaves):
+    raise ValueError(f"{path}: weights and accuracies disagree on the number of models.")
+  return ZooSplit(weights, accuracy, hyper, space)
+
+
+def load_zoo(folder: str | os.PathLike) -> dict[str, ZooSplit]:
+  """All three splits of a zoo."""
+  return {split: load_split(folder, split) for split in SPLITS}
+
+
+def _select(tree: Any, index: np.ndarray) -> Any:
+  return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+def split_indices(config: ZooConfig) -> dict[str, np.ndarray]:
+  """Disjoint, sorted model indices of the zoo's train / valid / test splits (a seeded shuffle)."""
+  order = np.random.default_rng([config.seed, 1]).permutation(config.num_models)
+  n = config.num_models
+  n_train = min(max(1, round(config.split_fractions[0] * n)), n - 2)  # every split keeps a model
+  n_valid = min(max(1, round(config.split_fractions[1] * n)), n - n_train - 1)
+  parts = np.split(order, [n_train, n_train + n_valid])
+  return {split: np.sort(part) for split, part in zip(SPLITS, parts)}
+
+
+def generate(config: ZooConfig, folder: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
+  """Trains the zoo and writes ``{train,valid,test}.npz`` and ``zoo.json`` (a summary) to ``folder``.
+
+  Returns:
+    The summary: the config, the number of models per split, accuracy statistics and the wall time.
+  """
+  start = time.perf_counter()
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  hyper = sample_hyperparameters(config)
+  weights, test_accuracy = train_zoo(config, hyper, progress=progress)
+  hyper["index"] = np.arange(config.num_models, dtype=np.int32)
+  space = unf.rnn_space(jax.tree.map(lambda leaf: leaf[0], weights))
+  finite = np.all(
+    [np.isfinite(leaf).reshape(config.num_models, -1).all(axis=1) for leaf in jax.tree.leaves(weights)], 0
+  )
+  counts = {}
+  for split, index in split_indices(config).items():
+    index = index[finite[index]]  # a diverged model has no meaningful weights: leave it out (counted)
+    part = ZooSplit(
+      _select(weights, index),
+      test_accuracy[index],
+      {name: value[index] for name, value in hyper.items()},
+      space,
+    )
+    save_split(folder / f"{split}.npz", part)
+    counts[split] = len(part)
+  summary = {
+    "config": dataclasses.asdict(config),
+    "models": counts,
+    "diverged": int(np.sum(~finite)),
+    "accuracy": {
+      "min": float(test_accuracy.min()),
+      "mean": float(test_accuracy.mean()),
+      "max": float(test_accuracy.max()),
+      "std": float(test_accuracy.std()),
+    },
+    "space": str(space),
+    "seconds": time.perf_counter() - start,
+  }
+  write_atomically(folder / "zoo.json", (json.dumps(summary, indent=2) + "\n").encode())
+  return summary
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+  """The arguments of ``python -m metatrain.zoo`` (added to ``parser`` if given, e.g. a subcommand)."""
+  parser = parser or argparse.ArgumentParser(prog="python -m metatrain.zoo", description=__doc__.split("\n")[0])
+  defaults = ZooConfig()
+  parser.add_argument("--out", required=True, help="folder for {train,valid,test}.npz and zoo.json")
+  parser.add_argument("--models", type=int, default=defaults.num_models, help="models in the zoo, all splits")
+  parser.add_argument("--seed", type=int, default=defaults.seed)
+  parser.add_argument("--min_steps", type=int, default=defaults.min_steps)
+  parser.add_argument("--max_steps", type=int, default=defaults.max_steps)
+  parser.add_argument("--hidden", type=int, default=defaults.hidden)
+  parser.add_argument("--embed", type=int, default=defaults.embed)
+  parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="windows per training step")
+  parser.add_argument("--eval_windows", type=int, default=defaults.eval_windows, help="test windows for accuracy")
+  parser.add_argument("--chunk", type=int, default=defaults.chunk, help="training steps per jitted call")
+  parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+  return parser
+
+
+def run(args: argparse.Namespace) -> int:
+  """Generates the zoo that parsed arguments of :func:`build_parser` describe and prints a summary."""
+  config = ZooConfig(
+    num_models=args.models,
+    seed=args.seed,
+    min_steps=args.min_steps,
+    max_steps=args.max_steps,
+    hidden=args.hidden,
+    embed=args.embed,
+    batch_size=args.batch_size,
+    eval_windows=args.eval_windows,
+    chunk=args.chunk,
+  )
+  summary = generate(config, args.out, progress=not args.no_progress)
+  acc = summary["accuracy"]
+  print(f"zoo: {os.path.abspath(args.out)}")
+  print(f"  models: {summary['models']} ({summary['diverged']} diverged, left out)")
+  print(f"  test accuracy: min {acc['min']:.4f}, mean {acc['mean']:.4f}, max {acc['max']:.4f}, std {acc['std']:.4f}")
+  print(f"  wall time: {summary['seconds']:.1f} s")
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Generates a zoo: ``python -m metatrain.zoo --out DIR --models 300 --seed 0``."""
+  return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
