@@ -55,6 +55,8 @@ class TrainConfig:
     staleness: largest accepted age of an estimate in outer steps (0: synchronous).
     checkpoint_every: outer steps between checkpoints (and one at exit).
     keep_checkpoints: checkpoints kept.
+    checkpoint_particles: save the workers' inner runs (PES particles) in checkpoints, for an exact resume;
+      they cost 2 x pairs x (params + optimizer state) per worker: turn off for many workers on big tasks.
     seed: seeds theta's initialisation and every worker.
     use_ray: run workers as Ray actors (False: in this process, one after another).
     address: Ray address (None: a local Ray; "auto": the cluster this runs on).
@@ -72,6 +74,7 @@ class TrainConfig:
   staleness: int = 0
   checkpoint_every: int = 50
   keep_checkpoints: int = 3
+  checkpoint_particles: bool = True
   seed: int = 0
   use_ray: bool = True
   address: str | None = None
@@ -167,7 +170,7 @@ def train(
 
   def save() -> None:
     try:
-      particles = pool.particles()
+      particles = pool.particles() if config.checkpoint_particles else {}
     except Exception as error:  # noqa: BLE001 - the learner state is what must be saved
       print(f"warning: the workers' inner runs are not saved ({error}); a resume restarts them.")
       particles = {}

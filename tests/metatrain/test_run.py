@@ -38,6 +38,7 @@ def test_train_writes_checkpoints_and_tensorboard(tmp_path):
   assert _train(tmp_path) == 0
   step, state, config = _theta(tmp_path)
   assert step == 4 and int(state["step"]) == 4
+  assert (tmp_path / "checkpoints" / "4" / "particles").is_dir()  # the PES workers' inner runs
   assert "WorkerConfig.task = 'mlp_fashion8'" in config["gin"] and config["worker"]["optimizer"] == "unf"
   events = EventAccumulator(str(tmp_path / "tensorboard"))
   events.Reload()
@@ -88,6 +89,15 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, estimator):
 
   for a, b in zip(jax.tree.leaves(straight[1]["theta"]), jax.tree.leaves(resumed[1]["theta"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_particles_can_be_left_out_of_checkpoints(tmp_path):
+  assert _train(tmp_path, "TrainConfig.checkpoint_particles = False") == 0
+  assert _theta(tmp_path)[0] == 4
+  assert not (tmp_path / "checkpoints" / "4" / "particles").exists()
+  # Resuming without particles works: the workers start fresh inner runs.
+  assert _train(tmp_path, "TrainConfig.checkpoint_particles = False", "TrainConfig.outer_steps = 6") == 0
+  assert _theta(tmp_path)[0] == 6
 
 
 def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
