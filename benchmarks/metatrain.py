@@ -11,12 +11,12 @@ Not a test. Run with `python -m benchmarks.metatrain` (or `make bench`).
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 
 import tasks
+from benchmarks.timing import best_seconds
 from metatrain import antithetic
 from metatrain.baselines import adam
 from metatrain.evaluate import learned_curves, training_curves
@@ -25,23 +25,13 @@ from metatrain.pes import PES
 from metatrain.problem import LearnedOptimizerProblem
 
 
-def _best(run, repeats):
-  jax.block_until_ready(run())
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(run())
-    best = min(best, time.perf_counter() - start)
-  return best
-
-
 def inner_rates(task, runs, steps, repeats):
   keys = jax.random.split(jax.random.key(0), runs)
   baseline = adam(1e-3)  # one object: the transformation is a static argument (a new one recompiles)
-  rates = {"Adam": runs * steps / _best(lambda: training_curves(task, baseline, keys, steps), repeats)}
+  rates = {"Adam": runs * steps / best_seconds(lambda: training_curves(task, baseline, keys, steps), repeats)}
   for lopt in (DeepSetsLOpt(task.space), UNFLOpt(task.space)):
     theta = lopt.init_meta(jax.random.key(1))
-    seconds = _best(lambda lopt=lopt, theta=theta: learned_curves(task, lopt, theta, keys, steps), repeats)
+    seconds = best_seconds(lambda lopt=lopt, theta=theta: learned_curves(task, lopt, theta, keys, steps), repeats)
     rates[type(lopt).__name__] = runs * steps / seconds
   return rates
 
@@ -52,7 +42,7 @@ def pes_rates(task, lopt, pairs, truncation, repeats):
   estimator = PES(num_pairs=pairs, truncation=truncation)
   state = estimator.init(problem, theta, jax.random.key(2))
   pes_step = jax.jit(lambda problem, state, key: estimator.step(problem, state, theta, key))
-  pes_seconds = _best(lambda: pes_step(problem, state, jax.random.key(3)), repeats)
+  pes_seconds = best_seconds(lambda: pes_step(problem, state, jax.random.key(3)), repeats)
 
   thetas = jax.tree.map(lambda t: jnp.broadcast_to(t, (pairs, *t.shape)), theta)
 
@@ -60,7 +50,7 @@ def pes_rates(task, lopt, pairs, truncation, repeats):
   def plain(problem, thetas, state, key):  # the same 2 x pairs runs, same vmapped scan, no estimator
     return antithetic.unroll_pairs(problem, thetas, thetas, state.pos, state.neg, key, truncation)
 
-  plain_seconds = _best(lambda: plain(problem, thetas, state, jax.random.key(3)), repeats)
+  plain_seconds = best_seconds(lambda: plain(problem, thetas, state, jax.random.key(3)), repeats)
   inner = 2 * pairs * truncation
   return inner / pes_seconds, inner / plain_seconds
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
 
 import jax
 import optax
 
 import tasks
+from benchmarks.timing import best_seconds
 
 LEARNING_RATE = 1e-3
 
@@ -51,13 +51,7 @@ def _steps_per_second(task, copies, steps, fixed, repeats):
     keys = jax.random.split(key, copies)
     params = jax.vmap(task.init)(keys)
     run = lambda: _unroll_many(task, params, keys, steps, fixed)  # noqa: E731
-  jax.block_until_ready(run())
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(run())
-    best = min(best, time.perf_counter() - start)
-  return copies * steps / best
+  return copies * steps / best_seconds(run, repeats)
 
 
 def main():

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import unf
+from benchmarks.timing import best_seconds
 
 IN_FEATURES, OUT_FEATURES = 19, 32
 
@@ -106,16 +107,6 @@ SPACES = {
 }
 
 
-def _time(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - start)
-  return best
-
-
 def bench(name, make, repeats):
   spec, shapes = make()
   key = jax.random.key(0)
@@ -138,9 +129,9 @@ def bench(name, make, repeats):
   grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
   dense_w = jax.random.normal(key, (IN_FEATURES, OUT_FEATURES)) / IN_FEATURES**0.5
   dense = jax.jit(lambda w, x: jax.tree.map(lambda a: a @ w, x))
-  t_fwd = _time(fwd, weights, x, repeats=repeats)
-  t_bwd = _time(grad, weights, x, repeats=repeats)
-  t_dense = _time(dense, dense_w, x, repeats=repeats)
+  t_fwd = best_seconds(lambda: fwd(weights, x), repeats)
+  t_bwd = best_seconds(lambda: grad(weights, x), repeats)
+  t_dense = best_seconds(lambda: dense(dense_w, x), repeats)
   n_weights = sum(a.size for a in jax.tree.leaves(params))
   return {
     "space": name,
