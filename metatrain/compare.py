@@ -31,7 +31,7 @@ import tqdm
 import tasks
 from metatrain.baselines import adam, grid_search, sgdm
 from metatrain.checkpoint import Checkpoints
-from metatrain.evaluate import evaluation_curves
+from metatrain.evaluate import evaluation_curves, mean_se
 from metatrain.learner import Learner
 from metatrain.lopt import LEARNED_OPTIMIZERS
 from metatrain.problem import outer_optimizer
@@ -60,13 +60,6 @@ class Curves:
   batch: np.ndarray
   evals: dict[str, np.ndarray]
   eval_steps: np.ndarray
-
-
-def _stats(values: np.ndarray) -> tuple[float, float]:
-  """Mean and standard error over the first axis (s.e. 0 for a single value)."""
-  values = np.asarray(values, np.float64)
-  se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
-  return float(values.mean()), float(se)
 
 
 def workdir_of(path: str | pathlib.Path) -> pathlib.Path:
@@ -202,7 +195,7 @@ def summary(results: Sequence[Curves], task_name: str, steps: int) -> str:
     cells = []
     for split in SPLITS:
       for values in (c.evals[split][:, -1], np.min(c.evals[split], axis=1)):
-        cells.append("{:.4f} +- {:.4f}".format(*_stats(values)))
+        cells.append("{:.4f} +- {:.4f}".format(*mean_se(values)))
     rate = "tuned: " + f"{c.learning_rate:g}" if c.learning_rate is not None else "meta-trained"
     lines.append(f"| {c.name} | {rate} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
@@ -230,9 +223,7 @@ def plot(results: Sequence[Curves], path: pathlib.Path, title: str) -> None:
   figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
   for axis, split in zip(axes, SPLITS):
     for c in results:
-      values = np.asarray(c.evals[split], np.float64)
-      mean = values.mean(0)
-      se = values.std(0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.zeros_like(mean)
+      mean, se = mean_se(c.evals[split])
       label = c.name if c.learning_rate is None else f"{c.name} (lr {c.learning_rate:g})"
       (line,) = axis.plot(c.eval_steps, mean, label=label)
       axis.fill_between(c.eval_steps, mean - se, mean + se, color=line.get_color(), alpha=0.25)

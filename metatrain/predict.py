@@ -46,6 +46,7 @@ from flax import nnx
 
 import unf
 from metatrain import zoo as zoo_lib
+from metatrain.evaluate import mean_se
 
 PREDICTORS = ("unf", "deepsets", "statnn")
 # Test Kendall's tau on the Tiny RNN Zoo, Zhou et al. 2024, Table 2.
@@ -383,20 +384,14 @@ def run_seed(name: str, zoo: dict[str, zoo_lib.ZooSplit], seed: int, *, config: 
   }
 
 
-def _mean_se(values: Sequence[float]) -> tuple[float, float]:
-  values = np.asarray(values, np.float64)
-  se = float(np.std(values, ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
-  return float(np.mean(values)), se
-
-
 def summarize(rows: Sequence[dict]) -> list[dict]:
   """Per predictor (in order of appearance): mean and standard error of test and validation tau over seeds."""
   names = list(dict.fromkeys(row["predictor"] for row in rows))
   out = []
   for name in names:
     mine = [row for row in rows if row["predictor"] == name]
-    test, test_se = _mean_se([row["test_tau"] for row in mine])
-    val, val_se = _mean_se([row["val_tau"] for row in mine])
+    test, test_se = mean_se([row["test_tau"] for row in mine])
+    val, val_se = mean_se([row["val_tau"] for row in mine])
     out.append(
       {
         "predictor": name,

@@ -1,6 +1,11 @@
 """`metatrain train` end to end in one process: checkpoints, resume, TensorBoard, configuration errors."""
 
+import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -146,12 +151,6 @@ def test_train_config_checks_types():
 def test_killed_learner_process_resumes_from_its_latest_checkpoint(tmp_path):
   # SIGKILL: no exit checkpoint, possibly a half-written one. The restarted run resumes from the
   # latest complete checkpoint and ends where an uninterrupted run ends.
-  import os
-  import signal
-  import subprocess
-  import sys
-  import time
-
   bindings = ["TrainConfig.outer_steps = 60", "TrainConfig.checkpoint_every = 5"]
   workdir = tmp_path / "killed"
   command = [sys.executable, "-m", "metatrain.cli", "train", "--config", SMOKE, "--workdir", str(workdir)]
