@@ -108,26 +108,22 @@ class GradientWorker:
     self.state = None
     self.calls_at_step: dict[int, int] = {}
     estimator = self.estimator
+    theta = jax.eval_shape(self.lopt.init_meta, self.init_key)
+    self._state_spec = jax.eval_shape(estimator.init, self.problem, theta, self.init_key)  # shapes, once
     self.mesh = pairs_mesh(config.num_pairs) if shard_pairs else None
     step = lambda problem, state, theta, key: estimator.step(problem, state, theta, key)  # noqa: E731
     if self.mesh is None:
+      self._state_sharding = None
       self._step = jax.jit(step)
     else:
+      # Particle leaves split along their leading (pair) axis; theta, estimate and metrics replicated.
       replicated = NamedSharding(self.mesh, PartitionSpec())
-      state_sharding = jax.tree.map(self._leaf_sharding, self._abstract_state())
-      self._step = jax.jit(step, out_shardings=(state_sharding, replicated, replicated))
-
-  def _leaf_sharding(self, leaf: Any) -> NamedSharding:
-    """Pair-axis sharding for a particle-state leaf (its leading axis is the pair axis)."""
-    spec = PartitionSpec("pairs") if jnp.ndim(leaf) else PartitionSpec()
-    return NamedSharding(self.mesh, spec)
-
-  def _abstract_state(self) -> Any:
-    theta = jax.eval_shape(self.lopt.init_meta, self.init_key)
-    return jax.eval_shape(self.estimator.init, self.problem, theta, self.init_key)
+      pairs = lambda leaf: NamedSharding(self.mesh, PartitionSpec("pairs") if leaf.ndim else PartitionSpec())  # noqa: E731
+      self._state_sharding = jax.tree.map(pairs, self._state_spec)
+      self._step = jax.jit(step, out_shardings=(self._state_sharding, replicated, replicated))
 
   def _place(self, state: Any) -> Any:
-    return state if self.mesh is None else jax.device_put(state, jax.tree.map(self._leaf_sharding, state))
+    return state if self._state_sharding is None else jax.device_put(state, self._state_sharding)
 
   def particles(self) -> dict[str, np.ndarray] | None:
     """The inner runs' state as numpy leaves ``{"0000": ..., "0001": ...}`` (None before the first estimate).
@@ -145,8 +141,7 @@ class GradientWorker:
     They do not fit when the estimator, the number of pairs or the task's
     shapes differ from the ones they were saved with.
     """
-    abstract = self._abstract_state()
-    expected = jax.tree.leaves(abstract)
+    expected = jax.tree.leaves(self._state_spec)
     leaves = [saved[name] for name in sorted(saved)]
     if len(leaves) != len(expected):
       return False
@@ -154,7 +149,7 @@ class GradientWorker:
       np.shape(leaf) != spec.shape or np.asarray(leaf).dtype != spec.dtype for leaf, spec in zip(leaves, expected)
     ):
       return False
-    self.state = self._place(jax.tree.structure(abstract).unflatten([jnp.asarray(leaf) for leaf in leaves]))
+    self.state = self._place(jax.tree.structure(self._state_spec).unflatten([jnp.asarray(leaf) for leaf in leaves]))
     return True
 
   def compute(self, theta: Any, theta_step: int) -> Estimate:
