@@ -6,7 +6,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from tasks import Task
@@ -96,16 +95,3 @@ def learned_curves(task: Task, lopt, theta, keys: jax.Array, steps: int) -> jax.
 def mean_normalized_loss(task: Task, curves: jax.Array) -> jax.Array:
   """The meta-objective of whole runs: mean normalised loss over steps and runs."""
   return jnp.mean(task.normalized(curves))
-
-
-def mean_se(values, axis: int = 0):
-  """Mean and standard error of the mean along ``axis`` (NaN standard error for a single value).
-
-  Returns:
-    ``(mean, se)``: floats for 1-D ``values``, arrays otherwise.
-  """
-  values = np.asarray(values, np.float64)
-  count = values.shape[axis]
-  mean = values.mean(axis)
-  se = values.std(axis, ddof=1) / np.sqrt(count) if count > 1 else np.full_like(mean, np.nan)
-  return (float(mean), float(se)) if values.ndim == 1 else (mean, se)
