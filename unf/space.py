@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -77,6 +78,44 @@ def _leaves_with_paths(tree: Any, prefix: Path = ()) -> list[tuple[Path, Any]]:
       out.extend(_leaves_with_paths(tree[key], prefix + (key,)))
     return out
   return [(prefix, tree)]
+
+
+_JSON_FORMAT = 1
+
+
+def _excerpt(value: Any, limit: int = 60) -> str:
+  text = repr(value)
+  return f"{type(value).__name__} {text if len(text) <= limit else text[: limit - 3] + '...'}"
+
+
+def _parse_json_leaf(index: int, leaf: Any) -> tuple[Path, Axes, tuple[int | None, ...] | None]:
+  """Reads one entry of ``"leaves"``, naming its index on any error."""
+  where = f"WeightSpace.from_json: leaf {index}"
+  if not isinstance(leaf, dict):
+    raise ValueError(f"{where} must be an object, got {_excerpt(leaf)}.")
+  missing = [key for key in ("path", "axes", "fixed_sizes") if key not in leaf]
+  if missing:
+    raise ValueError(f"{where} lacks the keys {missing}.")
+  unknown = sorted(set(leaf) - {"path", "axes", "fixed_sizes"})
+  if unknown:
+    raise ValueError(f"{where} has unknown keys {unknown}.")
+  path, axes, fixed = leaf["path"], leaf["axes"], leaf["fixed_sizes"]
+  # bool is an int in Python, but true/false are no params key.
+  if not isinstance(path, list) or not path or any(isinstance(k, bool) or not isinstance(k, (str, int)) for k in path):
+    raise ValueError(f'{where}: "path" must be a non-empty list of strings and ints, got {_excerpt(path)}.')
+  if not isinstance(axes, list) or any(a is not None and not isinstance(a, str) for a in axes):
+    raise ValueError(f'{where}: "axes" must be a list of labels (strings) and nulls, got {_excerpt(axes)}.')
+  if fixed is not None:
+    if not isinstance(fixed, list) or any(
+      s is not None and (isinstance(s, bool) or not isinstance(s, int)) for s in fixed
+    ):
+      raise ValueError(f'{where}: "fixed_sizes" must be null or a list of ints and nulls, got {_excerpt(fixed)}.')
+    fixed = tuple(fixed)
+  return tuple(path), tuple(axes), fixed
+
+
+def _fixed_only(sizes: tuple[int | None, ...]) -> tuple[int, ...]:
+  return tuple(s for s in sizes if s is not None)
 
 
 class WeightSpace:
@@ -255,6 +294,140 @@ class WeightSpace:
         sizes.setdefault(label, int(size))
         first_seen.setdefault(label, where)
     return sizes
+
+  # --- text and renaming -------------------------------------------------
+
+  def to_json(self) -> str:
+    """This space as JSON text, lossless: :meth:`from_json` gives back an equal space.
+
+    Per leaf, in :attr:`paths` order: its path (str and int keys stay apart,
+    since JSON keeps strings and numbers apart), its axes (a label or null)
+    and its fixed sizes (null if unknown, else an int per fixed axis and null
+    per permutable one).
+
+    Returns:
+      ``json.dumps({"format": 1, "leaves": [{"path": ..., "axes": ..., "fixed_sizes": ...}, ...]})``.
+
+    Example:
+      >>> import unf
+      >>> space = unf.WeightSpace({"layers": {0: {"kernel": ("in", "hidden")}}})
+      >>> space.to_json()
+      '{"format": 1, "leaves": [{"path": ["layers", 0, "kernel"], "axes": ["in", "hidden"], "fixed_sizes": null}]}'
+      >>> unf.WeightSpace.from_json(space.to_json()) == space
+      True
+    """
+    leaves = [
+      {"path": list(path), "axes": list(axes), "fixed_sizes": None if fixed is None else list(fixed)}
+      for (path, axes), fixed in zip(self._leaves, self._fixed)
+    ]
+    return json.dumps({"format": _JSON_FORMAT, "leaves": leaves})
+
+  @classmethod
+  def from_json(cls, text: str) -> WeightSpace:
+    """Parses the text of :meth:`to_json` (with or without its ``"format"`` key).
+
+    Args:
+      text: JSON text ``{"leaves": [{"path": [...], "axes": [...], "fixed_sizes": null | [...]}, ...]}``.
+
+    Returns:
+      The weight space it describes.
+
+    Raises:
+      ValueError: naming what is wrong if the text is not JSON, lacks a key,
+        holds a value of the wrong type, repeats a path or is not a valid space.
+    """
+    try:
+      data = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as error:
+      raise ValueError(f"WeightSpace.from_json: the text is not JSON: {error}.") from None
+    if not isinstance(data, dict) or "leaves" not in data:
+      raise ValueError(f'WeightSpace.from_json: expected an object with a "leaves" list, got {_excerpt(data)}.')
+    if data.get("format", _JSON_FORMAT) != _JSON_FORMAT:
+      raise ValueError(f"WeightSpace.from_json: unknown format {data['format']!r}; this version reads {_JSON_FORMAT}.")
+    unknown = sorted(set(data) - {"format", "leaves"})
+    if unknown:
+      raise ValueError(f"WeightSpace.from_json: unknown top-level keys {unknown}.")
+    if not isinstance(data["leaves"], list):
+      raise ValueError(f'WeightSpace.from_json: "leaves" must be a list, got {_excerpt(data["leaves"])}.')
+    spec: dict = {}
+    fixed_sizes: dict[Path, tuple[int | None, ...]] = {}
+    for index, leaf in enumerate(data["leaves"]):
+      path, axes, fixed = _parse_json_leaf(index, leaf)
+      node = spec
+      for depth, key in enumerate(path):
+        last = depth == len(path) - 1
+        if (last and key in node) or (not last and not isinstance(node.setdefault(key, {}), dict)):
+          raise ValueError(
+            f"WeightSpace.from_json: leaf {index} path {path_str(path)!r} clashes with an earlier leaf at "
+            f"{path_str(path[: depth + 1])!r}."
+          )
+        if last:
+          node[key] = axes
+        else:
+          node = node[key]
+      if fixed is not None:
+        fixed_sizes[path] = fixed
+    try:
+      return cls(spec, fixed_sizes=fixed_sizes)
+    except (TypeError, ValueError) as error:
+      raise ValueError(f"WeightSpace.from_json: not a valid weight space: {error}") from None
+
+  def match(self, other: WeightSpace) -> dict[str, str]:
+    """The renaming of labels under which ``other`` is this space, up to leaf paths.
+
+    Leaf ``i`` of this space (in :attr:`paths` order) corresponds to leaf ``i``
+    of ``other``, whatever their paths: they must have the same rank, fixed
+    (None) axes at the same positions and equal fixed sizes (a size that one
+    side does not know matches any size), and one bijection of labels must
+    carry every leaf's labels onto the other's, axis by axis. Two spaces that
+    match describe the same symmetry of weights laid out in the same order, so
+    an equivariant layer for one is a layer for the other
+    (:func:`unf.linear.transfer`).
+
+    Args:
+      other: the space to match against.
+
+    Returns:
+      The bijection ``{label of self: label of other}``, over all labels.
+
+    Raises:
+      ValueError: naming the first difference: the leaf counts, a leaf whose
+        axes or fixed sizes differ, or a label that would map two ways.
+
+    Example:
+      >>> import unf
+      >>> a = unf.WeightSpace({"layers": {0: {"kernel": ("in", "h0")}, 1: {"kernel": ("h0", "out")}}})
+      >>> b = unf.WeightSpace({"fc1": {"kernel": ("x", "hidden")}, "fc2": {"kernel": ("hidden", "y")}})
+      >>> a.match(b)
+      {'in': 'x', 'h0': 'hidden', 'out': 'y'}
+    """
+    if not isinstance(other, WeightSpace):
+      raise TypeError(f"WeightSpace.match expects a WeightSpace, got {type(other).__name__}.")
+    if len(self) != len(other):
+      raise ValueError(f"the spaces do not match: {len(self)} leaves against {len(other)}.")
+    forward: dict[str, str] = {}
+    backward: dict[str, str] = {}
+    for index, ((path, axes), (other_path, other_axes)) in enumerate(zip(self._leaves, other._leaves)):
+      where = f"leaf {index}: {path_str(path)!r}"
+      if len(axes) != len(other_axes) or any((a is None) != (b is None) for a, b in zip(axes, other_axes)):
+        raise ValueError(
+          f"the spaces do not match: {where} has axes {axes} but {path_str(other_path)!r} has axes {other_axes}."
+        )
+      fixed, other_fixed = self._fixed[index], other._fixed[index]
+      if fixed is not None and other_fixed is not None and fixed != other_fixed:
+        raise ValueError(
+          f"the spaces do not match: {where} has fixed sizes {_fixed_only(fixed)} but "
+          f"{path_str(other_path)!r} has {_fixed_only(other_fixed)}."
+        )
+      for axis, (a, b) in enumerate(zip(axes, other_axes)):
+        if a is None:
+          continue
+        at = f"({where} axis {axis} against {path_str(other_path)!r})"
+        if forward.setdefault(a, b) != b:
+          raise ValueError(f"the spaces do not match: label {a!r} would be both {forward[a]!r} and {b!r} {at}.")
+        if backward.setdefault(b, a) != a:
+          raise ValueError(f"the spaces do not match: labels {backward[b]!r} and {a!r} would both be {b!r} {at}.")
+    return forward
 
   # --- value semantics ---------------------------------------------------
 

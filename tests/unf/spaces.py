@@ -1,4 +1,6 @@
-"""Small weight spaces of the four architectures, with label sizes, for layer tests."""
+"""Small weight spaces of the four architectures, with label sizes, and random spaces (hypothesis)."""
+
+from hypothesis import strategies as st
 
 import unf
 
@@ -50,3 +52,33 @@ SPACES = {"mlp": MLP, "cnn": CNN, "rnn": RNN, "transformer": TRANSFORMER}
 def sizes_for(space, base=3):
   """Distinct sizes per label (so a mix-up of labels breaks shapes)."""
   return {label: base + i for i, label in enumerate(space.labels)}
+
+
+# --- random spaces (hypothesis) -----------------------------------------------------
+
+# Mixed str and int keys, "0" next to 0 included: paths must keep them apart.
+KEYS = st.one_of(st.sampled_from(["kernel", "bias", "0", "layers"]), st.integers(0, 3))
+
+
+@st.composite
+def specs(draw, labels=("a", "b", "c"), *, depth=2, max_entries=3, max_rank=3):
+  """A random nested spec: dicts of 1 to ``max_entries`` entries, leaves of labels and None axes."""
+  entry = st.one_of(st.sampled_from(labels), st.none())
+  leaf = st.lists(entry, max_size=max_rank).map(tuple)
+  node = leaf
+  for _ in range(depth - 1):
+    node = st.one_of(leaf, st.dictionaries(KEYS, node, min_size=1, max_size=max_entries))
+  return draw(st.dictionaries(KEYS, node, min_size=1, max_size=max_entries))
+
+
+@st.composite
+def fixed_sizes(draw, space, *, known=False):
+  """Random sizes (1 to 3) of the fixed axes of ``space``, for every leaf if ``known``, else for some.
+
+  A leaf without fixed axes may get sizes too (all None), as ``with_fixed_sizes`` gives it.
+  """
+  sizes = {}
+  for path, axes in zip(space.paths, space.axes):
+    if known or draw(st.booleans()):
+      sizes[path] = tuple(draw(st.integers(1, 3)) if a is None else None for a in axes)
+  return sizes

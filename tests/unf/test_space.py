@@ -1,10 +1,15 @@
-"""WeightSpace: validation errors name the leaf and axis; spaces are values."""
+"""WeightSpace: validation errors name the leaf and axis; spaces are values, written as JSON and matched."""
+
+import json
 
 import jax
 import jax.numpy as jnp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import unf
+from tests.unf.spaces import fixed_sizes, specs
 
 SPEC = {"dense0": {"kernel": ("in", "h"), "bias": ("h",)}, "conv": {"kernel": (None, None, "h", "out")}}
 
@@ -90,3 +95,156 @@ def test_permutation_acts_on_features_and_inverts(key):
   assert jnp.array_equal(moved["dense0"]["bias"][0], x["dense0"]["bias"][i])
   o = sigma["out"]
   assert jnp.array_equal(moved["conv"]["kernel"][:, :, 0, :], x["conv"]["kernel"][:, :, i, :][:, :, o])
+
+
+# --- JSON ------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_json_round_trip_is_lossless(data):
+  space = unf.WeightSpace(data.draw(specs()))
+  space = unf.WeightSpace(space.spec(), fixed_sizes=data.draw(fixed_sizes(space)))
+  text = space.to_json()
+  back = unf.WeightSpace.from_json(text)
+  assert back == space and hash(back) == hash(space)
+  assert [tuple(map(type, p)) for p in back.paths] == [tuple(map(type, p)) for p in space.paths]  # 0 is not "0"
+  assert unf.WeightSpace.from_json(back.to_json()) == space
+
+
+def test_json_format_is_the_project_format():
+  space = unf.WeightSpace(
+    {"layers": {0: {"kernel": (None, "h")}}, "v": ()}, fixed_sizes={("layers", 0, "kernel"): (3, None)}
+  )
+  assert json.loads(space.to_json()) == {
+    "format": 1,
+    "leaves": [
+      {"path": ["layers", 0, "kernel"], "axes": [None, "h"], "fixed_sizes": [3, None]},
+      {"path": ["v"], "axes": [], "fixed_sizes": None},
+    ],
+  }
+  # Text written without the "format" key (as the RNN zoo's files are) reads the same.
+  legacy = json.dumps({"leaves": json.loads(space.to_json())["leaves"]})
+  assert unf.WeightSpace.from_json(legacy) == space
+
+
+def _leaf(**overrides):
+  return {"path": ["w"], "axes": ["a"], "fixed_sizes": None, **overrides}
+
+
+@pytest.mark.parametrize(
+  "text, match",
+  [
+    ("{leaves: []", r"the text is not JSON"),
+    ("[]", r'expected an object with a "leaves" list, got list'),
+    ('{"layers": []}', r'expected an object with a "leaves" list'),
+    ('{"leaves": {}}', r'"leaves" must be a list, got dict'),
+    (json.dumps({"format": 2, "leaves": []}), r"unknown format 2"),
+    (json.dumps({"leaves": [], "extra": 1}), r"unknown top-level keys \['extra'\]"),
+    (json.dumps({"leaves": []}), r"not a valid weight space: .*no leaves"),
+    (json.dumps({"leaves": ["w"]}), r"leaf 0 must be an object, got str"),
+    (json.dumps({"leaves": [{"path": ["w"], "axes": ["a"]}]}), r"leaf 0 lacks the keys \['fixed_sizes'\]"),
+    (json.dumps({"leaves": [_leaf(size=3)]}), r"leaf 0 has unknown keys \['size'\]"),
+    (json.dumps({"leaves": [_leaf(), _leaf(path=[])]}), r'leaf 1: "path" must be a non-empty list'),
+    (json.dumps({"leaves": [_leaf(path=["w", 1.5])]}), r'leaf 0: "path" must be .* got list'),
+    (json.dumps({"leaves": [_leaf(path=["w", True])]}), r'leaf 0: "path" must be'),
+    (json.dumps({"leaves": [_leaf(axes="a")]}), r'leaf 0: "axes" must be a list of labels'),
+    (json.dumps({"leaves": [_leaf(axes=["a", 0])]}), r'leaf 0: "axes" must be a list of labels'),
+    (json.dumps({"leaves": [_leaf(fixed_sizes=[2.0])]}), r'leaf 0: "fixed_sizes" must be null or a list of ints'),
+    (json.dumps({"leaves": [_leaf(fixed_sizes=[2])]}), r"not a valid weight space: fixed_sizes for leaf 'w'"),
+    (json.dumps({"leaves": [_leaf(), _leaf()]}), r"leaf 1 path 'w' clashes with an earlier leaf at 'w'"),
+    (json.dumps({"leaves": [_leaf(), _leaf(path=["w", "k"])]}), r"leaf 1 path 'w/k' clashes .* at 'w'"),
+    (json.dumps({"leaves": [_leaf(path=["w", "k"]), _leaf()]}), r"leaf 1 path 'w' clashes .* at 'w'"),
+  ],
+)
+def test_from_json_names_what_is_wrong(text, match):
+  with pytest.raises(ValueError, match=match):
+    unf.WeightSpace.from_json(text)
+
+
+# --- match -----------------------------------------------------------------------------
+
+
+def _mlp_params(indices):
+  sizes = [3, 4, 5, 2]
+  return {
+    "layers": {
+      index: {"kernel": jnp.ones((sizes[k], sizes[k + 1])), "bias": jnp.ones(sizes[k + 1])}
+      for k, index in enumerate(indices)
+    }
+  }
+
+
+def test_match_ignores_paths():
+  # nnx.Sequential puts activations between layers: (0, 2, 4) against (0, 1, 2).
+  a, b = unf.mlp_space(_mlp_params((0, 1, 2))), unf.mlp_space(_mlp_params((0, 2, 4)))
+  assert a != b
+  assert a.match(b) == {label: label for label in a.labels}
+
+
+def test_match_finds_the_renaming():
+  a = unf.WeightSpace({"w": ("in", "h", None), "v": ("h", "h"), "s": ()}, fixed_sizes={("w",): (None, None, 3)})
+  b = unf.WeightSpace({"x": ("p", "q", None), "y": ("q", "q"), "t": ()})  # fixed size unknown: matches 3
+  assert set(a.paths) & set(b.paths) == set()
+  # Leaves in path order: s, v, w against t, x, y.
+  with pytest.raises(ValueError, match=r"leaf 1: 'v' has axes \('h', 'h'\) but 'x' has axes \('p', 'q', None\)"):
+    a.match(b)
+  b = unf.WeightSpace({"t": (), "x": ("q", "q"), "y": ("p", "q", None)})
+  assert a.match(b) == {"h": "q", "in": "p"}
+  assert b.match(a) == {"q": "h", "p": "in"}
+  assert a.match(a) == {"h": "h", "in": "in"}
+
+
+@pytest.mark.parametrize(
+  "spec_other, fixed_other, match",
+  [
+    ({"a": ("x",)}, None, r"3 leaves against 1"),
+    ({"a": ("x", "y"), "b": ("y", "z"), "c": ("z",), "d": ()}, None, r"3 leaves against 4"),
+    (
+      {"a": ("x", "y"), "b": ("y", "z", "z"), "c": (None,)},
+      None,
+      r"leaf 1: 'b' has axes \('h', 'out'\) but 'b' has axes \('y', 'z', 'z'\)",
+    ),
+    (
+      {"a": ("x", "y"), "b": ("y", "z"), "c": ("z",)},
+      None,
+      r"leaf 2: 'c' has axes \(None,\) but 'c' has axes \('z',\)",
+    ),
+    (
+      {"a": ("x", "y"), "b": ("y", "z"), "c": (None,)},
+      {("c",): (5,)},
+      r"leaf 2: 'c' has fixed sizes \(2,\) but 'c' has \(5,\)",
+    ),
+    (
+      {"a": ("x", "y"), "b": ("z", "z"), "c": (None,)},
+      None,
+      r"label 'h' would be both 'y' and 'z' \(leaf 1: 'b' axis 0",
+    ),
+    (
+      {"a": ("x", "x"), "b": ("x", "z"), "c": (None,)},
+      None,
+      r"labels 'in' and 'h' would both be 'x' \(leaf 0: 'a' axis 1",
+    ),
+  ],
+)
+def test_match_names_the_first_difference(spec_other, fixed_other, match):
+  space = unf.WeightSpace({"a": ("in", "h"), "b": ("h", "out"), "c": (None,)}, fixed_sizes={("c",): (2,)})
+  with pytest.raises(ValueError, match=match):
+    space.match(unf.WeightSpace(spec_other, fixed_sizes=fixed_other))
+
+
+def test_match_needs_a_weight_space():
+  with pytest.raises(TypeError, match="expects a WeightSpace, got dict"):
+    unf.WeightSpace(SPEC).match(SPEC)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_match_recovers_a_random_renaming(data):
+  space = unf.WeightSpace(data.draw(specs()))
+  names = data.draw(st.permutations(["z", "y", "x", "q", "b", "a"]))
+  renaming = dict(zip(space.labels, names))
+  renamed = unf.WeightSpace(
+    {f"p{i:02d}": tuple(None if a is None else renaming[a] for a in axes) for i, axes in enumerate(space.axes)}
+  )
+  assert space.match(renamed) == {a: renaming[a] for a in space.labels}
