@@ -1,51 +1,86 @@
 """Learned optimizers and their meta-training with ES / PES gradient estimates.
 
-Learned optimizers (:class:`UNFLOpt`, :class:`DeepSetsLOpt`) give
-``optimizer(theta) -> optax.GradientTransformation``; estimators
-(:class:`PES`, :class:`TruncatedES`, :class:`FullES`) are pure state machines
-``step(problem, state, theta, key) -> (state, grad, metrics)`` over an inner
-problem (:class:`LearnedOptimizerProblem`); :func:`train_local` meta-trains in
-one process.
+The main path, in three calls::
+
+  metatrain.train(TrainConfig(...), WorkerConfig(...), "runs/NAME")   # or `metatrain train --config ...`
+  lopt, theta = metatrain.load_learned_optimizer("runs/NAME", space=unf.mlp_space(params))
+  optimizer = lopt.optimizer(theta)                                    # an optax.GradientTransformation
+
+Learned optimizers (:class:`UNFLOpt`, :class:`DeepSetsLOpt`; the registry
+:data:`LEARNED_OPTIMIZERS`) give ``optimizer(theta) -> optax.GradientTransformation``;
+estimators (:class:`PES`, :class:`TruncatedES`, :class:`FullES`; the registry
+:data:`ESTIMATORS`) are pure state machines ``step(problem, state, theta, key)
+-> (state, grad, metrics)`` over an inner problem (:class:`LearnedOptimizerProblem`);
+:func:`outer_loop` meta-trains in this process with no files; :func:`train`
+is the main job (workers, learner, checkpoints, TensorBoard).
+
+Subpackages: :mod:`metatrain.learned_optimizers`, :mod:`metatrain.estimators`,
+:mod:`metatrain.runtime` (the only one that imports ray, orbax or
+tensorboardX, on demand), :mod:`metatrain.evaluation`. ``import metatrain``
+loads none of ray, gin, orbax or tensorboardX: :func:`train` and
+:func:`load_learned_optimizer` import them when first called.
 """
 
-from metatrain import features
-from metatrain.baselines import adam, grid_search, sgdm
-from metatrain.evaluate import learned_curves, mean_normalized_loss, training_curves
-from metatrain.full_es import FullES
-from metatrain.lopt import (
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from metatrain.estimators import ESTIMATORS, PES, Estimator, FullES, TruncatedES
+from metatrain.evaluation import adam, grid_search, learned_curves, mean_normalized_loss, sgdm, training_curves
+from metatrain.learned_optimizers import (
   LEARNED_OPTIMIZERS,
   DeepSetsLOpt,
   LearnedOptimizer,
   LearnedOptimizerState,
   UNFLOpt,
   describe,
+  features,
 )
-from metatrain.pes import PES
-from metatrain.problem import InnerState, LearnedOptimizerProblem, outer_optimizer
-from metatrain.train import train_local
-from metatrain.truncated_es import TruncatedES
-from metatrain.worker import ESTIMATORS
+from metatrain.outer import outer_loop, outer_optimizer
+from metatrain.problem import InnerState, LearnedOptimizerProblem
+from metatrain.runtime.config import TrainConfig, WorkerConfig
+
+if TYPE_CHECKING:
+  from metatrain.runtime.checkpoint import load_learned_optimizer
+  from metatrain.runtime.train import train
+
+# Imported on first use: they bring orbax, tensorboardX and tqdm.
+_LAZY = {"load_learned_optimizer": "metatrain.runtime.checkpoint", "train": "metatrain.runtime.train"}
+
+
+def __getattr__(name: str) -> Any:
+  if name in _LAZY:
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module 'metatrain' has no attribute {name!r}")
+
 
 __all__ = [
   "ESTIMATORS",
   "LEARNED_OPTIMIZERS",
   "PES",
   "DeepSetsLOpt",
+  "Estimator",
   "FullES",
   "InnerState",
   "LearnedOptimizer",
   "LearnedOptimizerProblem",
   "LearnedOptimizerState",
+  "TrainConfig",
   "TruncatedES",
   "UNFLOpt",
+  "WorkerConfig",
   "adam",
   "describe",
   "features",
   "grid_search",
   "learned_curves",
+  "load_learned_optimizer",
   "mean_normalized_loss",
+  "outer_loop",
   "outer_optimizer",
   "sgdm",
-  "train_local",
+  "train",
   "training_curves",
 ]

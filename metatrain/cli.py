@@ -1,7 +1,8 @@
-"""The ``metatrain`` command: ``train``, ``eval``, and the RNN zoo experiment's ``zoo`` and ``predict``.
+"""The ``metatrain`` command: ``metatrain train`` (meta-train from a gin config) and ``metatrain eval``.
 
-gin lives here and in ``configs/`` only: it fills :class:`TrainConfig` and
-:class:`WorkerConfig`, and the run itself takes plain values.
+gin lives here and in ``configs/`` only: it fills :class:`TrainConfig`,
+:class:`WorkerConfig` and the estimators (``WorkerConfig.estimator = @PES()``,
+``PES.num_pairs = 8``), and the run itself takes plain values.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import gin  # noqa: E402
 
-from metatrain.run import TrainConfig, train  # noqa: E402
-from metatrain.worker import WorkerConfig  # noqa: E402
+from metatrain.estimators import ESTIMATORS  # noqa: E402
+from metatrain.runtime.config import TrainConfig, WorkerConfig  # noqa: E402
 
 GinTrainConfig = gin.external_configurable(TrainConfig, name="TrainConfig")
 GinWorkerConfig = gin.external_configurable(WorkerConfig, name="WorkerConfig")
+for _estimator in ESTIMATORS.values():  # WorkerConfig.estimator = @PES(); PES.num_pairs = 8
+  gin.external_configurable(_estimator, name=_estimator.__name__)
 
 
 def parse_config(config: str, bindings: list[str]) -> tuple[TrainConfig, WorkerConfig, str]:
@@ -40,22 +43,18 @@ def main(argv: list[str] | None = None) -> int:
   run.add_argument("--workdir", required=True, help="checkpoints and TensorBoard logs go here")
   run.add_argument("--address", default=None, help='Ray address: "auto" on a cluster (default: a local Ray)')
   evaluate = commands.add_parser("eval", help="meta-trained optimizers vs tuned Adam and SGDM: CSV, plot, table")
-  evaluate.add_argument("--checkpoint", nargs="+", required=True, help="workdirs of `metatrain train` runs")
+  evaluate.add_argument(
+    "--checkpoint", nargs="+", required=True, help="workdirs of `metatrain train` runs (or their checkpoint folders)"
+  )
   evaluate.add_argument("--task", required=True, help="the task to train, e.g. mlp_fashion8 (see tasks.names())")
   evaluate.add_argument("--steps", type=int, default=2000, help="inner steps per run (tuning runs too)")
   evaluate.add_argument("--seeds", type=int, default=5, help="evaluation runs per optimizer")
   evaluate.add_argument("--every", type=int, default=20, help="steps between train / valid evaluations")
   evaluate.add_argument("--tune_seeds", type=int, default=2, help="runs per learning rate in the grid search")
-  evaluate.add_argument("--out", default=None, help="output folder (default: CHECKPOINT/eval/TASK)")
-  from metatrain import predict, zoo
-
-  zoo.build_parser(commands.add_parser("zoo", help="generate a zoo of small RNNs with their test accuracies"))
-  predict.build_parser(commands.add_parser("predict", help="predict a zoo's test accuracies from weights"))
+  evaluate.add_argument("--out", default=None, help="output folder (default: WORKDIR/eval/TASK, of the first)")
   args = parser.parse_args(argv)
   if args.command == "eval":
     return _eval(args)
-  if args.command in ("zoo", "predict"):
-    return {"zoo": zoo, "predict": predict}[args.command].run(args)
   bindings = list(args.gin_bindings) + ([f"TrainConfig.address = {args.address!r}"] if args.address else [])
   try:
     train_config, worker_config, operative = parse_config(args.config, bindings)
@@ -65,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
   print(f"workdir: {os.path.abspath(args.workdir)}")
   print(f"  checkpoints: {os.path.join(os.path.abspath(args.workdir), 'checkpoints')}")
   print(f"  TensorBoard: tensorboard --logdir {os.path.join(os.path.abspath(args.workdir), 'tensorboard')}")
+  from metatrain.runtime.train import train  # orbax, tensorboardX and tqdm only for this command
+
   _, history = train(train_config, worker_config, args.workdir, operative_config=operative)
   if history:
     print(f"done: {len(history)} outer steps, last meta-loss {history[-1].get('meta_loss', float('nan')):.4f}")
@@ -72,21 +73,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-  from metatrain import compare
+  from metatrain.evaluation import compare
 
   if args.steps < 1 or args.seeds < 1 or args.every < 1 or args.steps % args.every:
     print("metatrain eval: --steps, --seeds, --every must be positive, --steps a multiple of --every.", file=sys.stderr)
     return 2
   try:
-    out = args.out or os.path.join(compare.workdir_of(args.checkpoint[0]), "eval", args.task)
-    results = compare.evaluate(
-      args.checkpoint, args.task, out, steps=args.steps, seeds=args.seeds, every=args.every, tune_seeds=args.tune_seeds
+    results, out = compare.compare(
+      args.checkpoint,
+      args.task,
+      args.out,
+      steps=args.steps,
+      seeds=args.seeds,
+      every=args.every,
+      tune_seeds=args.tune_seeds,
     )
   except (KeyError, ValueError, FileNotFoundError) as error:
     print(f"metatrain eval: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
     return 2
   print(compare.summary(results, args.task, args.steps))
-  print(f"written to {os.path.abspath(out)}: curves.csv, curves.png, summary.md, tensorboard/")
+  print(f"written to {out.resolve()}: curves.csv, curves.png, summary.md, tensorboard/")
   return 0
 
 

@@ -1,20 +1,89 @@
-"""Single-process meta-training: ``train_local``."""
+"""The outer loop: the meta-optimizer, and meta-training in this process with one estimator.
+
+:func:`outer_optimizer` is the optax transformation that applies meta-gradients
+(here and in the main job's learner); :func:`outer_loop` meta-trains a learned
+optimizer on one task in this process, one jitted outer step at a time, with
+no files, workers or checkpoints (the main job is :func:`metatrain.train`).
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
 
 import jax
 import numpy as np
 import optax
 
-from metatrain.problem import LearnedOptimizerProblem, outer_optimizer
+from metatrain.estimators import Estimator
+from metatrain.learned_optimizers import LearnedOptimizer
+from metatrain.problem import LearnedOptimizerProblem
+from metatrain.types import Metrics, PyTree, Theta
 from tasks import Task
 
 
-def make_outer_step(estimator: Any, outer: optax.GradientTransformation):
-  """A jitted outer step ``(problem, theta, opt_state, est_state, key) -> (theta, opt_state, est_state, metrics)``."""
+def outer_optimizer(
+  learning_rate: float = 1e-3,
+  *,
+  total_steps: int,
+  warmup_steps: int = 0,
+  final_fraction: float = 0.1,
+  max_grad_norm: float = 1.0,
+) -> optax.GradientTransformation:
+  """The meta-optimizer: gradient-norm clipping, then Adam with linear warm-up and cosine decay.
+
+  Args:
+    learning_rate: peak learning rate.
+    total_steps: outer steps of the run (the schedule's length).
+    warmup_steps: linear warm-up from 0.
+    final_fraction: the learning rate at the end, as a fraction of the peak.
+    max_grad_norm: global-norm clip (the paper's 1.0).
+
+  Returns:
+    ``optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(outer_schedule(...)))``.
+  """
+  schedule = outer_schedule(
+    learning_rate, total_steps=total_steps, warmup_steps=warmup_steps, final_fraction=final_fraction
+  )
+  return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(schedule))
+
+
+def outer_schedule(
+  learning_rate: float, *, total_steps: int, warmup_steps: int = 0, final_fraction: float = 0.1
+) -> optax.Schedule:
+  """Linear warm-up from 0 to ``learning_rate``, then cosine decay to ``final_fraction`` of it.
+
+  At step ``t``: ``learning_rate * t / warmup_steps`` while ``t < warmup_steps``, then
+  ``final + (learning_rate - final) * (1 + cos(pi * (t - warmup_steps) / (total_steps - warmup_steps))) / 2``
+  with ``final = final_fraction * learning_rate``, and ``final`` after ``total_steps``.
+
+  Args:
+    learning_rate: the peak rate.
+    total_steps: the step at which the decay ends.
+    warmup_steps: the length of the warm-up.
+    final_fraction: the final rate as a fraction of the peak.
+
+  Returns:
+    An optax schedule (step -> learning rate).
+  """
+  return optax.warmup_cosine_decay_schedule(
+    0.0, learning_rate, warmup_steps, max(total_steps, warmup_steps + 1), learning_rate * final_fraction
+  )
+
+
+OuterStep = Callable[..., tuple[Theta, PyTree, PyTree, Metrics]]
+
+
+def make_outer_step(estimator: Estimator, outer: optax.GradientTransformation) -> OuterStep:
+  """A jitted outer step ``(problem, theta, opt_state, est_state, key) -> (theta, opt_state, est_state, metrics)``.
+
+  Args:
+    estimator: the gradient estimator (static).
+    outer: the meta-optimizer (static).
+
+  Returns:
+    The jitted step; its metrics are the estimator's plus ``grad_norm``.
+  """
 
   @jax.jit
   def outer_step(problem, theta, opt_state, est_state, key):
@@ -26,10 +95,10 @@ def make_outer_step(estimator: Any, outer: optax.GradientTransformation):
   return outer_step
 
 
-def train_local(
+def outer_loop(
   task: Task,
-  optimizer: Any,
-  estimator: Any,
+  learned_optimizer: LearnedOptimizer,
+  estimator: Estimator,
   *,
   outer_steps: int,
   horizon: int,
@@ -37,36 +106,36 @@ def train_local(
   warmup_steps: int = 0,
   seed: int = 0,
   meta_loss_split: str = "train",
-  theta: Any = None,
-) -> tuple[Any, list[dict[str, float]]]:
-  """Meta-trains ``optimizer`` on ``task`` with ``estimator`` for ``outer_steps`` steps, in this process.
+  theta: Theta | None = None,
+) -> tuple[Theta, list[dict[str, float]]]:
+  """Meta-trains ``learned_optimizer`` on ``task`` with ``estimator`` for ``outer_steps`` steps, in this process.
 
   Args:
     task: the inner task.
-    optimizer: a learned optimizer (``init_meta``, ``optimizer(theta)``).
-    estimator: :class:`metatrain.PES`, :class:`metatrain.TruncatedES` or :class:`metatrain.FullES`.
+    learned_optimizer: the learned optimizer to meta-train.
+    estimator: a gradient estimator, e.g. :class:`metatrain.PES`.
     outer_steps: number of meta-gradient steps.
     horizon: inner steps per run (a multiple of the estimator's truncation).
     learning_rate: peak outer learning rate (Adam, warm-up, cosine decay, clip 1.0).
     warmup_steps: outer warm-up steps.
     seed: everything random (initial theta, inner runs, noise) derives from it.
     meta_loss_split: ``"train"`` or ``"valid"`` loss as the meta-objective.
-    theta: initial meta-parameters (default: ``optimizer.init_meta``).
+    theta: initial meta-parameters (default: ``learned_optimizer.init_meta``).
 
   Returns:
     ``(theta, metrics)``: the final meta-parameters and, per outer step, a
-    dict of floats: meta_loss, grad_norm, nan_pairs, resets, and
-    inner_steps_per_second (all inner steps of both signs, wall clock).
+    dict of floats: meta_loss, grad_norm, nan_pairs, resets, inner_steps
+    (all inner steps of both signs) and inner_steps_per_second (wall clock).
   """
-  key = jax.random.key(seed)
-  theta_key, init_key, run_key = jax.random.split(key, 3)
-  theta = optimizer.init_meta(theta_key) if theta is None else theta
-  problem = LearnedOptimizerProblem(task, optimizer, horizon, meta_loss_split)
+  estimator.check(horizon)
+  theta_key, init_key, run_key = jax.random.split(jax.random.key(seed), 3)
+  theta = learned_optimizer.init_meta(theta_key) if theta is None else theta
+  problem = LearnedOptimizerProblem(task, learned_optimizer, horizon, meta_loss_split)
   outer = outer_optimizer(learning_rate, total_steps=outer_steps, warmup_steps=warmup_steps)
   opt_state = outer.init(theta)
   est_state = estimator.init(problem, theta, init_key)
   outer_step = make_outer_step(estimator, outer)
-  inner_per_step = 2 * estimator.num_pairs * getattr(estimator, "truncation", horizon)
+  inner_steps = estimator.inner_steps(horizon)
   history = []
   for step in range(outer_steps):
     start = time.perf_counter()
@@ -74,6 +143,7 @@ def train_local(
       problem, theta, opt_state, est_state, jax.random.fold_in(run_key, step)
     )
     metrics = {name: float(np.asarray(value)) for name, value in metrics.items()}
-    metrics["inner_steps_per_second"] = inner_per_step / (time.perf_counter() - start)
+    metrics["inner_steps"] = float(inner_steps)
+    metrics["inner_steps_per_second"] = inner_steps / (time.perf_counter() - start)
     history.append(metrics)
   return theta, history

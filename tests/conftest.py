@@ -1,10 +1,21 @@
-"""Shared fixtures: a PRNG key per test, and one local Ray for the whole session."""
+"""Shared fixtures: a PRNG key per test, and one local Ray for the whole session.
 
+Every process of the session (this one, subprocesses, Ray actors) shares one
+JAX persistent compilation cache in a temporary folder, removed at the end: the
+same small programs compile once per session, and no test writes to the
+user's own cache folder.
+"""
+
+import atexit
 import os
 import shutil
 import tempfile
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix="jax-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -17,8 +28,8 @@ def key():
 
 
 @pytest.fixture(scope="session")
-def jax_cache_env(tmp_path_factory):
-  """Environment variables that give worker processes one JAX compilation cache for the session.
+def jax_cache_env():
+  """Environment variables that give worker processes the session's JAX compilation cache.
 
   Every compile is cached, so workers with the same config compile once per
   session, not once each (a worker's first estimate: ~12 s -> ~1 s).
@@ -27,7 +38,7 @@ def jax_cache_env(tmp_path_factory):
     A dict of environment variables (the folder is ``JAX_COMPILATION_CACHE_DIR``).
   """
   return {
-    "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax-cache")),
+    "JAX_COMPILATION_CACHE_DIR": os.environ["JAX_COMPILATION_CACHE_DIR"],
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
   }

@@ -1,4 +1,4 @@
-"""The maths shared by the antithetic ES estimators: noise, perturbation, unrolls, the estimate.
+"""What every gradient estimator shares: the interface, and the antithetic maths (noise, unrolls, the estimate).
 
 An *inner problem* is any pytree object with
 
@@ -8,17 +8,79 @@ An *inner problem* is any pytree object with
   (normalised) meta-loss.
 
 :class:`metatrain.problem.LearnedOptimizerProblem` is the one meta-training
-uses; the statistical tests plug in a quadratic. Everything here is pure.
+uses; the statistical tests plug in a quadratic. An *estimator* is a frozen
+dataclass deriving from :class:`Estimator`: a pure state machine
+``step(problem, state, theta, key) -> (state, grad, metrics)``. Everything
+here is pure.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-Theta = Any
+from metatrain.types import Metrics, PyTree, Theta
+
+
+class Estimator:
+  """The interface of a gradient estimator of the meta-loss (the base class of every estimator).
+
+  Subclasses are frozen dataclasses of hyper-parameters (hashable: they are
+  static under ``jax.jit``), registered under :attr:`name` in
+  :data:`metatrain.estimators.ESTIMATORS`. The state is a pytree of arrays that
+  the caller passes in and gets back; metrics come back as values.
+
+  Attributes:
+    name: the estimator's key in the registry (and in configs and checkpoints).
+    num_pairs: antithetic pairs per estimate (2 x num_pairs inner runs).
+  """
+
+  name: ClassVar[str]
+  num_pairs: int
+
+  def init(self, problem: Any, theta: Theta, key: jax.Array) -> PyTree:
+    """The estimator's initial state for ``problem`` at ``theta``."""
+    raise NotImplementedError
+
+  def step(self, problem: Any, state: PyTree, theta: Theta, key: jax.Array) -> tuple[PyTree, Theta, Metrics]:
+    """One estimate: ``(state, theta, key) -> (state, gradient estimate shaped like theta, metrics)``."""
+    raise NotImplementedError
+
+  def inner_steps(self, horizon: int) -> int:
+    """Inner steps (both signs of every pair counted) that one :meth:`step` runs on problems of ``horizon``."""
+    raise NotImplementedError
+
+  def check(self, horizon: int) -> None:
+    """Raises a ValueError naming the problem when the estimator cannot run on problems of ``horizon`` steps."""
+
+  def to_json(self) -> dict[str, Any]:
+    """The estimator as JSON-ready values ``{"name": ..., <its fields>}``; ``estimators.from_json`` reads them."""
+    return {"name": self.name, **dataclasses.asdict(self)}  # type: ignore[call-overload]
+
+
+def start_steps(key: jax.Array, num: int, horizon: int, truncation: int, random_offsets: bool) -> jax.Array:
+  """Initial step counters of ``num`` runs: random multiples of the truncation length, so resets are spread out.
+
+  Returns:
+    An int32 vector of ``num`` counters in ``{0, truncation, ..., horizon - truncation}`` (all 0 without
+    ``random_offsets``).
+  """
+  check_truncation(horizon, truncation)
+  if not random_offsets:
+    return jnp.zeros((num,), jnp.int32)
+  return truncation * jax.random.randint(key, (num,), 0, horizon // truncation)
+
+
+def check_truncation(horizon: int, truncation: int) -> None:
+  """Raises a ValueError unless ``horizon`` is a positive multiple of ``truncation``."""
+  if truncation < 1 or horizon < truncation or horizon % truncation:
+    raise ValueError(
+      f"the horizon ({horizon}) must be a positive multiple of the truncation length ({truncation}): "
+      "set both so that truncations tile whole runs."
+    )
 
 
 def sample_noise(key: jax.Array, theta: Theta, num: int, std: float) -> Theta:
@@ -125,3 +187,36 @@ def estimate(
     "nan_pairs": num - jnp.sum(finite),
   }
   return grad, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class TruncatedEstimator(Estimator):
+  """The hyper-parameters and bookkeeping of estimators that advance inner runs one truncation at a time.
+
+  Args:
+    num_pairs: antithetic pairs (2 x num_pairs inner runs).
+    truncation: inner steps per estimate (K); the horizon is the problem's, a multiple of K.
+    std: perturbation standard deviation.
+    clip: optional bound on each pair's loss difference.
+    random_offsets: start pairs at random multiples of K (spreads resets over the horizon).
+  """
+
+  num_pairs: int = 8
+  truncation: int = 50
+  std: float = 0.01
+  clip: float | None = None
+  random_offsets: bool = True
+
+  def inner_steps(self, horizon: int) -> int:
+    """``2 * num_pairs * truncation``: both members of every pair advance one truncation."""
+    return 2 * self.num_pairs * self.truncation
+
+  def check(self, horizon: int) -> None:
+    """Raises a ValueError unless ``horizon`` is a positive multiple of the truncation."""
+    check_truncation(horizon, self.truncation)
+
+  def _start(self, problem: Any, theta: Theta, key: jax.Array) -> tuple[PyTree, jax.Array]:
+    """Fresh runs, one per pair, and their step counters (random multiples of the truncation)."""
+    init_key, offset_key = jax.random.split(key)
+    runs = init_particles(problem, theta, init_key, self.num_pairs)
+    return runs, start_steps(offset_key, self.num_pairs, problem.horizon, self.truncation, self.random_offsets)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 
-from metatrain import antithetic
+from metatrain.estimators import common
+from metatrain.types import Metrics, Theta
 
 
 class FullESState(NamedTuple):
@@ -15,7 +16,7 @@ class FullESState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class FullES:
+class FullES(common.Estimator):
   """Antithetic ES over whole inner runs: fresh runs of ``horizon`` steps per estimate.
 
   Unbiased for the gradient of the full-horizon meta-loss smoothed with one
@@ -27,19 +28,25 @@ class FullES:
     clip: optional bound on each pair's loss difference.
   """
 
+  name: ClassVar[str] = "full_es"
   num_pairs: int = 8
   std: float = 0.01
   clip: float | None = None
 
-  def init(self, problem: Any, theta: Any, key: jax.Array) -> FullESState:
+  def init(self, problem: Any, theta: Theta, key: jax.Array) -> FullESState:
+    """The empty state."""
     del problem, theta, key
     return FullESState()
 
-  def step(self, problem: Any, state: FullESState, theta: Any, key: jax.Array):
+  def step(self, problem: Any, state: FullESState, theta: Theta, key: jax.Array) -> tuple[FullESState, Theta, Metrics]:
     """One estimate: ``(state, theta, key) -> (state, gradient estimate, metrics)``."""
     noise_key, init_key, data_key = jax.random.split(key, 3)
-    eps = antithetic.sample_noise(noise_key, theta, self.num_pairs, self.std)
-    runs = antithetic.init_particles(problem, theta, init_key, self.num_pairs)
-    _, _, loss_pos, loss_neg = antithetic.unroll_perturbed(problem, theta, eps, runs, runs, data_key, problem.horizon)
-    grad, metrics = antithetic.estimate(loss_pos, loss_neg, eps, std=self.std, clip=self.clip)
+    eps = common.sample_noise(noise_key, theta, self.num_pairs, self.std)
+    runs = common.init_particles(problem, theta, init_key, self.num_pairs)
+    _, _, loss_pos, loss_neg = common.unroll_perturbed(problem, theta, eps, runs, runs, data_key, problem.horizon)
+    grad, metrics = common.estimate(loss_pos, loss_neg, eps, std=self.std, clip=self.clip)
     return state, grad, metrics
+
+  def inner_steps(self, horizon: int) -> int:
+    """``2 * num_pairs * horizon``: both members of every pair run a whole run."""
+    return 2 * self.num_pairs * horizon

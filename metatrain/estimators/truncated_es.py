@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from metatrain import antithetic
-from metatrain.pes import start_steps
+from metatrain.estimators import common
+from metatrain.types import Metrics, PyTree, Theta
 
 
 class TruncatedESState(NamedTuple):
   """Per pair: the inner run both members start each truncation from, and its step."""
 
-  runs: Any
+  runs: PyTree
   step: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class TruncatedES:
+class TruncatedES(common.TruncatedEstimator):
   """Antithetic ES on each truncation: ``g = mean_i (L+_i - L-_i) / (2 std^2) eps_i``.
 
   Both members of a pair start from the same inner state and run ``K`` steps
@@ -29,30 +29,25 @@ class TruncatedES:
   ``theta`` shaped that starting state, so it is biased for the full-horizon
   meta-loss (short-horizon bias); :class:`metatrain.PES` removes that bias.
 
-  Args: as :class:`metatrain.PES`.
+  Args: as :class:`metatrain.estimators.common.TruncatedEstimator`.
   """
 
-  num_pairs: int = 8
-  truncation: int = 50
-  std: float = 0.01
-  clip: float | None = None
-  random_offsets: bool = True
+  name: ClassVar[str] = "truncated_es"
 
-  def init(self, problem: Any, theta: Any, key: jax.Array) -> TruncatedESState:
-    init_key, offset_key = jax.random.split(key)
-    runs = antithetic.init_particles(problem, theta, init_key, self.num_pairs)
-    steps = start_steps(offset_key, self.num_pairs, problem.horizon, self.truncation, self.random_offsets)
-    return TruncatedESState(runs, steps)
+  def init(self, problem: Any, theta: Theta, key: jax.Array) -> TruncatedESState:
+    """One fresh run per pair."""
+    return TruncatedESState(*self._start(problem, theta, key))
 
-  def step(self, problem: Any, state: TruncatedESState, theta: Any, key: jax.Array):
+  def step(
+    self, problem: Any, state: TruncatedESState, theta: Theta, key: jax.Array
+  ) -> tuple[TruncatedESState, Theta, Metrics]:
     """One truncation: ``(state, theta, key) -> (state, gradient estimate, metrics)``."""
     noise_key, data_key, reset_key = jax.random.split(key, 3)
-    eps = antithetic.sample_noise(noise_key, theta, self.num_pairs, self.std)
-    pos, _, loss_pos, loss_neg = antithetic.unroll_perturbed(
+    eps = common.sample_noise(noise_key, theta, self.num_pairs, self.std)
+    pos, _, loss_pos, loss_neg = common.unroll_perturbed(
       problem, theta, eps, state.runs, state.runs, data_key, self.truncation
     )
-    grad, metrics = antithetic.estimate(loss_pos, loss_neg, eps, std=self.std, clip=self.clip)
-    done, fresh, steps = antithetic.end_truncation(problem, theta, reset_key, state.step, self.truncation)
-    state = TruncatedESState(antithetic.where(done, fresh, pos), steps)
+    grad, metrics = common.estimate(loss_pos, loss_neg, eps, std=self.std, clip=self.clip)
+    done, fresh, steps = common.end_truncation(problem, theta, reset_key, state.step, self.truncation)
     metrics["resets"] = jnp.sum(done)
-    return state, grad, metrics
+    return TruncatedESState(common.where(done, fresh, pos), steps), grad, metrics

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metatrain.evaluate import train_run
+from metatrain.evaluation.curves import train_run
 from tasks.base import Task
 
 

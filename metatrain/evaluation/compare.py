@@ -20,21 +20,20 @@ import csv
 import dataclasses
 import pathlib
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorboardX
 import tqdm
 
 import tasks
-from metatrain.baselines import adam, grid_search, sgdm
-from metatrain.checkpoint import Checkpoints
-from metatrain.evaluate import evaluation_curves, mean_se
-from metatrain.learner import Learner
-from metatrain.lopt import LEARNED_OPTIMIZERS
-from metatrain.problem import outer_optimizer
+from metatrain.evaluation.baselines import adam, grid_search, sgdm
+from metatrain.evaluation.curves import evaluation_curves
+from metatrain.evaluation.stats import mean_se
+from metatrain.learned_optimizers import LearnedOptimizer
+from metatrain.runtime import checkpoint
+from metatrain.runtime.summaries import write_series
+from metatrain.types import Theta
 
 EVAL_SEED = 10_000  # evaluation run i uses jax.random.key(EVAL_SEED + i)
 TUNE_SEED = 20_000  # tuning run i uses jax.random.key(TUNE_SEED + i)
@@ -62,56 +61,9 @@ class Curves:
   eval_steps: np.ndarray
 
 
-def workdir_of(path: str | pathlib.Path) -> pathlib.Path:
-  """The ``metatrain train`` workdir given it or its ``checkpoints`` folder; a clear error otherwise."""
-  path = pathlib.Path(path)
-  if path.name == "checkpoints" and path.is_dir():
-    path = path.parent
-  if not (path / "checkpoints").is_dir():
-    raise FileNotFoundError(f"no checkpoints in {path}: pass the --workdir of a `metatrain train` run.")
-  return path
-
-
-def load_learned(path: str | pathlib.Path, task: tasks.Task) -> tuple[str, Any, Any]:
-  """The latest meta-trained optimizer of a workdir, built for ``task``: ``(name, lopt, theta)``.
-
-  A learned optimizer's meta-parameters do not depend on the widths of the
-  networks it trains, so it runs on other widths and datasets of the same
-  architecture; another architecture (more layers, a CNN for an MLP's
-  optimizer) is a clear error.
-  """
-  workdir = workdir_of(path)
-  checkpoints = Checkpoints(workdir)
-  try:
-    config = checkpoints.latest_config()
-    if config is None:
-      raise FileNotFoundError(f"no readable checkpoint in {checkpoints.directory}.")
-    worker = config["worker"]
-    make = LEARNED_OPTIMIZERS[worker["optimizer"]]
-    trained = make(tasks.get(worker["task"]).space, width=worker["width"])
-    target = Learner(outer_optimizer(1.0, total_steps=1), trained.init_meta(jax.random.key(0))).state()
-    restored = checkpoints.restore_latest(target)
-    if restored is None:
-      raise FileNotFoundError(f"no checkpoint in {checkpoints.directory} restores.")
-    step, state, _ = restored
-  finally:
-    checkpoints.close()
-  lopt = make(task.space, width=worker["width"])
-  theta = jax.tree.map(np.asarray, state["theta"])
-  expected = jax.eval_shape(lopt.init_meta, jax.random.key(0))
-  shapes = lambda tree: jax.tree.map(lambda x: np.shape(x), tree)  # noqa: E731
-  if jax.tree.structure(theta) != jax.tree.structure(expected) or shapes(theta) != shapes(expected):
-    raise ValueError(
-      f"the {worker['optimizer']} optimizer in {workdir} was meta-trained on {worker['task']}, whose weight "
-      f"space does not match {task.name}'s; learned optimizers transfer across widths and datasets of the "
-      "same architecture, not across architectures."
-    )
-  return f"{worker['optimizer']} (step {step})", lopt, theta
-
-
-def run(
+def collect_curves(
   task: tasks.Task,
-  learned: Sequence[tuple[str, Any, Any]],
+  learned: Sequence[tuple[str, LearnedOptimizer, Theta]],
   *,
   steps: int,
   seeds: int,
@@ -125,7 +77,7 @@ def run(
 
   Args:
     task: the inner task.
-    learned: ``(name, lopt, theta)`` per learned optimizer (see :func:`load_learned`).
+    learned: ``(name, learned optimizer, theta)`` per learned optimizer.
     steps: inner steps per run (tuning runs included).
     seeds: evaluation runs per optimizer.
     every: steps between evaluations of the train and valid loss.
@@ -160,8 +112,8 @@ def run(
     best, _ = grid_search(task, make_optimizer, rates, steps=steps, seeds=tuning, split="valid")
     bar.update()
     results.append(curves(name, best, jnp.float32(best), make_optimizer))
-  for name, lopt, theta in learned:
-    results.append(curves(name, None, jax.tree.map(jnp.asarray, theta), lopt.optimizer))
+  for name, learned_optimizer, theta in learned:
+    results.append(curves(name, None, jax.tree.map(jnp.asarray, theta), learned_optimizer.optimizer))
   bar.close()
   return results
 
@@ -241,42 +193,69 @@ def plot(results: Sequence[Curves], path: pathlib.Path, title: str) -> None:
 
 def write_tensorboard(results: Sequence[Curves], folder: pathlib.Path) -> None:
   """The mean curves over seeds: tags ``train_batch/<optimizer>``, ``train/<optimizer>``, ``valid/<optimizer>``."""
-  with tensorboardX.SummaryWriter(str(folder)) as writer:
-    for c in results:
-      for step, loss in enumerate(c.batch.mean(0), start=1):
-        writer.add_scalar(f"train_batch/{c.name}", float(loss), step)
-      for split in SPLITS:
-        for step, loss in zip(c.eval_steps, c.evals[split].mean(0)):
-          writer.add_scalar(f"{split}/{c.name}", float(loss), int(step))
+  series: dict[str, list[tuple[int, float]]] = {}
+  for c in results:
+    series[f"train_batch/{c.name}"] = list(enumerate(c.batch.mean(0), start=1))
+    for split in SPLITS:
+      series[f"{split}/{c.name}"] = list(zip(c.eval_steps, c.evals[split].mean(0)))
+  write_series(folder, series)
 
 
-def evaluate(
-  checkpoints: Sequence[str | pathlib.Path],
+def load_all(sources: Sequence[str | pathlib.Path], task: tasks.Task) -> list[checkpoint.LoadedOptimizer]:
+  """The meta-trained optimizer of each source (a workdir or a checkpoint folder), built for ``task``'s space.
+
+  A learned optimizer's meta-parameters do not depend on the widths of the
+  networks it trains, so it runs on other widths and datasets of the same
+  architecture; another architecture (more layers, a CNN for an MLP's
+  optimizer) is a clear error.
+  """
+  return [checkpoint.load(source, space=task.space) for source in sources]
+
+
+def names_of(loaded: Sequence[checkpoint.LoadedOptimizer]) -> list[str]:
+  """Display names ``"<kind> (step N)"``, with the workdir's name added where two would be the same."""
+  names = [f"{item.learned_optimizer.name} (step {item.step})" for item in loaded]
+  return [
+    f"{name} [{item.path.parent.parent.name}]" if names.count(name) > 1 else name for name, item in zip(names, loaded)
+  ]
+
+
+def compare(
+  sources: Sequence[str | pathlib.Path],
   task_name: str,
-  out: str | pathlib.Path,
+  out: str | pathlib.Path | None = None,
   *,
   steps: int = 2000,
   seeds: int = 5,
   every: int = 20,
   tune_seeds: int = 2,
   progress: bool = True,
-) -> list[Curves]:
-  """``metatrain eval``: runs :func:`run` for the learned optimizers in ``checkpoints`` and writes every output.
+) -> tuple[list[Curves], pathlib.Path]:
+  """``metatrain eval``: the meta-trained optimizers of ``sources`` against tuned Adam and SGDM on a task.
 
-  Bad input (no checkpoint, an unknown task, an optimizer that does not fit
-  the task's weight space) is a clear error before anything runs.
+  Runs :func:`collect_curves` and writes every output (see the module docstring). Bad input (no
+  checkpoint, an unknown task, an optimizer that does not fit the task's weight space) is a clear
+  error before anything runs.
+
+  Args:
+    sources: ``metatrain train`` workdirs or checkpoint folders.
+    task_name: a registered task (``tasks.names()``).
+    out: the output folder (default: ``<first workdir>/eval/<task>``).
+    steps, seeds, every, tune_seeds, progress: as :func:`collect_curves`.
+
+  Returns:
+    ``(curves, out)``: the curves of every optimizer, and the folder written.
   """
   task = tasks.get(task_name)
-  learned = [load_learned(path, task) for path in checkpoints]
-  names = [name for name, _, _ in learned]
-  for i, (name, lopt, theta) in enumerate(learned):  # two checkpoints at the same step: tell them apart
-    if names.count(name) > 1:
-      learned[i] = (f"{name} [{workdir_of(checkpoints[i]).name}]", lopt, theta)
-  out = pathlib.Path(out)
+  loaded = load_all(sources, task)
+  learned = [(name, item.learned_optimizer, item.theta) for name, item in zip(names_of(loaded), loaded)]
+  out = pathlib.Path(out) if out is not None else loaded[0].path.parent.parent / "eval" / task_name
   out.mkdir(parents=True, exist_ok=True)
-  results = run(task, learned, steps=steps, seeds=seeds, every=every, tune_seeds=tune_seeds, progress=progress)
+  results = collect_curves(
+    task, learned, steps=steps, seeds=seeds, every=every, tune_seeds=tune_seeds, progress=progress
+  )
   write_csv(results, out / "curves.csv")
   (out / "summary.md").write_text(summary(results, task_name, steps))
   plot(results, out / "curves.png", f"{task_name}: {steps} steps, {seeds} seeds")
   write_tensorboard(results, out / "tensorboard")
-  return results
+  return results, out

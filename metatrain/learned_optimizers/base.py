@@ -6,7 +6,8 @@ Neural Functionals", Sec. 5.2. For every parameter ``W`` the update is
   ``W <- W - alpha * (m_gamma0 + beta * f(features))``
 
 where ``m_gamma0`` is a momentum of the gradient with decay ``gamma0``, ``f``
-a network over the 19 per-parameter features of :mod:`metatrain.features`,
+a network over the 19 per-parameter features of
+:mod:`metatrain.learned_optimizers.features`,
 and ``alpha``, ``beta``, ``gamma0`` are meta-learned in log, log and logit
 space (initially 0.1, 0.001 and 0.9). The meta-parameters ``theta`` (a pytree
 of arrays, :meth:`init_meta`) hold these three scalars and ``f``'s weights.
@@ -15,20 +16,26 @@ of arrays, :meth:`init_meta`) hold these three scalars and ``f``'s weights.
 ``Dense(width -> width)``, relu, then a last layer that gives every learned
 optimizer its symmetry:
 
-* :class:`UNFLOpt`: a ``unf`` ``EquivariantLinear(width -> 1)`` on the
+* :class:`metatrain.UNFLOpt`: a ``unf`` ``EquivariantLinear(width -> 1)`` on the
   network's weight space. ``update(sigma . W) = sigma . update(W)`` for every
   ``sigma`` of the space's group (one permutation per label), and the number
   of meta-parameters does not depend on the network's widths.
-* :class:`DeepSetsLOpt`: a Deep Sets layer per tensor (the paper's main
+* :class:`metatrain.DeepSetsLOpt`: a Deep Sets layer per tensor (the paper's main
   baseline), equivariant to any permutation of the entries of each tensor.
 
 Example (a meta-trained optimizer drops into any optax loop of its space):
 
-  >>> lopt = UNFLOpt(task.space)
+  >>> import jax, jax.numpy as jnp, optax, unf, metatrain
+  >>> params = {"dense0": {"kernel": jnp.ones((4, 8)), "bias": jnp.zeros(8)},
+  ...           "dense1": {"kernel": jnp.ones((8, 2)), "bias": jnp.zeros(2)}}
+  >>> lopt = metatrain.UNFLOpt(unf.mlp_space(params))
   >>> optimizer = lopt.optimizer(lopt.init_meta(jax.random.key(0)))
   >>> state = optimizer.init(params)
+  >>> grads = jax.tree.map(jnp.ones_like, params)
   >>> updates, state = optimizer.update(grads, state, params)  # params are required
   >>> params = optax.apply_updates(params, updates)
+  >>> params["dense0"]["kernel"].shape
+  (4, 8)
 
 Choices made here:
 
@@ -41,7 +48,7 @@ Choices made here:
   smallest). Not zero: ES perturbations of every layer of ``f`` then change
   the loss from the start.
 * Non-finite gradients: NaN and +-inf gradient entries are read as 0 before
-  anything else (:func:`metatrain.features.finite_or_zero`): they leave the
+  anything else (:func:`metatrain.learned_optimizers.features.finite_or_zero`): they leave the
   state, every update and the meta-gradients finite, the step count advances,
   and the entry's own update is its momentum's decay. A divergence is
   therefore not hidden from the inner loss, which the meta-objective sees.
@@ -50,6 +57,7 @@ Choices made here:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any, ClassVar, NamedTuple
 
@@ -58,10 +66,8 @@ import jax.numpy as jnp
 import optax
 
 import unf
-from metatrain import features as features_lib
-from unf.space import path_str
-
-Theta = dict[str, Any]
+from metatrain.learned_optimizers import features as features_lib
+from metatrain.types import PyTree, Theta
 
 INITIAL_ALPHA = 0.1
 INITIAL_BETA = 0.001
@@ -74,13 +80,13 @@ class LearnedOptimizerState(NamedTuple):
 
   Attributes:
     momenta: pytree shaped like params; every leaf has a trailing axis with the
-      momenta at :data:`metatrain.features.MOMENTUM_DECAYS`.
+      momenta at :data:`metatrain.learned_optimizers.features.MOMENTUM_DECAYS`.
     momentum: ``m_gamma0``, the momentum with the learned decay, shaped like params.
     count: int32 scalar, the number of updates applied.
   """
 
-  momenta: Any
-  momentum: Any
+  momenta: PyTree
+  momentum: PyTree
   count: jax.Array
 
 
@@ -107,10 +113,15 @@ class LearnedOptimizer:
   Args:
     space: the weight space of the networks it optimizes.
     width: hidden features per parameter.
+
+  Attributes:
+    name: the kind's key in :data:`metatrain.LEARNED_OPTIMIZERS` (and in configs and checkpoints).
+    head_name: what ``f``'s last layer is, for :func:`describe`.
   """
 
   space: unf.WeightSpace
   width: int = dataclasses.field(default=32, kw_only=True)
+  name: ClassVar[str] = ""
   head_name: ClassVar[str] = "last layer"
 
   # --- the last layer of f: width features per parameter -> one number per parameter
@@ -120,6 +131,10 @@ class LearnedOptimizer:
 
   def _head(self, head: dict, hidden: dict) -> dict:
     """``hidden``: a nested dict of the space with a trailing ``width`` axis -> a trailing axis of 1."""
+    raise NotImplementedError
+
+  def _transfer_head(self, head: dict, space: unf.WeightSpace) -> dict:
+    """The same last layer for ``space``, which matches ``self.space`` up to renaming."""
     raise NotImplementedError
 
   # --- meta-parameters
@@ -146,11 +161,37 @@ class LearnedOptimizer:
 
   def num_meta_parameters(self, theta: Theta) -> int:
     """Number of scalars in one ``theta`` (independent of the inner network's widths)."""
-    return sum(x.size for x in jax.tree.leaves(theta))
+    return _size(theta)
+
+  def transfer(self, theta: Theta, space: unf.WeightSpace) -> tuple[LearnedOptimizer, Theta]:
+    """The same learned optimizer for a weight space that matches this one up to renaming.
+
+    ``space`` must have the same leaves in the same order (paths may differ)
+    with one consistent renaming of the labels (:meth:`unf.WeightSpace.match`);
+    label sizes (widths) do not matter. The returned optimizer computes the
+    same update on the renamed params as this one on the original params.
+
+    Args:
+      theta: meta-parameters of this optimizer.
+      space: the other weight space (with fixed sizes, as the ``unf`` builders give it).
+
+    Returns:
+      ``(learned_optimizer, theta)`` for ``space``.
+
+    Raises:
+      ValueError: naming the first difference when the spaces do not match up to renaming.
+    """
+    self.space.match(space)
+    head = self._transfer_head(theta["f"]["head"], space)
+    return dataclasses.replace(self, space=space), {**theta, "f": {**theta["f"], "head": head}}
+
+  def to_json(self) -> dict[str, Any]:
+    """The optimizer as JSON-ready values: its kind, width and weight space (see :func:`from_json`)."""
+    return {"kind": self.name, "width": self.width, "space": json.loads(self.space.to_json())}
 
   # --- the update rule
 
-  def f(self, theta: Theta, x: Any) -> dict:
+  def f(self, theta: Theta, x: PyTree) -> dict:
     """The network ``f``: per-parameter features (trailing axis of 19) -> one number per parameter.
 
     Args:
@@ -174,7 +215,7 @@ class LearnedOptimizer:
     ``params`` is required: the parameters are one of ``f``'s features.
     """
 
-    def init(params: Any) -> LearnedOptimizerState:
+    def init(params: PyTree) -> LearnedOptimizerState:
       self.space.validate(params)
       num_decays = len(features_lib.MOMENTUM_DECAYS)
       return LearnedOptimizerState(
@@ -183,7 +224,7 @@ class LearnedOptimizer:
         count=jnp.zeros((), jnp.int32),
       )
 
-    def update(grads: Any, state: LearnedOptimizerState, params: Any = None):
+    def update(grads: PyTree, state: LearnedOptimizerState, params: PyTree | None = None):
       if params is None:
         raise ValueError(
           f"{type(self).__name__}.optimizer(theta).update needs the params (one of its features): "
@@ -194,79 +235,12 @@ class LearnedOptimizer:
       momenta = features_lib.update_momenta(state.momenta, grads)
       gamma0 = jax.nn.sigmoid(theta["logit_gamma0"])
       momentum = jax.tree.map(lambda m, g: (gamma0 * m + (1 - gamma0) * g).astype(m.dtype), state.momentum, grads)
-      out = self.f(theta, features_lib.features(params, grads, momenta, state.count))
+      out = self.f(theta, features_lib.input_features(params, grads, momenta, state.count))
       alpha, beta = jnp.exp(theta["log_alpha"]), jnp.exp(theta["log_beta"])
       updates = jax.tree.map(lambda p, m, y: (-alpha * (m + beta * y)).astype(p.dtype), params, momentum, out)
       return updates, LearnedOptimizerState(momenta, momentum, optax.safe_int32_increment(state.count))
 
     return optax.GradientTransformation(init, update)
-
-
-@dataclasses.dataclass(frozen=True)
-class UNFLOpt(LearnedOptimizer):
-  """The UNF learned optimizer: ``f``'s last layer is a ``unf`` ``EquivariantLinear(width -> 1)``.
-
-  Satisfies ``update(sigma . grads, sigma . state, sigma . params) = sigma . update(grads, state, params)``
-  for every element ``sigma`` of ``space``'s group (Zhou et al. 2024, Sec. 5.2).
-  Its meta-parameter count depends on the space's labels only, not on widths.
-
-  Args:
-    space: the weight space of the networks it optimizes (with fixed sizes, as
-      the ``unf`` builders and ``task.space`` give it).
-    width: hidden features per parameter.
-  """
-
-  head_name: ClassVar[str] = "EquivariantLinear"
-
-  def _init_head(self, key: jax.Array, dtype: Any) -> dict:
-    return unf.linear.init(key, self.space, self.space, self.width, 1, dtype=dtype)
-
-  def _head(self, head: dict, hidden: dict) -> dict:
-    return unf.linear.apply(head, hidden, self.space, self.space)
-
-
-@dataclasses.dataclass(frozen=True)
-class DeepSetsLOpt(LearnedOptimizer):
-  """The Deep Sets learned optimizer: ``f``'s last layer treats every tensor as a set.
-
-  For each tensor with hidden features ``h`` (one row per entry):
-  ``y = h @ w_entry + mean_over_tensor(h) @ w_pool + bias``, with weights of
-  its own per tensor (as the UNF layer has per leaf). Satisfies
-  ``update(P . grads, P . state, P . params) = P . update(grads, state, params)``
-  for every permutation ``P`` of the entries of each tensor (Zaheer et al.
-  2017; the baseline of Zhou et al. 2024, Sec. 5.2).
-
-  Args:
-    space: the weight space of the networks it optimizes (it fixes the tensors).
-    width: hidden features per parameter.
-  """
-
-  head_name: ClassVar[str] = "Deep Sets"
-
-  def _init_head(self, key: jax.Array, dtype: Any) -> dict:
-    head = {}
-    for path, k in zip(self.space.paths, jax.random.split(key, len(self.space))):
-      k_entry, k_pool = jax.random.split(k)
-      std = 1.0 / math.sqrt(self.width)
-      head[path_str(path)] = {
-        "w_entry": std * jax.random.normal(k_entry, (self.width, 1), dtype),
-        # Half scale on the pooled path, as unf.linear.init does (means of relu features are O(1)).
-        "w_pool": 0.5 * std * jax.random.normal(k_pool, (self.width, 1), dtype),
-        "bias": jnp.zeros((1,), dtype),
-      }
-    return head
-
-  def _head(self, head: dict, hidden: dict) -> dict:
-    out = []
-    for path, h in zip(self.space.paths, self.space.flatten(hidden)):
-      w = head[path_str(path)]
-      pooled = jnp.mean(h, axis=tuple(range(h.ndim - 1)), keepdims=True)
-      out.append(h @ w["w_entry"].astype(h.dtype) + pooled @ w["w_pool"].astype(h.dtype) + w["bias"].astype(h.dtype))
-    return self.space.unflatten(out)
-
-
-# Every learned optimizer, by name: the contract tests run on each (add new ones here).
-LEARNED_OPTIMIZERS = {"unf": UNFLOpt, "deep_sets": DeepSetsLOpt}
 
 
 def describe(lopt: LearnedOptimizer, theta: Theta) -> str:
@@ -292,5 +266,5 @@ def describe(lopt: LearnedOptimizer, theta: Theta) -> str:
   return "\n".join(lines)
 
 
-def _size(tree: Any) -> int:
+def _size(tree: PyTree) -> int:
   return sum(x.size for x in jax.tree.leaves(tree))

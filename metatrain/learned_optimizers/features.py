@@ -87,7 +87,7 @@ def time_features(step: jax.Array, *, time_scales: tuple[float, ...] = TIME_SCAL
   return jnp.tanh(t / jnp.asarray(time_scales, dtype) - 1)
 
 
-def features(params: Any, grads: Any, momenta: Any, step: jax.Array) -> Any:
+def input_features(params: Any, grads: Any, momenta: Any, step: jax.Array) -> Any:
   """The 19 input features of every parameter.
 
   Args:

@@ -1,44 +1,86 @@
-"""Orbax checkpoints of the learner: pytrees restored into an abstract target, config as text."""
+"""Orbax checkpoints of meta-training, and the loader of meta-trained optimizers.
+
+A checkpoint (``workdir/checkpoints/<step>``) holds four items:
+
+- ``state``: the learner's pytree (theta, the outer optimizer state, the step), orbax arrays;
+- ``config`` (JSON): the operative gin config, the worker config and the train config;
+- ``learned_optimizer`` (JSON): the kind, width and weight space theta was built for
+  (:meth:`metatrain.LearnedOptimizer.to_json`);
+- ``particles`` (optional): the workers' inner runs (PES particles), for an exact resume.
+
+:func:`load_learned_optimizer` turns a workdir or one of its checkpoint folders
+back into ``(learned_optimizer, theta)``, with no dataset and no learner.
+"""
 
 from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+import unf
+from metatrain import learned_optimizers
+from metatrain.learned_optimizers import LearnedOptimizer
+from metatrain.runtime.config import WorkerConfig
+from metatrain.types import PyTree, Theta
+
 log = logging.getLogger(__name__)
+
+ITEMS = ("state", "config", "learned_optimizer", "particles")
 
 
 class Checkpoints:
   """Saves and restores the learner state under ``workdir/checkpoints``, keeping the last ``keep``.
 
-  Each checkpoint holds the learner's pytree (theta, outer optimizer state,
-  step), as JSON the operative gin config and the worker configuration, and
-  optionally the workers' particle states (PES inner runs), so that a resumed
-  synchronous run continues exactly. Orbax writes to a temporary folder and renames it when
-  complete, so a crash never leaves a checkpoint that looks whole; a
-  checkpoint that still fails to restore is skipped with a warning for the
-  one before it.
+  Orbax writes to a temporary folder and renames it when complete, so a crash
+  never leaves a checkpoint that looks whole; a checkpoint that still fails
+  to restore is skipped with a warning for the one before it.
+
+  Args:
+    workdir: the run's folder (checkpoints go to ``workdir/checkpoints``).
+    keep: the number of checkpoints kept (older ones are deleted).
   """
 
   def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3):
     self.directory = pathlib.Path(workdir).resolve() / "checkpoints"
     self.manager = ocp.CheckpointManager(
-      self.directory,
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-      item_names=("state", "config", "particles"),
+      self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True), item_names=ITEMS
     )
 
-  def save(self, step: int, state: Any, config: dict[str, Any], particles: dict | None = None) -> None:
-    """Saves ``state`` and ``config`` (and the workers' ``particles`` when given) as checkpoint ``step``."""
-    items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config))
+  def save(
+    self,
+    step: int,
+    state: PyTree,
+    config: dict[str, Any],
+    learned_optimizer: dict[str, Any],
+    particles: dict | None = None,
+  ) -> None:
+    """Saves checkpoint ``step`` and waits until it is complete.
+
+    Args:
+      step: the outer step.
+      state: the learner's pytree (:meth:`metatrain.runtime.learner.Learner.state`).
+      config: JSON-ready configuration (gin text, worker and train configs).
+      learned_optimizer: JSON-ready description of the learned optimizer (kind, width, weight space).
+      particles: the workers' particle states (left out when empty).
+    """
+    items = dict(
+      state=ocp.args.StandardSave(state),
+      config=ocp.args.JsonSave(config),
+      learned_optimizer=ocp.args.JsonSave(learned_optimizer),
+    )
     if particles:
       items["particles"] = ocp.args.StandardSave(particles)
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
     self.manager.wait_until_finished()
+
+  def steps(self) -> list[int]:
+    """The steps of the checkpoints present, oldest first."""
+    return sorted(self.manager.all_steps())
 
   def restore_particles(self, step: int) -> dict:
     """The workers' particles saved with checkpoint ``step`` (``{}`` when it has none or they do not restore)."""
@@ -52,10 +94,10 @@ class Checkpoints:
       )
       return {}
 
-  def restore_latest(self, target: Any) -> tuple[int, Any, dict] | None:
-    """The newest checkpoint that restores into ``target``'s structure, or None when there is none."""
+  def restore_latest(self, target: PyTree) -> tuple[int, PyTree, dict] | None:
+    """The newest checkpoint that restores into ``target``'s structure: ``(step, state, config)``, or None."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    for step in reversed(self.steps()):
       try:
         restored = self.manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), config=ocp.args.JsonRestore())
@@ -68,7 +110,7 @@ class Checkpoints:
 
   def latest_config(self) -> dict | None:
     """The JSON config of the newest checkpoint that has a readable one (None if there is none)."""
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    for step in reversed(self.steps()):
       try:
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
       except Exception as error:  # noqa: BLE001
@@ -76,4 +118,146 @@ class Checkpoints:
     return None
 
   def close(self) -> None:
+    """Waits for pending writes and releases the manager."""
     self.manager.close()
+
+  def __enter__(self) -> Checkpoints:
+    return self
+
+  def __exit__(self, *exc_info: object) -> None:
+    self.close()
+
+
+# --- loading a meta-trained optimizer ---------------------------------------------------------------------
+
+
+class LoadedOptimizer(NamedTuple):
+  """A meta-trained optimizer read from a checkpoint.
+
+  Attributes:
+    learned_optimizer: the learned optimizer, for the space asked for (or the one it was meta-trained on).
+    theta: its meta-parameters (numpy arrays).
+    step: the outer step of the checkpoint.
+    path: the checkpoint folder it was read from.
+  """
+
+  learned_optimizer: LearnedOptimizer
+  theta: Theta
+  step: int
+  path: pathlib.Path
+
+
+def _checkpoint_folders(source: pathlib.Path) -> tuple[pathlib.Path, list[int]]:
+  """``(checkpoints folder, steps to try, newest first)`` for a workdir, its checkpoints folder or a step folder."""
+  if not source.is_dir():
+    raise FileNotFoundError(f"{source} is not a folder: pass the workdir of a `metatrain train` run.")
+  if source.name.isdigit() and (source.parent.name == "checkpoints" or (source / "_CHECKPOINT_METADATA").exists()):
+    return source.parent, [int(source.name)]
+  directory = source if source.name == "checkpoints" else source / "checkpoints"
+  steps = (
+    sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True) if directory.is_dir() else []
+  )
+  if not steps:
+    raise FileNotFoundError(
+      f"no checkpoints in {source}: pass the workdir of a `metatrain train` run (it holds checkpoints/) "
+      "or one of its checkpoint folders (WORKDIR/checkpoints/STEP)."
+    )
+  return directory, steps
+
+
+def _described_optimizer(manager: ocp.CheckpointManager, step: int, folder: pathlib.Path) -> LearnedOptimizer:
+  """The learned optimizer a checkpoint was written for: its own description, else (older runs) its task's."""
+  if (folder / "learned_optimizer").is_dir():
+    values = manager.restore(step, args=ocp.args.Composite(learned_optimizer=ocp.args.JsonRestore()))
+    return learned_optimizers.from_json(values["learned_optimizer"])
+  # Written before checkpoints described their optimizer: rebuild it from the task it was meta-trained on.
+  config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  worker = WorkerConfig.from_json(config["worker"])
+  return worker.build_learned_optimizer()
+
+
+def _read(directory: pathlib.Path, step: int) -> tuple[LearnedOptimizer, Theta]:
+  folder = directory / str(step)
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False), item_names=ITEMS)
+  try:
+    learned_optimizer = _described_optimizer(manager, step, folder)
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  finally:
+    manager.close()
+  theta = jax.tree.map(np.asarray, state["theta"])
+  expected = jax.eval_shape(learned_optimizer.init_meta, jax.random.key(0))
+  if jax.tree.structure(theta) != jax.tree.structure(expected) or any(
+    np.shape(t) != e.shape for t, e in zip(jax.tree.leaves(theta), jax.tree.leaves(expected))
+  ):
+    raise ValueError(
+      f"the meta-parameters in {folder} do not have the shapes of a {learned_optimizer.name!r} learned optimizer "
+      "of the weight space saved with them: the checkpoint is damaged."
+    )
+  return learned_optimizer, theta
+
+
+def load(source: str | pathlib.Path, *, space: unf.WeightSpace | None = None) -> LoadedOptimizer:
+  """Reads a meta-trained optimizer from a ``metatrain train`` workdir or one of its checkpoint folders.
+
+  Given a workdir (or its ``checkpoints`` folder), the newest checkpoint that
+  reads is used (a damaged newer one is skipped with a warning); given a step
+  folder (``WORKDIR/checkpoints/STEP``), that checkpoint. No dataset is
+  loaded: the weight space comes from the checkpoint (checkpoints written
+  before they carried it fall back to their task's, which needs the task's data).
+
+  Args:
+    source: the workdir, its ``checkpoints`` folder, or a step folder.
+    space: the weight space of the networks to optimize (default: the one it was meta-trained on). It
+      must match that one up to renaming (:meth:`unf.WeightSpace.match`): the same leaves in the same
+      order, paths and labels renamed consistently, any widths.
+
+  Returns:
+    A :class:`LoadedOptimizer`: the learned optimizer, theta, the step and the checkpoint folder.
+
+  Raises:
+    FileNotFoundError: no checkpoint at ``source``.
+    ValueError: a checkpoint that does not read, or a ``space`` that does not match (naming what differs).
+  """
+  source = pathlib.Path(source)
+  directory, steps = _checkpoint_folders(source)
+  errors = []
+  for step in steps:
+    try:
+      learned_optimizer, theta = _read(directory, step)
+    except Exception as error:  # noqa: BLE001 - orbax raises many kinds: report them all, by checkpoint
+      errors.append(f"checkpoint {step}: {type(error).__name__}: {error}")
+      log.warning("checkpoint %d in %s does not read (%s).", step, directory, error)
+      continue
+    break
+  else:
+    raise ValueError(f"no checkpoint in {source} reads; " + "; ".join(errors))
+  if space is not None:
+    try:
+      learned_optimizer, theta = learned_optimizer.transfer(theta, space)
+    except ValueError as error:
+      raise ValueError(
+        f"the {learned_optimizer.name!r} optimizer in {directory / str(step)} was meta-trained on another "
+        f"architecture than the weight space given: {error} (learned optimizers transfer across widths and "
+        "names of the same architecture, not across architectures)."
+      ) from error
+  return LoadedOptimizer(learned_optimizer, theta, step, directory / str(step))
+
+
+def load_learned_optimizer(
+  source: str | pathlib.Path, *, space: unf.WeightSpace | None = None
+) -> tuple[LearnedOptimizer, Theta]:
+  """A meta-trained optimizer, ready for an optax loop: ``lopt, theta = load_learned_optimizer(workdir)``.
+
+  ``lopt.optimizer(theta)`` is an ``optax.GradientTransformation`` for the
+  networks of ``space`` (default: the space it was meta-trained on). See
+  :func:`load` for what ``source`` may be and for the errors.
+
+  Args:
+    source: a ``metatrain train`` workdir or one of its checkpoint folders.
+    space: the weight space of your network (e.g. ``unf.mlp_space(params)``), if not the meta-training one.
+
+  Returns:
+    ``(learned_optimizer, theta)``.
+  """
+  loaded = load(source, space=space)
+  return loaded.learned_optimizer, loaded.theta

@@ -12,7 +12,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from metatrain.worker import Estimate
+from metatrain.runtime.worker import Estimate
+from metatrain.types import Theta
 
 
 def local_mesh() -> Mesh:
@@ -54,7 +55,9 @@ class Learner:
     mesh: devices for the reduction (default: all local devices).
   """
 
-  def __init__(self, outer: optax.GradientTransformation, theta: Any, *, staleness: int = 0, mesh: Mesh | None = None):
+  def __init__(
+    self, outer: optax.GradientTransformation, theta: Theta, *, staleness: int = 0, mesh: Mesh | None = None
+  ):
     self.outer, self.staleness = outer, staleness
     self.mesh = local_mesh() if mesh is None else mesh
     # Replicated on the mesh from the start, as the update's outputs are: one compilation.

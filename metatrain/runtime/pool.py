@@ -1,7 +1,7 @@
-"""Pools of gradient workers: the interface the learner loop talks to, and a pool in this process. No Ray here.
+"""Pools of gradient workers: the scheduling every pool shares, and a pool in this process. No Ray here.
 
 A pool turns published meta-parameters into a stream of
-:class:`metatrain.worker.Estimate`. The learner loop is::
+:class:`metatrain.runtime.worker.Estimate`. The learner loop is::
 
   pool.publish(theta, step)
   while training:
@@ -10,7 +10,7 @@ A pool turns published meta-parameters into a stream of
     pool.publish(theta, step)
 
 Scheduling rules, shared by :class:`InProcessPool` and
-:class:`metatrain.distributed.RayPool` through :class:`WorkerPool`:
+:class:`metatrain.runtime.ray_pool.RayPool` through :class:`WorkerPool`:
 
 - ``publish`` starts every idle worker on the new theta;
 - ``gather`` first starts every idle worker on the latest published theta,
@@ -31,31 +31,11 @@ counted in ``lost`` and replaced by new calls on the latest theta.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from metatrain.worker import Estimate, GradientWorker, WorkerConfig
-
-
-@runtime_checkable
-class Pool(Protocol):
-  """What the learner loop needs from a pool of gradient workers.
-
-  Attributes:
-    num_workers: the number of workers (each computes one estimate at a time).
-    lost: estimates lost to dead workers so far.
-  """
-
-  num_workers: int
-  lost: int
-
-  def publish(self, theta: Any, step: int) -> None:
-    """Makes ``theta`` (a numpy pytree) at outer step ``step`` the latest; idle workers start on it."""
-
-  def gather(self, count: int, timeout: float | None = None) -> list[Estimate]:
-    """The next ``count`` estimates to finish (fewer only when ``timeout`` seconds pass first)."""
-
-  def close(self) -> None:
-    """Stops the workers; the pool cannot be used afterwards."""
+from metatrain.runtime.config import WorkerConfig
+from metatrain.runtime.worker import Estimate, GradientWorker
+from metatrain.types import Theta
 
 
 class WorkerPool:
@@ -86,7 +66,7 @@ class WorkerPool:
     self._busy: dict[int, Any] = {}
     self._closed = False
 
-  def publish(self, theta: Any, step: int) -> None:
+  def publish(self, theta: Theta, step: int) -> None:
     """Makes ``theta`` (a numpy pytree) at outer step ``step`` the latest; idle workers start on it.
 
     Args:

@@ -1,9 +1,9 @@
 """Gradient workers as Ray actors: :class:`RayPool`. The only module that imports Ray.
 
 The layer is thin: :class:`GradientWorkerActor` wraps
-:class:`metatrain.worker.GradientWorker` unchanged, and :class:`RayPool` follows
-the scheduling rules of :class:`metatrain.pool.WorkerPool`, so it returns the
-same estimates as :class:`metatrain.pool.InProcessPool` for the same seed and
+:class:`metatrain.runtime.worker.GradientWorker` unchanged, and :class:`RayPool` follows
+the scheduling rules of :class:`metatrain.runtime.pool.WorkerPool`, so it returns the
+same estimates as :class:`metatrain.runtime.pool.InProcessPool` for the same seed and
 thetas. Theta is put in Ray's object store once per publish and every actor
 call receives the reference (one copy per node, not one per call).
 
@@ -32,8 +32,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 from ray.exceptions import ActorDiedError, RayActorError  # noqa: E402
 
-from metatrain.pool import WorkerPool  # noqa: E402
-from metatrain.worker import Estimate, GradientWorker, WorkerConfig  # noqa: E402
+from metatrain.runtime.config import WorkerConfig  # noqa: E402
+from metatrain.runtime.pool import WorkerPool  # noqa: E402
+from metatrain.runtime.worker import Estimate, GradientWorker  # noqa: E402
 
 PROBE_SECONDS = 0.5  # how often a restarting actor is asked whether it is back
 

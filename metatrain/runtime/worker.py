@@ -1,7 +1,7 @@
 """A gradient worker: a pool of inner runs that turns theta into gradient estimates. No Ray here.
 
 :class:`GradientWorker` is plain Python around the pure estimator step; the Ray
-actor in :mod:`metatrain.distributed` wraps it unchanged, and the in-process
+actor in :mod:`metatrain.runtime.ray_pool` wraps it unchanged, and the in-process
 pool runs it directly (tests, debugging, a single process).
 """
 
@@ -9,66 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-import tasks
-from metatrain.full_es import FullES
-from metatrain.lopt import LEARNED_OPTIMIZERS
-from metatrain.pes import PES
-from metatrain.problem import LearnedOptimizerProblem
-from metatrain.truncated_es import TruncatedES
-
-ESTIMATORS = {"pes": PES, "truncated_es": TruncatedES, "full_es": FullES}
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerConfig:
-  """Everything a worker needs, as plain values (it travels to remote processes)."""
-
-  task: str = "mlp_fashion8"
-  optimizer: str = "unf"
-  width: int = 32
-  estimator: str = "pes"
-  num_pairs: int = 8
-  truncation: int = 50
-  std: float = 0.01
-  clip: float | None = None
-  horizon: int = 2000
-  meta_loss_split: str = "train"
-
-  def __post_init__(self):
-    if self.optimizer not in LEARNED_OPTIMIZERS:
-      raise ValueError(f"unknown learned optimizer {self.optimizer!r}; choose one of {sorted(LEARNED_OPTIMIZERS)}.")
-    if self.estimator not in ESTIMATORS:
-      raise ValueError(f"unknown estimator {self.estimator!r}; choose one of {sorted(ESTIMATORS)}.")
-    if self.task not in tasks.names():
-      raise ValueError(f"unknown task {self.task!r}; known tasks: {', '.join(tasks.names())}.")
-
-  def learned_optimizer(self):
-    return LEARNED_OPTIMIZERS[self.optimizer](tasks.get(self.task).space, width=self.width)
-
-  def build_estimator(self):
-    if self.estimator == "full_es":
-      return FullES(num_pairs=self.num_pairs, std=self.std, clip=self.clip)
-    return ESTIMATORS[self.estimator](
-      num_pairs=self.num_pairs, truncation=self.truncation, std=self.std, clip=self.clip
-    )
-
-  @property
-  def inner_steps_per_estimate(self) -> int:
-    return 2 * self.num_pairs * (self.horizon if self.estimator == "full_es" else self.truncation)
+from metatrain.runtime.config import WorkerConfig
+from metatrain.types import PyTree, Theta
 
 
 @dataclasses.dataclass
 class Estimate:
   """One gradient estimate, as numpy, and where it came from."""
 
-  grad: Any
+  grad: Theta
   meta_loss: float
   theta_step: int
   worker_id: int
@@ -101,14 +56,14 @@ class GradientWorker:
 
   def __init__(self, config: WorkerConfig, worker_id: int, seed: int = 0, *, shard_pairs: bool = True):
     self.config, self.worker_id = config, worker_id
-    self.lopt = config.learned_optimizer()
-    self.estimator = config.build_estimator()
-    self.problem = LearnedOptimizerProblem(tasks.get(config.task), self.lopt, config.horizon, config.meta_loss_split)
+    self.learned_optimizer = config.build_learned_optimizer()
+    self.estimator = config.estimator
+    self.problem = config.build_problem(self.learned_optimizer)
     self.init_key, self.key = jax.random.split(jax.random.fold_in(jax.random.key(seed), worker_id))
     self.state = None
     self.calls_at_step: dict[int, int] = {}
     estimator = self.estimator
-    theta = jax.eval_shape(self.lopt.init_meta, self.init_key)
+    theta = jax.eval_shape(self.learned_optimizer.init_meta, self.init_key)
     self._state_spec = jax.eval_shape(estimator.init, self.problem, theta, self.init_key)  # shapes, once
     self.mesh = pairs_mesh(config.num_pairs) if shard_pairs else None
     step = lambda problem, state, theta, key: estimator.step(problem, state, theta, key)  # noqa: E731
@@ -122,7 +77,7 @@ class GradientWorker:
       self._state_sharding = jax.tree.map(pairs, self._state_spec)
       self._step = jax.jit(step, out_shardings=(self._state_sharding, replicated, replicated))
 
-  def _place(self, state: Any) -> Any:
+  def _place(self, state: PyTree) -> PyTree:
     return state if self._state_sharding is None else jax.device_put(state, self._state_sharding)
 
   def particles(self) -> dict[str, np.ndarray] | None:
@@ -152,7 +107,7 @@ class GradientWorker:
     self.state = self._place(jax.tree.structure(self._state_spec).unflatten([jnp.asarray(leaf) for leaf in leaves]))
     return True
 
-  def compute(self, theta: Any, theta_step: int) -> Estimate:
+  def compute(self, theta: Theta, theta_step: int) -> Estimate:
     """One truncation (or whole run) at ``theta``; returns the estimate as numpy."""
     start = time.perf_counter()
     theta = jax.tree.map(jnp.asarray, theta)
@@ -169,6 +124,6 @@ class GradientWorker:
     metrics["inner_steps_per_second"] = self.config.inner_steps_per_estimate / (time.perf_counter() - start)
     return Estimate(grad, metrics["meta_loss"], int(theta_step), self.worker_id, metrics)
 
-  def initial_theta(self, seed: int) -> Any:
+  def initial_theta(self, seed: int) -> Theta:
     """The learned optimizer's initial meta-parameters for a run seed, as numpy."""
-    return jax.tree.map(np.asarray, self.lopt.init_meta(jax.random.key(seed)))
+    return jax.tree.map(np.asarray, self.learned_optimizer.init_meta(jax.random.key(seed)))

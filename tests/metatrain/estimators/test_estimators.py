@@ -8,10 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metatrain import antithetic
-from metatrain.full_es import FullES
-from metatrain.pes import PES
-from metatrain.truncated_es import TruncatedES
+from metatrain.estimators import ESTIMATORS, PES, Estimator, FullES, TruncatedES, common
+from metatrain.estimators import from_json as estimator_from_json
 
 CURVATURE = jnp.array([1.0, 0.1])
 THETA = {"log_lr": jnp.log(0.3), "logit_momentum": jnp.array(0.0)}
@@ -53,9 +51,9 @@ def _exact_gradient(problem, truncation, std, *, shared, samples=4000):
   m = problem.horizon // truncation
 
   def one(key):
-    eps = antithetic.sample_noise(key, THETA, 1 if shared else m, std)
+    eps = common.sample_noise(key, THETA, 1 if shared else m, std)
     eps = jax.tree.map(lambda e: jnp.broadcast_to(e, (m,)), eps)
-    return jax.grad(lambda th: _full_loss(problem, antithetic.add(th, eps), truncation))(THETA)
+    return jax.grad(lambda th: _full_loss(problem, common.add(th, eps), truncation))(THETA)
 
   grads = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(7), samples))
   return jax.tree.map(lambda g: np.asarray(g).mean(0), grads)
@@ -120,12 +118,12 @@ def test_nan_pairs_contribute_zero_and_are_counted():
   loss_pos = jnp.array([1.0, jnp.nan, 3.0, jnp.inf])
   loss_neg = jnp.array([0.5, 1.0, 2.0, 1.0])
   directions = {"a": jnp.array([1.0, 100.0, -1.0, 7.0])}
-  grad, metrics = antithetic.estimate(loss_pos, loss_neg, directions, std=0.5, clip=None)
+  grad, metrics = common.estimate(loss_pos, loss_neg, directions, std=0.5, clip=None)
   # Only pairs 0 and 2 count: (0.5 * 1 + 1.0 * -1) / (2 * 0.25 * 4).
   assert np.isclose(grad["a"], (0.5 - 1.0) / 2.0)
   assert int(metrics["nan_pairs"]) == 2
   assert np.isclose(metrics["meta_loss"], (0.75 + 2.5) / 2)
-  clipped, _ = antithetic.estimate(loss_pos, loss_neg, directions, std=0.5, clip=0.25)
+  clipped, _ = common.estimate(loss_pos, loss_neg, directions, std=0.5, clip=0.25)
   assert np.isclose(clipped["a"], (0.25 - 0.25) / 2.0)
 
 
@@ -153,17 +151,29 @@ def test_horizon_must_be_a_multiple_of_the_truncation(key):
     PES(truncation=3).init(Quadratic(horizon=8), THETA, key)
 
 
-ESTIMATORS = {
-  "PES": lambda: PES(num_pairs=4, truncation=4, std=0.05),
-  "TruncatedES": lambda: TruncatedES(num_pairs=4, truncation=4, std=0.05),
-  "FullES": lambda: FullES(num_pairs=4, std=0.05),
-}
+def _small(cls):
+  """The registered estimator with few pairs and short truncations (fields it does not have are left out)."""
+  fields = {field.name for field in dataclasses.fields(cls)}
+  small = {"num_pairs": 4, "truncation": 4, "std": 0.05}
+  return cls(**{name: value for name, value in small.items() if name in fields})
+
+
+def test_every_estimator_is_registered():
+  """The contract below runs over the registry: an estimator class that is not in it would escape the tests."""
+
+  def subclasses(cls):
+    return {sub for direct in cls.__subclasses__() for sub in {direct, *subclasses(direct)}}
+
+  concrete = {cls for cls in subclasses(Estimator) if "name" in vars(cls)}
+  assert concrete == set(ESTIMATORS.values())
+  assert all(ESTIMATORS[cls.name] is cls for cls in concrete)
 
 
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
 def test_estimator_contract(name, key):
   """Every estimator: jittable step, a gradient shaped like theta, metrics as values, reproducible from its key."""
-  estimator, problem = ESTIMATORS[name](), Quadratic()
+  estimator, problem = _small(ESTIMATORS[name]), Quadratic()
+  estimator.check(problem.horizon)
   state = estimator.init(problem, THETA, key)
   step = jax.jit(lambda problem, state, theta, k: estimator.step(problem, state, theta, k))
   new_state, grad, metrics = step(problem, state, THETA, key)
@@ -177,3 +187,40 @@ def test_estimator_contract(name, key):
   other = step(problem, state, THETA, jax.random.fold_in(key, 1))[1]
   assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(other)))
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  # Static under jit (hashable, equal by value) and written to checkpoints as JSON.
+  assert hash(estimator) == hash(_small(ESTIMATORS[name])) and estimator == _small(ESTIMATORS[name])
+  assert estimator_from_json(estimator.to_json()) == estimator
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_inner_steps_count_the_steps_an_estimate_runs(name, key):
+  """``inner_steps(horizon)`` equals the number of calls to the problem's step in one estimate, both signs."""
+  estimator = _small(ESTIMATORS[name])
+  calls = []
+
+  @functools.partial(jax.tree_util.register_dataclass, data_fields=[], meta_fields=["horizon"])
+  @dataclasses.dataclass(frozen=True)
+  class Counting(Quadratic):
+    def step(self, theta, state, key):
+      # Traced once per vmapped and scanned call: count the runs and steps it stands for from the shapes.
+      calls.append(1)
+      return super().step(theta, state, key)
+
+  problem = Counting()
+  state = estimator.init(problem, THETA, key)
+  counted = jax.make_jaxpr(lambda s: estimator.step(problem, s, THETA, key))(state)
+  # The step is traced once inside a scan of `length` steps vmapped over 2 signs x num_pairs runs.
+  (scan,) = [eqn for eqn in counted.eqns if eqn.primitive.name == "scan"]
+  length, carried = scan.params["length"], scan.outvars[: scan.params["num_carry"]]
+  runs = {v.aval.shape[:2] for v in carried}  # every carried leaf: (sign, pair, ...)
+  assert len(calls) == 1 and len(runs) == 1
+  (signs, pairs), *_ = runs
+  assert estimator.inner_steps(problem.horizon) == signs * pairs * length
+
+
+def test_estimators_read_back_from_json_and_refuse_unknown_ones():
+  assert estimator_from_json({"name": "pes", "num_pairs": 3}) == PES(num_pairs=3)
+  with pytest.raises(ValueError, match="unknown estimator 'reinforce'"):
+    estimator_from_json({"name": "reinforce"})
+  with pytest.raises(ValueError, match="does not take these fields"):
+    estimator_from_json({"name": "full_es", "truncation": 5})

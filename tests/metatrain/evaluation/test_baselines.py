@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import tasks
-from metatrain import baselines
+from metatrain.evaluation import baselines
 
 
 def test_sgdm_is_heavy_ball_momentum():

@@ -11,9 +11,10 @@ import pytest
 
 import tasks
 import unf
-from metatrain import features, lopt
-from tests.unf.equivariance import assert_equivariant
+from metatrain import learned_optimizers as lopt
+from metatrain.learned_optimizers import features
 from tests.unf.spaces import SPACES, bound, sizes_for
+from unf.testing import assert_equivariant
 
 # --- features against an independent numpy computation --------------------------------------------------------
 
@@ -51,7 +52,7 @@ def test_features_match_numpy():
   step = 57
 
   new_momenta = features.update_momenta(momenta, grads)
-  got = features.features(params, grads, new_momenta, jnp.asarray(step, jnp.int32))
+  got = features.input_features(params, grads, new_momenta, jnp.asarray(step, jnp.int32))
 
   assert features.NUM_FEATURES == 19
   for path in (("a",), ("b", "c"), ("zero",)):
@@ -68,12 +69,12 @@ def test_features_follow_params_dtype_and_read_non_finite_as_zero():
   params = {"w": jnp.ones((3, 2), jnp.bfloat16)}
   grads = {"w": jnp.asarray([[1.0, jnp.nan], [jnp.inf, 2.0], [-jnp.inf, 3.0]], jnp.bfloat16)}
   momenta = features.update_momenta({"w": jnp.zeros((3, 2, 6), jnp.bfloat16)}, grads)
-  got = features.features(params, grads, momenta, jnp.asarray(0))
+  got = features.input_features(params, grads, momenta, jnp.asarray(0))
   assert got["w"].dtype == jnp.bfloat16 and got["w"].shape == (3, 2, 19)
   assert bool(jnp.all(jnp.isfinite(got["w"])))
   clean = {"w": jnp.asarray([[1.0, 0], [0, 2.0], [0, 3.0]], jnp.bfloat16)}
   np.testing.assert_array_equal(
-    got["w"][..., :2], features.features(params, clean, momenta, jnp.asarray(0))["w"][..., :2]
+    got["w"][..., :2], features.input_features(params, clean, momenta, jnp.asarray(0))["w"][..., :2]
   )
 
 
@@ -246,9 +247,68 @@ def test_meta_parameter_count_does_not_depend_on_widths(make_lopt, task, key):
 def test_unf_meta_parameter_count(task, key):
   learned = lopt.UNFLOpt(task.space)
   count = learned.num_meta_parameters(learned.init_meta(key))
-  assert 1_000 <= count <= 10_000, count
-  # 3 scalars, Dense 19 -> 32 (640), Dense 32 -> 32 (1056), EquivariantLinear 32 -> 1 on the MLP space (1028).
-  assert count == 3 + 640 + 1056 + 1028
+  # 3 scalars, Dense 19 -> 32 and Dense 32 -> 32 (kernels and biases), then EquivariantLinear 32 -> 1: one weight
+  # per basis term and input channel, one bias per equivariant bias term (both counted by unf.basis).
+  head = 32 * unf.basis.count_terms(task.space, task.space) + unf.basis.count_bias_terms(task.space)
+  assert count == 3 + (19 * 32 + 32) + (32 * 32 + 32) + head
+  assert head == 1028  # the 2,727 the README quotes
+
+
+def test_every_learned_optimizer_is_registered():
+  """The contract tests run over the registry: a learned optimizer class not in it would escape them."""
+  kinds = set(lopt.LearnedOptimizer.__subclasses__())
+  assert kinds == set(lopt.LEARNED_OPTIMIZERS.values())
+  assert all(lopt.LEARNED_OPTIMIZERS[cls.name] is cls for cls in kinds)
+
+
+def test_description_round_trips_through_json(make_lopt, task):
+  learned = make_lopt(task.space, width=8)
+  assert lopt.from_json(learned.to_json()) == learned
+  with pytest.raises(ValueError, match="unknown learned optimizer 'adam'"):
+    lopt.from_json({**learned.to_json(), "kind": "adam"})
+
+
+def _renamed_mlp_space(params):
+  """The space of ``params`` (an MLP whose layers are ``layers/0``, ``layers/1``) for a flax ``nnx.Sequential``:
+  layers ``layers/0`` and ``layers/2`` (with an activation in between) and other label names."""
+  relabel = {"input": "x", "hidden0": "a", "output": "y"}  # reverses the alphabetical order of the labels
+  spec = {
+    "layers": {
+      0: {"kernel": ("x", "a"), "bias": ("a",)},
+      2: {"kernel": ("a", "y"), "bias": ("y",)},
+    }
+  }
+  renamed = {"layers": {0: params["layers"][0], 2: params["layers"][1]}}
+  return unf.WeightSpace(spec), renamed, relabel
+
+
+def test_transfer_to_a_renamed_space_gives_the_same_updates(make_lopt, task, key):
+  """A theta meta-trained on one space runs on the same architecture with other leaf paths and label names."""
+  learned = make_lopt(task.space)
+  rng = np.random.default_rng(0)  # every entry nonzero: no zero bias can hide a wrongly mapped term
+  theta = jax.tree.map(lambda x: x + 0.1 * rng.normal(size=x.shape).astype(np.float32), learned.init_meta(key))
+  params = task.init(key)
+  grads = jax.grad(task.loss)(params, task.sample_batch(jax.random.key(2)))
+  space, renamed_params, _ = _renamed_mlp_space(params)
+  renamed_grads = _renamed_mlp_space(grads)[1]
+  other, other_theta = learned.transfer(theta, space)
+  assert other.space == space and type(other) is type(learned) and other.width == learned.width
+  original = learned.optimizer(theta)
+  moved = other.optimizer(other_theta)
+  updates, _ = original.update(grads, original.init(params), params)
+  renamed_updates, _ = moved.update(renamed_grads, moved.init(renamed_params), renamed_params)
+  for a, b in zip(space.flatten(_renamed_mlp_space(updates)[1]), space.flatten(renamed_updates)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # The control: theta applied without the transfer (its head keyed by the old names) does not run there.
+  with pytest.raises((KeyError, ValueError)):
+    learned.optimizer(theta).update(renamed_grads, original.init(renamed_params), renamed_params)
+
+
+def test_transfer_refuses_another_architecture(make_lopt, task):
+  learned = make_lopt(task.space)
+  deeper = unf.mlp_space({"layers": {i: {"kernel": jnp.ones((4, 4)), "bias": jnp.ones(4)} for i in range(3)}})
+  with pytest.raises(ValueError, match="leaves"):
+    learned.transfer(learned.init_meta(jax.random.key(0)), deeper)
 
 
 # --- symmetry ---------------------------------------------------------------------------------------------------

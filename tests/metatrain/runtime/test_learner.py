@@ -7,8 +7,8 @@ import textwrap
 import numpy as np
 import optax
 
-from metatrain.learner import Learner
-from metatrain.worker import Estimate
+from metatrain.runtime.learner import Learner
+from metatrain.runtime.worker import Estimate
 
 
 def _estimate(grad, step, worker=0, loss=1.0):
@@ -44,8 +44,8 @@ def test_sharded_mean_over_four_devices():
       import os
       os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
       import jax, numpy as np, optax
-      from metatrain.learner import Learner
-      from metatrain.worker import Estimate
+      from metatrain.runtime.learner import Learner
+      from metatrain.runtime.worker import Estimate
       assert len(jax.local_devices()) == 4
       learner = Learner(optax.sgd(1.0), {"w": np.zeros(5, np.float32)})
       grads = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)  # 7 rows: padded to 8

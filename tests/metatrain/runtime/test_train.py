@@ -2,17 +2,20 @@
 
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from metatrain import cli
-from metatrain.run import TrainConfig
+from metatrain import TrainConfig, WorkerConfig, cli
+from metatrain.runtime import checkpoint
+from metatrain.runtime import train as train_module
 
 SMOKE = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "smoke.gin")
 IN_PROCESS = ["TrainConfig.use_ray = False"]
@@ -22,29 +25,22 @@ def _train(workdir, *bindings):
   return cli.main(["train", "--config", SMOKE, "--workdir", str(workdir), "--gin_bindings", *IN_PROCESS, *bindings])
 
 
-def _theta(workdir, bindings=()):
-  train_config, worker_config, _ = cli.parse_config(SMOKE, [*IN_PROCESS, *bindings])
-  from metatrain.checkpoint import Checkpoints
-  from metatrain.learner import Learner
-  from metatrain.problem import outer_optimizer
-
-  lopt = worker_config.learned_optimizer()
-  import jax
-
-  theta = lopt.init_meta(jax.random.key(0))
-  target = Learner(outer_optimizer(1.0, total_steps=1), theta).state()
-  checkpoints = Checkpoints(workdir)
-  step, state, config = checkpoints.restore_latest(target)
-  checkpoints.close()
-  return step, state, config
+def _theta(workdir):
+  """``(step, theta, config)`` of the workdir's newest checkpoint."""
+  loaded = checkpoint.load(workdir)
+  with checkpoint.Checkpoints(workdir) as checkpoints:
+    config = checkpoints.latest_config()
+  return loaded.step, loaded.theta, config
 
 
 def test_train_writes_checkpoints_and_tensorboard(tmp_path):
   assert _train(tmp_path) == 0
-  step, state, config = _theta(tmp_path)
-  assert step == 4 and int(state["step"]) == 4
+  step, theta, config = _theta(tmp_path)
+  assert step == 4 and np.all([np.isfinite(leaf).all() for leaf in jax.tree.leaves(theta)])
   assert (tmp_path / "checkpoints" / "4" / "particles").is_dir()  # the PES workers' inner runs
-  assert "WorkerConfig.task = 'mlp_fashion8'" in config["gin"] and config["worker"]["optimizer"] == "unf"
+  assert "WorkerConfig.task = 'mlp_fashion8'" in config["gin"] and "PES.num_pairs = 2" in config["gin"]
+  worker = WorkerConfig.from_json(config["worker"])
+  assert worker == cli.parse_config(SMOKE, IN_PROCESS)[1]
   events = EventAccumulator(str(tmp_path / "tensorboard"))
   events.Reload()
   scalars = set(events.Tags()["scalars"])
@@ -73,26 +69,22 @@ class _Interrupt:
     return self.pool.gather(count)
 
 
-@pytest.mark.parametrize("estimator", ["pes", "full_es"])
+@pytest.mark.parametrize("estimator", ["PES", "FullES"])
 def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, estimator):
   # A synchronous run interrupted by Ctrl-C and resumed must retrace the uninterrupted one exactly:
   # the checkpoint carries theta, the outer optimizer state and the PES workers' inner runs.
-  bindings = [f"WorkerConfig.estimator = {estimator!r}"]
+  bindings = [f"WorkerConfig.estimator = @{estimator}()", f"{estimator}.num_pairs = 2"]
   assert _train(tmp_path / "straight", *bindings) == 0
-  from metatrain import run
-
-  make_pool = run._make_pool
-  monkeypatch.setattr(run, "_make_pool", lambda *a, **k: _Interrupt(make_pool(*a, **k), after=2))
+  make_pool = train_module.make_pool
+  monkeypatch.setattr(train_module, "make_pool", lambda *a, **k: _Interrupt(make_pool(*a, **k), after=2))
   with pytest.raises(KeyboardInterrupt):
     _train(tmp_path / "resumed", *bindings)
-  assert _theta(tmp_path / "resumed", bindings)[0] == 2  # saved at exit
-  monkeypatch.setattr(run, "_make_pool", make_pool)
+  assert _theta(tmp_path / "resumed")[0] == 2  # saved at exit
+  monkeypatch.setattr(train_module, "make_pool", make_pool)
   assert _train(tmp_path / "resumed", *bindings) == 0
-  straight, resumed = _theta(tmp_path / "straight", bindings), _theta(tmp_path / "resumed", bindings)
+  straight, resumed = _theta(tmp_path / "straight"), _theta(tmp_path / "resumed")
   assert straight[0] == resumed[0] == 4
-  import jax
-
-  for a, b in zip(jax.tree.leaves(straight[1]["theta"]), jax.tree.leaves(resumed[1]["theta"])):
+  for a, b in zip(jax.tree.leaves(straight[1]), jax.tree.leaves(resumed[1])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -108,7 +100,7 @@ def test_particles_can_be_left_out_of_checkpoints(tmp_path):
 def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
   assert _train(tmp_path) == 0
   with pytest.raises(ValueError, match="different learned optimizer or task"):
-    _train(tmp_path, "WorkerConfig.optimizer = 'deep_sets'")
+    _train(tmp_path, "WorkerConfig.learned_optimizer = 'deep_sets'")
 
 
 @pytest.mark.parametrize(
@@ -117,12 +109,14 @@ def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
     (["TrainConfig.no_such_option = 3"], "No configurable matching|no_such_option"),
     (["TrainConfig.outer_steps = 'ten'"], "TrainConfig.outer_steps must be int"),
     (["WorkerConfig.task = 'mlp_mnist'"], "unknown task 'mlp_mnist'"),
-    (["WorkerConfig.estimator = 'reinforce'"], "unknown estimator"),
+    (["WorkerConfig.estimator = @REINFORCE()"], "No configurable matching 'REINFORCE'"),
+    (["WorkerConfig.estimator = 'pes'"], "WorkerConfig.estimator must be Estimator"),
+    (["PES.truncation = 3"], "horizon \\(20\\) must be a positive multiple of the truncation length \\(3\\)"),
   ],
 )
 def test_bad_configuration_stops_at_start_up(tmp_path, capsys, bindings, message):
   assert _train(tmp_path, *bindings) == 2
-  assert pytest.importorskip("re").search(message, capsys.readouterr().err)
+  assert re.search(message, capsys.readouterr().err)
   assert not (tmp_path / "checkpoints").exists()  # stopped before any work
 
 
@@ -168,28 +162,56 @@ def test_killed_learner_process_resumes_from_its_latest_checkpoint(tmp_path):
       break
     time.sleep(0.02)
   assert process.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
-  killed_at = _theta(workdir, bindings)[0]
+  killed_at = _theta(workdir)[0]
   assert 10 <= killed_at < 60
   assert _train(workdir, *bindings) == 0
   assert _train(tmp_path / "straight", *bindings) == 0
-  straight, resumed = _theta(tmp_path / "straight", bindings), _theta(workdir, bindings)
+  straight, resumed = _theta(tmp_path / "straight"), _theta(workdir)
   assert straight[0] == resumed[0] == 60
-  import jax
-
-  for a, b in zip(jax.tree.leaves(straight[1]["theta"]), jax.tree.leaves(resumed[1]["theta"])):
+  for a, b in zip(jax.tree.leaves(straight[1]), jax.tree.leaves(resumed[1])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_worker_accelerators_reach_the_ray_actors(monkeypatch):
   # gin: TrainConfig.worker_gpus = 1 / TrainConfig.worker_resources = {"TPU": 4}
-  from metatrain import distributed, run
-  from metatrain.worker import WorkerConfig
+  from metatrain.runtime import ray_pool
 
   made = {}
-  monkeypatch.setattr(distributed, "RayPool", lambda *args, **kwargs: made.update(kwargs))
+  monkeypatch.setattr(ray_pool, "RayPool", lambda *args, **kwargs: made.update(kwargs))
   config = TrainConfig(num_workers=2, worker_cpus=8, worker_gpus=0.5, worker_resources={"TPU": 4}, address="auto")
-  run._make_pool(config, WorkerConfig())
-  assert made == {"address": "auto", "num_cpus": 8, "num_gpus": 0.5, "resources": {"TPU": 4}}
-  env = distributed.worker_env(num_gpus=0, resources={"TPU": 4})
+  train_module.make_pool(config, WorkerConfig(), cache="/cache")
+  assert made == {
+    "address": "auto",
+    "num_cpus": 8,
+    "num_gpus": 0.5,
+    "resources": {"TPU": 4},
+    "env_vars": {"JAX_COMPILATION_CACHE_DIR": "/cache"},
+  }
+  env = ray_pool.worker_env(num_gpus=0, resources={"TPU": 4})
   assert "JAX_PLATFORMS" not in env  # a TPU worker must see its TPU
-  assert distributed.worker_env()["JAX_PLATFORMS"] == "cpu"
+  assert ray_pool.worker_env()["JAX_PLATFORMS"] == "cpu"
+
+
+def _cache_entries(folder):
+  return sorted(p.name for p in folder.iterdir() if p.name.endswith("-cache"))
+
+
+def test_the_main_job_keeps_a_persistent_compilation_cache(tmp_path):
+  """A second run of the same config, on a new workdir, finds every compilation in the cache (a subprocess each:
+  JAX's cache settings are per process)."""
+  cache = tmp_path / "cache"
+  env = {name: value for name, value in os.environ.items() if name != "JAX_COMPILATION_CACHE_DIR"}
+
+  def run(workdir):
+    command = [sys.executable, "-m", "metatrain.cli", "train", "--config", SMOKE, "--workdir", str(tmp_path / workdir)]
+    bindings = [*IN_PROCESS, f"TrainConfig.compilation_cache = {str(cache)!r}", "TrainConfig.num_workers = 1"]
+    return subprocess.run([*command, "--gin_bindings", *bindings], capture_output=True, text=True, env=env, timeout=600)
+
+  first = run("first")
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "compiling the workers' step" in first.stdout
+  entries = _cache_entries(cache)
+  assert entries, "nothing was written to the compilation cache"
+  second = run("second")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert _cache_entries(cache) == entries  # every program came from the cache: none was compiled again

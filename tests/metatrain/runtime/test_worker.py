@@ -12,8 +12,9 @@ def test_pairs_are_sharded_over_local_devices_with_unchanged_numbers():
       import os
       os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
       import jax, numpy as np
-      from metatrain.worker import GradientWorker, WorkerConfig
-      config = WorkerConfig(num_pairs=4, truncation=5, horizon=20)
+      from metatrain import PES, WorkerConfig
+      from metatrain.runtime.worker import GradientWorker
+      config = WorkerConfig(estimator=PES(num_pairs=4, truncation=5), horizon=20)
       sharded, single = GradientWorker(config, 0, 0), GradientWorker(config, 0, 0, shard_pairs=False)
       assert sharded.mesh.devices.size == 4 and single.mesh is None
       theta = sharded.initial_theta(0)
@@ -29,7 +30,7 @@ def test_pairs_are_sharded_over_local_devices_with_unchanged_numbers():
       assert restored.load_particles(sharded.particles())
       a, b = sharded.compute(theta, 3), restored.compute(theta, 3)
       np.testing.assert_array_equal(a.meta_loss, b.meta_loss)
-      other = GradientWorker(WorkerConfig(num_pairs=2, truncation=5, horizon=20), 0, 0)
+      other = GradientWorker(WorkerConfig(estimator=PES(num_pairs=2, truncation=5), horizon=20), 0, 0)
       assert not other.load_particles(sharded.particles()) and other.state is None
       print("ok", jax.tree.leaves(sharded.state)[0].sharding.spec)
       """
@@ -40,7 +41,7 @@ def test_pairs_are_sharded_over_local_devices_with_unchanged_numbers():
 
 
 def test_pairs_mesh_uses_the_devices_that_divide_the_pairs():
-  from metatrain.worker import pairs_mesh
+  from metatrain.runtime.worker import pairs_mesh
 
   assert pairs_mesh(8, ["d0"]) is None
   assert pairs_mesh(6, ["d0", "d1", "d2", "d3"]).devices.size == 3

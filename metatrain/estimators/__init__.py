@@ -1,0 +1,44 @@
+"""Gradient estimators of the meta-loss: pure state machines over an inner problem.
+
+Every estimator derives from :class:`Estimator` and is registered in
+:data:`ESTIMATORS` under its ``name``; the contract tests run over this
+registry, so a new estimator is tested as soon as it is registered here.
+
+- :class:`PES`: persistent ES, unbiased for the full-horizon meta-loss, from truncations.
+- :class:`TruncatedES`: antithetic ES per truncation (short-horizon bias).
+- :class:`FullES`: antithetic ES over whole runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metatrain.estimators.common import Estimator, TruncatedEstimator
+from metatrain.estimators.full_es import FullES
+from metatrain.estimators.pes import PES
+from metatrain.estimators.truncated_es import TruncatedES
+
+ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (PES, TruncatedES, FullES)}
+
+
+def from_json(values: dict[str, Any]) -> Estimator:
+  """The estimator that :meth:`Estimator.to_json` wrote: ``{"name": "pes", "num_pairs": 8, ...}``.
+
+  Raises:
+    ValueError: an unknown name, or fields the estimator does not have.
+
+  Example:
+    >>> from_json(PES(num_pairs=2).to_json()) == PES(num_pairs=2)
+    True
+  """
+  values = dict(values)
+  name = values.pop("name", None)
+  if name not in ESTIMATORS:
+    raise ValueError(f"unknown estimator {name!r}; choose one of {sorted(ESTIMATORS)}.")
+  try:
+    return ESTIMATORS[name](**values)
+  except TypeError as error:
+    raise ValueError(f"estimator {name!r} does not take these fields ({error}).") from error
+
+
+__all__ = ["ESTIMATORS", "PES", "Estimator", "FullES", "TruncatedES", "TruncatedEstimator", "from_json"]

@@ -1,0 +1,189 @@
+"""The configuration of a meta-training run, as plain values: :class:`TrainConfig` and :class:`WorkerConfig`.
+
+Both are frozen dataclasses. gin fills them from ``configs/*.gin`` at the
+entry point (:mod:`metatrain.cli`); everything after it takes plain values,
+and :class:`WorkerConfig` travels unchanged to remote worker processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from typing import Any
+
+import tasks
+from metatrain.estimators import ESTIMATORS, PES, Estimator
+from metatrain.estimators import from_json as estimator_from_json
+from metatrain.learned_optimizers import LEARNED_OPTIMIZERS, LearnedOptimizer
+from metatrain.problem import LearnedOptimizerProblem
+
+DEFAULT_COMPILATION_CACHE = "~/.cache/unf-metatrain/jax"
+
+
+def check_types(config: Any) -> None:
+  """Raises a TypeError naming the field when a dataclass field holds a value of the wrong type.
+
+  Args:
+    config: a dataclass instance whose fields carry type annotations (``int``, ``float | None``, ``dict[str, float]``,
+      a class...). An ``int`` is accepted where a ``float`` is expected.
+  """
+  hints = typing.get_type_hints(type(config))
+  for field in dataclasses.fields(config):
+    value, hint = getattr(config, field.name), hints[field.name]
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    allowed = tuple(typing.get_origin(a) or a for a in allowed)  # dict[str, float] -> dict
+    allowed = tuple(a for a in allowed if isinstance(a, type))
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+      continue  # an int where a float is expected is fine
+    if allowed and not isinstance(value, allowed):
+      raise TypeError(
+        f"{type(config).__name__}.{field.name} must be {' or '.join(a.__name__ for a in allowed)}, "
+        f"got {value!r} ({type(value).__name__})."
+      )
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+  """What a gradient worker computes: the task, the learned optimizer, the estimator and the meta-objective.
+
+  In gin: ``WorkerConfig.task = "mlp_fashion8"``, ``WorkerConfig.estimator = @PES()`` and ``PES.num_pairs = 8``
+  (the estimator's own hyper-parameters are set on its class: :class:`metatrain.PES`,
+  :class:`metatrain.TruncatedES`, :class:`metatrain.FullES`).
+
+  Attributes:
+    task: a registered task (``tasks.names()``).
+    learned_optimizer: the kind of learned optimizer (``metatrain.LEARNED_OPTIMIZERS``: "unf", "deep_sets").
+    width: hidden features per parameter of the learned optimizer.
+    estimator: the gradient estimator and its hyper-parameters.
+    horizon: inner steps of one whole inner run (a multiple of the estimator's truncation).
+    meta_loss_split: the meta-objective: the normalised loss on "train" or "valid" batches.
+  """
+
+  task: str = "mlp_fashion8"
+  learned_optimizer: str = "unf"
+  width: int = 32
+  estimator: Estimator = PES()
+  horizon: int = 2000
+  meta_loss_split: str = "train"
+
+  def __post_init__(self):
+    check_types(self)
+    if self.learned_optimizer not in LEARNED_OPTIMIZERS:
+      raise ValueError(
+        f"unknown learned optimizer {self.learned_optimizer!r}; choose one of {sorted(LEARNED_OPTIMIZERS)}."
+      )
+    if self.task not in tasks.names():
+      raise ValueError(f"unknown task {self.task!r}; known tasks: {', '.join(tasks.names())}.")
+    if self.meta_loss_split not in ("train", "valid"):
+      raise ValueError(f"meta_loss_split must be 'train' or 'valid', got {self.meta_loss_split!r}.")
+    self.estimator.check(self.horizon)
+
+  def build_learned_optimizer(self) -> LearnedOptimizer:
+    """The learned optimizer for the task's weight space (loads the task's data on first use)."""
+    return LEARNED_OPTIMIZERS[self.learned_optimizer](tasks.get(self.task).space, width=self.width)
+
+  def build_problem(self, learned_optimizer: LearnedOptimizer) -> LearnedOptimizerProblem:
+    """The inner problem the estimator runs on: the task trained by ``learned_optimizer``."""
+    return LearnedOptimizerProblem(tasks.get(self.task), learned_optimizer, self.horizon, self.meta_loss_split)
+
+  @property
+  def inner_steps_per_estimate(self) -> int:
+    """Inner steps (both signs of every pair) of one estimate: ``estimator.inner_steps(horizon)``."""
+    return self.estimator.inner_steps(self.horizon)
+
+  def to_json(self) -> dict[str, Any]:
+    """JSON-ready values (the estimator as ``{"name": ..., <its fields>}``); :meth:`from_json` reads them back."""
+    values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+    return {**values, "estimator": self.estimator.to_json()}
+
+  @classmethod
+  def from_json(cls, values: dict[str, Any]) -> WorkerConfig:
+    """The config that :meth:`to_json` wrote, or one from a checkpoint written before the estimator field.
+
+    Older checkpoints hold ``optimizer`` for ``learned_optimizer`` and the estimator as a name with its
+    hyper-parameters (``num_pairs``, ``truncation``, ``std``, ``clip``) beside the other fields.
+    """
+    values = dict(values)
+    if "optimizer" in values:
+      values["learned_optimizer"] = values.pop("optimizer")
+    estimator = values.get("estimator", "pes")
+    if isinstance(estimator, str):
+      estimator = {"name": estimator}
+      accepted = {f.name for f in dataclasses.fields(ESTIMATORS.get(estimator["name"], PES))}
+      for name in ("num_pairs", "truncation", "std", "clip"):
+        if name in values:
+          value = values.pop(name)
+          if name in accepted:
+            estimator[name] = value
+    values["estimator"] = estimator_from_json(estimator)
+    known = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{name: value for name, value in values.items() if name in known})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """A meta-training run (set from a gin file: ``TrainConfig.outer_steps = 1000``).
+
+  Attributes:
+    outer_steps: meta-gradient steps.
+    learning_rate: peak outer learning rate (Adam, warm-up, cosine decay, clip 1.0).
+    warmup_steps: outer warm-up steps.
+    num_workers: gradient workers (0: one per CPU of this machine; see :attr:`worker_count`).
+    estimates_per_step: estimates averaged per outer step (0: one per worker).
+    staleness: largest accepted age of an estimate in outer steps (0: synchronous).
+    checkpoint_every: outer steps between checkpoints (and one at exit).
+    keep_checkpoints: checkpoints kept.
+    checkpoint_particles: save the workers' inner runs (PES particles) in checkpoints, for an exact resume;
+      they cost 2 x pairs x (params + optimizer state) per worker: turn off for many workers on big tasks.
+    seed: seeds theta's initialisation and every worker.
+    use_ray: run workers as Ray actors (False: in this process, one after another).
+    address: Ray address (None: a local Ray; "auto": the cluster this runs on).
+    worker_cpus: CPUs reserved per worker actor (Ray scheduling).
+    worker_gpus: GPUs per worker actor (a worker shards its pairs over every device it is given).
+    worker_resources: custom Ray resources per worker actor, e.g. ``{"TPU": 4}`` for one worker per
+      4-chip TPU VM (a TPU can be opened by one process only).
+    compilation_cache: folder of JAX's persistent compilation cache, shared by the learner and every
+      worker (a second run with the same config compiles nothing); None turns it off. The environment
+      variable ``JAX_COMPILATION_CACHE_DIR``, when set, takes precedence.
+  """
+
+  outer_steps: int = 100
+  learning_rate: float = 1e-3
+  warmup_steps: int = 0
+  num_workers: int = 0
+  estimates_per_step: int = 0
+  staleness: int = 0
+  checkpoint_every: int = 50
+  keep_checkpoints: int = 3
+  checkpoint_particles: bool = True
+  seed: int = 0
+  use_ray: bool = True
+  address: str | None = None
+  worker_cpus: int = 1
+  worker_gpus: float = 0.0
+  worker_resources: dict[str, float] | None = None
+  compilation_cache: str | None = DEFAULT_COMPILATION_CACHE
+
+  def __post_init__(self):
+    check_types(self)
+    if self.outer_steps < 1 or self.checkpoint_every < 1:
+      raise ValueError("TrainConfig.outer_steps and checkpoint_every must be at least 1.")
+    if self.num_workers < 0 or self.estimates_per_step < 0 or self.staleness < 0:
+      raise ValueError("TrainConfig.num_workers, estimates_per_step and staleness must not be negative.")
+
+  @property
+  def worker_count(self) -> int:
+    """The number of workers: ``num_workers``, or one per CPU of this machine when it is 0."""
+    return self.num_workers or os.cpu_count() or 1
+
+  @property
+  def estimates_per_outer_step(self) -> int:
+    """Estimates averaged per outer step: ``estimates_per_step``, or one per worker when it is 0."""
+    return self.estimates_per_step or self.worker_count
+
+  def compilation_cache_dir(self) -> str | None:
+    """The persistent compilation cache folder in effect (``JAX_COMPILATION_CACHE_DIR`` first), or None."""
+    folder = os.environ.get("JAX_COMPILATION_CACHE_DIR") or self.compilation_cache
+    return os.path.abspath(os.path.expanduser(folder)) if folder else None
