@@ -5,8 +5,8 @@ The small-scale analogue of the Tiny RNN Zoo of Zhou, Finn, Harrison (2024),
 each trained with its own learning rate, initialization scale, number of
 training steps and label noise, stored with their weights and their test
 accuracy (next-character accuracy on a fixed batch of the corpus's test
-split). :mod:`metatrain.predict` then learns to predict the accuracy from the
-weights alone.
+split). :mod:`experiments.rnn_zoo.predictors` then learn to predict the
+accuracy from the weights alone.
 
 Every model of the zoo is trained at once: one ``jax.vmap`` over models inside
 one jitted ``lax.scan`` over steps. Shapes are static; a model whose step
@@ -15,14 +15,15 @@ budget is spent keeps its weights (a per-model mask on the update).
 The zoo is one ``.npz`` per split (``train``, ``valid``, ``test``: disjoint
 models) holding the stacked weights (``weights/<leaf path>``, leading model
 axis), the accuracy, each model's hyper-parameters, and the weight space as
-JSON text; :func:`load_split` gives them back with the rebuilt
-:class:`unf.WeightSpace`.
+JSON text (:meth:`unf.WeightSpace.to_json`); :func:`load_split` gives them back
+with the rebuilt :class:`unf.WeightSpace`.
 
 Example:
   >>> import tempfile
-  >>> from metatrain import zoo
+  >>> from experiments.rnn_zoo import zoo
   >>> folder = tempfile.mkdtemp()
-  >>> _ = zoo.generate(zoo.ZooConfig(num_models=4, max_steps=4, min_steps=2), folder, progress=False)
+  >>> config = zoo.ZooConfig(num_models=4, embed=4, hidden=8, min_steps=2, max_steps=4, eval_windows=16, chunk=4)
+  >>> _ = zoo.generate(config, folder, progress=False)
   >>> split = zoo.load_split(folder, "train")
   >>> split.accuracy.shape[0] == split.weights["head"]["kernel"].shape[0]
   True
@@ -30,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import io
@@ -39,7 +39,6 @@ import math
 import os
 import pathlib
 import time
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -143,6 +142,15 @@ def init_params(key: jax.Array, config: ZooConfig, vocab_size: int, init_scale: 
   The embedding is ``N(0, 1)``, the input and head kernels ``N(0, 1 / fan_in)``,
   all three times ``init_scale``; the recurrent kernel is the identity and the
   biases are zero.
+
+  Args:
+    key: PRNG key of the initialization.
+    config: the zoo's configuration (its ``embed`` and ``hidden`` widths).
+    vocab_size: characters in the vocabulary.
+    init_scale: the model's initialization scale (a scalar).
+
+  Returns:
+    The params: ``embed/embedding``, ``cell/dense_i/{kernel,bias}``, ``cell/dense_h/kernel``, ``head/{kernel,bias}``.
   """
   k_embed, k_input, k_head = jax.random.split(key, 3)
   e, h = config.embed, config.hidden
@@ -160,7 +168,15 @@ def init_params(key: jax.Array, config: ZooConfig, vocab_size: int, init_scale: 
 
 
 def apply(params: dict, tokens: jax.Array) -> jax.Array:
-  """Logits (batch, time, vocab) of tokens (batch, time): ``h_t = relu(x_t W_i + b_i + h_{t-1} W_h)``."""
+  """The IRNN's next-character logits: ``h_t = relu(x_t W_i + b_i + h_{t-1} W_h)``, ``logits_t = h_t W_o + b_o``.
+
+  Args:
+    params: one model's params, as from :func:`init_params`.
+    tokens: (batch, time) character indices.
+
+  Returns:
+    (batch, time, vocab) logits.
+  """
   inputs = params["embed"]["embedding"][tokens]
   cell = params["cell"]
 
@@ -174,7 +190,15 @@ def apply(params: dict, tokens: jax.Array) -> jax.Array:
 
 
 def accuracy(params: dict, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
-  """Fraction of positions whose most likely next character is the target."""
+  """Fraction of positions whose most likely next character is the target.
+
+  Args:
+    params: one model's params.
+    batch: (inputs, targets), both (batch, time) character indices.
+
+  Returns:
+    The accuracy, a scalar in [0, 1].
+  """
   inputs, targets = batch
   return jnp.mean(jnp.argmax(apply(params, inputs), axis=-1) == targets)
 
@@ -187,7 +211,14 @@ def _loss(params: dict, inputs: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def sample_hyperparameters(config: ZooConfig) -> dict[str, np.ndarray]:
-  """Each model's hyper-parameters (see :class:`ZooConfig`), drawn from ``config.seed``."""
+  """Each model's hyper-parameters (see :class:`ZooConfig`), drawn from ``config.seed``.
+
+  Args:
+    config: the zoo's configuration (its ranges, ``num_models`` and ``seed``).
+
+  Returns:
+    Per name in :data:`HYPERPARAMETERS`, a (num_models,) array.
+  """
   rng = np.random.default_rng([config.seed, 0])
   n = config.num_models
 
@@ -295,38 +326,20 @@ def train_zoo(
 # --- storage ----------------------------------------------------------------------------------------
 
 
-def space_to_json(space: unf.WeightSpace) -> str:
-  """A weight space as JSON text: per leaf its path, axes (labels or null) and fixed sizes."""
-  leaves = [
-    {"path": list(path), "axes": list(axes), "fixed_sizes": None if fixed is None else list(fixed)}
-    for path, axes, fixed in zip(space.paths, space.axes, space.fixed_sizes)
-  ]
-  return json.dumps({"leaves": leaves})
-
-
-def space_from_json(text: str) -> unf.WeightSpace:
-  """Inverse of :func:`space_to_json`."""
-  spec, fixed = {}, {}
-  for leaf in json.loads(text)["leaves"]:
-    path = tuple(leaf["path"])
-    node = spec
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = tuple(leaf["axes"])
-    if leaf["fixed_sizes"] is not None:
-      fixed[path] = tuple(leaf["fixed_sizes"])
-  return unf.WeightSpace(spec, fixed_sizes=fixed)
-
-
 def save_split(path: str | os.PathLike, split: ZooSplit) -> None:
-  """Writes a split as one ``.npz`` (atomically)."""
+  """Writes a split as one ``.npz``, atomically (a temporary file, then a rename).
+
+  Args:
+    path: the file to write.
+    split: the models to store.
+  """
   arrays = {
     _WEIGHTS_PREFIX + "/".join(map(str, p)): np.asarray(leaf)
     for p, leaf in zip(split.space.paths, split.space.flatten(split.weights))
   }
   arrays["accuracy"] = np.asarray(split.accuracy, np.float32)
   arrays.update({f"hyper/{name}": np.asarray(value) for name, value in split.hyperparameters.items()})
-  arrays["space"] = np.asarray(space_to_json(split.space))
+  arrays["space"] = np.asarray(split.space.to_json())
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
   write_atomically(pathlib.Path(path), buffer.getvalue())
@@ -334,6 +347,13 @@ def save_split(path: str | os.PathLike, split: ZooSplit) -> None:
 
 def load_split(folder: str | os.PathLike, split: str) -> ZooSplit:
   """Reads one split of a zoo written by :func:`generate`.
+
+  Args:
+    folder: the zoo's folder.
+    split: one of :data:`SPLITS`.
+
+  Returns:
+    The split, with its weight space rebuilt from the stored JSON.
 
   Raises:
     FileNotFoundError: the split's file is missing.
@@ -343,9 +363,11 @@ def load_split(folder: str | os.PathLike, split: str) -> ZooSplit:
     raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}.")
   path = pathlib.Path(folder) / f"{split}.npz"
   if not path.exists():
-    raise FileNotFoundError(f"zoo split {path} not found: generate the zoo with `python -m metatrain.zoo --out DIR`.")
+    raise FileNotFoundError(
+      f"zoo split {path} not found: generate the zoo with `python -m experiments.rnn_zoo generate --out DIR`."
+    )
   with np.load(path, allow_pickle=False) as file:
-    space = space_from_json(str(file["space"]))
+    space = unf.WeightSpace.from_json(str(file["space"]))
     leaves = [file[_WEIGHTS_PREFIX + "/".join(map(str, p))] for p in space.paths]
     accuracy = file["accuracy"]
     hyper = {name.removeprefix("hyper/"): file[name] for name in file.files if name.startswith("hyper/")}
@@ -357,7 +379,14 @@ def load_split(folder: str | os.PathLike, split: str) -> ZooSplit:
 
 
 def load_zoo(folder: str | os.PathLike) -> dict[str, ZooSplit]:
-  """All three splits of a zoo."""
+  """All three splits of a zoo.
+
+  Args:
+    folder: the zoo's folder.
+
+  Returns:
+    Per name in :data:`SPLITS`, the split (see :func:`load_split`).
+  """
   return {split: load_split(folder, split) for split in SPLITS}
 
 
@@ -366,7 +395,14 @@ def _select(tree: Any, index: np.ndarray) -> Any:
 
 
 def split_indices(config: ZooConfig) -> dict[str, np.ndarray]:
-  """Disjoint, sorted model indices of the zoo's train / valid / test splits (a seeded shuffle)."""
+  """Disjoint, sorted model indices of the zoo's train / valid / test splits (a seeded shuffle).
+
+  Args:
+    config: the zoo's configuration (``num_models``, ``seed`` and ``split_fractions``).
+
+  Returns:
+    Per name in :data:`SPLITS`, the indices of its models; every split holds at least one.
+  """
   order = np.random.default_rng([config.seed, 1]).permutation(config.num_models)
   n = config.num_models
   n_train = min(max(1, round(config.split_fractions[0] * n)), n - 2)  # every split keeps a model
@@ -377,6 +413,13 @@ def split_indices(config: ZooConfig) -> dict[str, np.ndarray]:
 
 def generate(config: ZooConfig, folder: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
   """Trains the zoo and writes ``{train,valid,test}.npz`` and ``zoo.json`` (a summary) to ``folder``.
+
+  Models whose weights diverged (a non-finite entry) are left out of the splits and counted.
+
+  Args:
+    config: the zoo's configuration.
+    folder: where to write (created if missing).
+    progress: show a progress bar.
 
   Returns:
     The summary: the config, the number of models per split, accuracy statistics and the wall time.
@@ -417,55 +460,3 @@ def generate(config: ZooConfig, folder: str | os.PathLike, *, progress: bool = T
   }
   write_atomically(folder / "zoo.json", (json.dumps(summary, indent=2) + "\n").encode())
   return summary
-
-
-# --- command line -----------------------------------------------------------------------------------
-
-
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-  """The arguments of ``python -m metatrain.zoo`` (added to ``parser`` if given, e.g. a subcommand)."""
-  parser = parser or argparse.ArgumentParser(prog="python -m metatrain.zoo", description=__doc__.split("\n")[0])
-  defaults = ZooConfig()
-  parser.add_argument("--out", required=True, help="folder for {train,valid,test}.npz and zoo.json")
-  parser.add_argument("--models", type=int, default=defaults.num_models, help="models in the zoo, all splits")
-  parser.add_argument("--seed", type=int, default=defaults.seed)
-  parser.add_argument("--min_steps", type=int, default=defaults.min_steps)
-  parser.add_argument("--max_steps", type=int, default=defaults.max_steps)
-  parser.add_argument("--hidden", type=int, default=defaults.hidden)
-  parser.add_argument("--embed", type=int, default=defaults.embed)
-  parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="windows per training step")
-  parser.add_argument("--eval_windows", type=int, default=defaults.eval_windows, help="test windows for accuracy")
-  parser.add_argument("--chunk", type=int, default=defaults.chunk, help="training steps per jitted call")
-  parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-  return parser
-
-
-def run(args: argparse.Namespace) -> int:
-  """Generates the zoo that parsed arguments of :func:`build_parser` describe and prints a summary."""
-  config = ZooConfig(
-    num_models=args.models,
-    seed=args.seed,
-    min_steps=args.min_steps,
-    max_steps=args.max_steps,
-    hidden=args.hidden,
-    embed=args.embed,
-    batch_size=args.batch_size,
-    eval_windows=args.eval_windows,
-    chunk=args.chunk,
-  )
-  summary = generate(config, args.out, progress=not args.no_progress)
-  acc = summary["accuracy"]
-  print(f"zoo: {os.path.abspath(args.out)}")
-  print(f"  models: {summary['models']} ({summary['diverged']} diverged, left out)")
-  print(f"  test accuracy: min {acc['min']:.4f}, mean {acc['mean']:.4f}, max {acc['max']:.4f}, std {acc['std']:.4f}")
-  print(f"  wall time: {summary['seconds']:.1f} s")
-  return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  """Generates a zoo: ``python -m metatrain.zoo --out DIR --models 300 --seed 0``."""
-  return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-  raise SystemExit(main())

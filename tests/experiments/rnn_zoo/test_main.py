@@ -1,0 +1,87 @@
+"""The experiment driver and the command line ``python -m experiments.rnn_zoo {generate,predict}``."""
+
+import csv
+import dataclasses
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments.rnn_zoo import fit, main
+
+
+def test_generate_flags_give_the_tiny_config(tiny, zoo_folder):
+  """The zoo the command line wrote was generated with exactly the tiny config (all its fields)."""
+  written = json.loads((zoo_folder / "zoo.json").read_text())["config"]
+  assert written == json.loads(json.dumps(dataclasses.asdict(tiny)))
+
+
+def test_predict_defaults_are_the_full_experiment():
+  args = main.build_parser().parse_args(["predict", "--zoo", "z", "--out", "o"])
+  defaults = fit.FitConfig()
+  assert (args.steps, args.batch_size, args.learning_rate, args.eval_every) == (1500, 32, 1e-3, 100)
+  assert (args.steps, args.batch_size, args.learning_rate, args.eval_every) == dataclasses.astuple(defaults)
+  assert args.predictors == ["unf", "deep_sets", "statnn"] and args.seeds == 3 and not args.no_progress
+
+
+def test_the_parser_refuses_a_missing_subcommand_and_the_old_predictor_key(capsys):
+  parser = main.build_parser()
+  with pytest.raises(SystemExit):
+    parser.parse_args([])
+  assert "{generate,predict}" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    parser.parse_args(["predict", "--zoo", "z", "--out", "o", "--predictors", "deepsets"])
+  assert "invalid choice: 'deepsets'" in capsys.readouterr().err
+
+
+def test_experiment_driver_writes_results(zoo_folder, tmp_path, capsys):
+  out = tmp_path / "results"
+  argv = ["predict", "--zoo", str(zoo_folder), "--out", str(out), "--seeds", "2", "--steps", "40"]
+  argv += ["--eval_every", "40", "--batch_size", "4", "--learning_rate", "0.003"]
+  assert main.main([*argv, "--predictors", "statnn", "deep_sets", "--no_progress"]) == 0
+  table = (out / "results.md").read_text()
+  assert "Budget: 40 steps, batch 4, Adam 0.003, checkpoint every 40 steps" in table and "Seeds: 2." in table
+  assert "| StatNN |" in table and "| Deep Sets |" in table and "0.8839" in table and "0.8306" in table
+  with open(out / "runs.csv") as file:
+    runs = list(csv.DictReader(file))
+  with open(out / "results.csv") as file:
+    results = list(csv.DictReader(file))
+  assert [(row["predictor"], row["seed"]) for row in runs] == [
+    ("statnn", "0"),
+    ("statnn", "1"),
+    ("deep_sets", "0"),
+    ("deep_sets", "1"),
+  ]
+  # the summary is the mean over the per-seed rows
+  for row in results:
+    taus = [float(run["test_tau"]) for run in runs if run["predictor"] == row["predictor"]]
+    assert float(row["test_tau"]) == pytest.approx(np.mean(taus), nan_ok=True)
+  assert "| StatNN |" in capsys.readouterr().out
+
+
+def test_summary_mean_and_standard_error():
+  rows = [
+    {"predictor": "unf", "test_tau": t, "val_tau": v, "parameters": 10, "seconds": 1.0}
+    for t, v in [(0.5, 0.1), (0.7, 0.2), (0.9, 0.3)]
+  ]
+  (summary,) = main.summarize(rows)
+  assert summary["test_tau"] == pytest.approx(0.7)
+  assert summary["test_tau_se"] == pytest.approx(0.2 / math.sqrt(3))  # sample std 0.2, three seeds
+  assert summary["val_tau_se"] == pytest.approx(0.1 / math.sqrt(3))
+  assert summary["paper_test_tau"] == 0.8968
+
+
+def test_the_package_runs_as_a_module():
+  """``python -m experiments.rnn_zoo`` reaches this parser (one subprocess: it imports jax and flax)."""
+  done = subprocess.run(
+    [sys.executable, "-m", "experiments.rnn_zoo", "predict", "--help"],
+    cwd=pathlib.Path(__file__).resolve().parents[3],  # the repository root
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  assert "--predictors" in done.stdout and "deep_sets" in done.stdout and "(default: 100)" in done.stdout
