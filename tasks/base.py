@@ -41,7 +41,13 @@ _STRIDE_PRIMES = tuple(p for p in range(101, 2000) if all(p % q for q in range(2
 
 
 def shuffled(arrays: dict, seed: int = 0) -> dict:
-  """The same permutation (fixed by ``seed``) applied to the first axis of every array."""
+  """The same permutation (fixed by ``seed``) applied to the first axis of every array.
+
+  Example:
+    >>> import numpy as np
+    >>> shuffled({"x": np.arange(5), "y": 10 * np.arange(5)})  # rows stay aligned
+    {'x': array([2, 4, 3, 0, 1]), 'y': array([20, 40, 30,  0, 10])}
+  """
   order = np.random.default_rng(seed).permutation(len(next(iter(arrays.values()))))
   return {name: value[order] for name, value in arrays.items()}
 
@@ -161,7 +167,7 @@ class Task:
 
   @property
   def loss_ceiling(self) -> float:
-    """1.5 x the loss of a uniform prediction: where :meth:`normalized` clips."""
+    """1.5 x the loss of a uniform prediction, the value at which :meth:`normalized` clips."""
     return 1.5 * math.log(self.data.num_classes)
 
   def init(self, key: jax.Array) -> dict:

@@ -107,6 +107,8 @@ def load(
 def _load(split: str, size: int, directory: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
   if not directory.is_dir():
     raise FileNotFoundError(f"CIFAR-10 folder {directory} not found. {_install_hint()}.")
+  images: list[np.ndarray] | np.ndarray
+  labels: list[np.ndarray] | np.ndarray
   images, labels = [], []
   for name in FILES[split]:  # one batch at a time, to bound the memory of the float64 resize
     batch_images, batch_labels = read_batch(directory / name)

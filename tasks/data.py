@@ -21,6 +21,12 @@ def area_resize(images: np.ndarray, size: int) -> np.ndarray:
 
   Each output pixel is the mean of the input over its footprint, with input
   pixels weighted by the fraction of their area inside it (exact for any ratio).
+
+  Example:
+    >>> import numpy as np
+    >>> area_resize(np.arange(16.0).reshape(4, 4), 2)  # means of the four 2x2 blocks
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]])
   """
   n = images.shape[-1]
   edges_out = np.arange(size + 1) * (n / size)

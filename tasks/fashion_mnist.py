@@ -61,7 +61,9 @@ def read_idx(path: str | os.PathLike, *, rank: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def load(split: str, *, size: int = 28, directory: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load(
+  split: str, *, size: int = 28, directory: str | os.PathLike[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """Loads a split (``"train"`` or ``"test"``) as float32 images in [0, 1] of ``size x size`` and int32 labels.
 
   Read once per process and cached.

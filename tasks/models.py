@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import DTypeLike
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -36,12 +37,17 @@ def conv_as_matmul(conv: nnx.Conv, x: jax.Array) -> jax.Array:
   a loop; as patches and a matrix product it takes 1.7 ms in the loop.
   """
   kernel = conv.kernel[...]
+  # nnx.Conv types strides and padding as any accepted input; here they are a tuple and "SAME".
   patches = jax.lax.conv_general_dilated_patches(
-    x, kernel.shape[:2], conv.strides, conv.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    x,
+    kernel.shape[:2],
+    conv.strides,  # type: ignore[arg-type]
+    conv.padding,  # type: ignore[arg-type]
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
   )
   # Patch features are ordered (in_channels, kh, kw).
   weights = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(-1, kernel.shape[-1])
-  return patches @ weights + conv.bias[...]
+  return patches @ weights + conv.bias[...]  # type: ignore[index]  # the bias is None only with use_bias=False
 
 
 class CNN(nnx.Module):
@@ -69,7 +75,7 @@ class CNN(nnx.Module):
     return self.head(jnp.mean(x, axis=(1, 2)))
 
 
-def _identity(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+def _identity(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike = jnp.float32) -> jax.Array:
   del key
   return jnp.eye(shape[0], shape[1], dtype=dtype)
 
@@ -84,7 +90,9 @@ class RNNLM(nnx.Module):
   def __init__(self, vocab_size: int, embed: int, hidden: int, *, cell: str = "irnn", rngs: nnx.Rngs):
     self.embed = nnx.Embed(vocab_size, embed, rngs=rngs)
     if cell == "irnn":
-      self.cell = nnx.SimpleCell(embed, hidden, activation_fn=jax.nn.relu, recurrent_kernel_init=_identity, rngs=rngs)
+      self.cell: nnx.SimpleCell | nnx.LSTMCell = nnx.SimpleCell(
+        embed, hidden, activation_fn=jax.nn.relu, recurrent_kernel_init=_identity, rngs=rngs
+      )
     elif cell == "lstm":
       self.cell = nnx.LSTMCell(embed, hidden, rngs=rngs)
     else:

@@ -131,7 +131,13 @@ _TASKS: dict[str, Callable[[], Task]] = {
 
 
 def names() -> list[str]:
-  """Names of the registered tasks."""
+  """Names of the registered tasks, sorted.
+
+  Example:
+    >>> import tasks
+    >>> tasks.names()
+    ['cnn_cifar16', 'cnn_fashion16', 'lstm_lm', 'mlp_fashion16_wide', 'mlp_fashion8', 'rnn_lm', 'transformer_lm']
+  """
   return sorted(_TASKS)
 
 

@@ -141,7 +141,7 @@ def _load_resolved(path: pathlib.Path) -> Corpus:
   arrays = [_encode(text, vocab, source=f"{path} ({split})") for split, text in zip(SPLITS, texts)]
   for array in arrays:
     array.flags.writeable = False  # the object is shared through the cache
-  return Corpus(*arrays, vocab=vocab, documents=documents)
+  return Corpus(*arrays, vocab=vocab, documents=documents)  # type: ignore[misc, arg-type]  # one array per split
 
 
 def _decode(raw: bytes, name: object) -> str:
@@ -156,7 +156,8 @@ def _read_archive(raw: bytes, path: pathlib.Path) -> list[tuple[str, str]]:
   try:
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as archive:
       members = sorted((m for m in archive.getmembers() if m.isfile() and _is_document(m.name)), key=lambda m: m.name)
-      raw_documents = [(m.name, archive.extractfile(m).read()) for m in members]
+      # extractfile returns None only for members that are not files, filtered out above.
+      raw_documents = [(m.name, archive.extractfile(m).read()) for m in members]  # type: ignore[union-attr]
   except (tarfile.TarError, EOFError, OSError) as error:
     raise ValueError(f"{path} is not a readable .tar.gz archive ({error}): {FETCH_HINT}.") from error
   if not raw_documents:
@@ -170,7 +171,7 @@ def _is_document(name: str) -> bool:
 
 
 def _split_documents(named_texts: list[tuple[str, str]]) -> tuple[list[str], dict[str, tuple[str, ...]]]:
-  parts = {split: [] for split in SPLITS}
+  parts: dict[str, list[tuple[str, str]]] = {split: [] for split in SPLITS}
   for index, (name, text) in enumerate(named_texts):
     remainder = index % _PERIOD
     split = "valid" if remainder == _VALID_REMAINDER else "test" if remainder == _TEST_REMAINDER else "train"
