@@ -65,7 +65,7 @@ class GradientWorker:
     estimator = self.estimator
     theta = jax.eval_shape(self.learned_optimizer.init_meta, self.init_key)
     self._state_spec = jax.eval_shape(estimator.init, self.problem, theta, self.init_key)  # shapes, once
-    self.mesh = pairs_mesh(config.num_pairs) if shard_pairs else None
+    self.mesh = pairs_mesh(config.estimator.num_pairs) if shard_pairs else None
     step = lambda problem, state, theta, key: estimator.step(problem, state, theta, key)  # noqa: E731
     if self.mesh is None:
       self._state_sharding = None

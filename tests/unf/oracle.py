@@ -33,18 +33,6 @@ if TYPE_CHECKING:
 
 
 @functools.cache
-def bell(m: int) -> int:
-  """Bell number via the Bell triangle: each row starts with the last entry of the previous one."""
-  row = [1]
-  for _ in range(m):
-    new = [row[-1]]
-    for value in row:
-      new.append(new[-1] + value)
-    row = new
-  return row[0]
-
-
-@functools.cache
 def stirling2(m: int, k: int) -> int:
   """Stirling number of the second kind: partitions of m elements into exactly k blocks."""
   if m == 0 and k == 0:
@@ -52,6 +40,14 @@ def stirling2(m: int, k: int) -> int:
   if m == 0 or k == 0:
     return 0
   return k * stirling2(m - 1, k) + stirling2(m - 1, k - 1)
+
+
+def bell(m: int) -> int:
+  """Bell number as a sum of Stirling numbers: partitions of m elements into any number of blocks.
+
+  Independent of ``unf.basis.bell``, which uses the Bell triangle.
+  """
+  return sum(stirling2(m, k) for k in range(m + 1))
 
 
 def partitions_at_most(m: int, n: int) -> int:

@@ -61,14 +61,18 @@ KEYS = st.one_of(st.sampled_from(["kernel", "bias", "0", "layers"]), st.integers
 
 
 @st.composite
-def specs(draw, labels=("a", "b", "c"), *, depth=2, max_entries=3, max_rank=3):
-  """A random nested spec: dicts of 1 to ``max_entries`` entries, leaves of labels and None axes."""
+def specs(draw, labels=("a", "b", "c"), *, keys=KEYS, depth=2, max_entries=3, max_rank=3):
+  """A random nested spec: dicts of 1 to ``max_entries`` entries, leaves of labels and None axes.
+
+  The default keys mix str and int in one dict, which ``WeightSpace`` takes but ``jax.jit`` cannot
+  flatten (it sorts dict keys): pass str-only ``keys`` for pytrees that go through ``jit``.
+  """
   entry = st.one_of(st.sampled_from(labels), st.none())
   leaf = st.lists(entry, max_size=max_rank).map(tuple)
   node = leaf
   for _ in range(depth - 1):
-    node = st.one_of(leaf, st.dictionaries(KEYS, node, min_size=1, max_size=max_entries))
-  return draw(st.dictionaries(KEYS, node, min_size=1, max_size=max_entries))
+    node = st.one_of(leaf, st.dictionaries(keys, node, min_size=1, max_size=max_entries))
+  return draw(st.dictionaries(keys, node, min_size=1, max_size=max_entries))
 
 
 @st.composite

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import unf
-from tests.unf.equivariance import assert_equivariant, random_features
 from tests.unf.spaces import SPACES, bound, sizes_for
 from unf import linear
+from unf.testing import assert_equivariant, assert_invariant, random_features
 
 
 def _layer_fn(space_in, space_out, fin, fout, seed=0):
@@ -58,7 +58,7 @@ def test_invariant_pool_is_invariant(name, key):
   pool = unf.InvariantPool(space)
   y = pool(x)
   assert y.shape == (pool.output_size(3),)
-  assert_equivariant(pool, space, key, x, invariant=True)
+  assert_invariant(pool, space, key, x)
 
 
 def test_invariant_pool_values_match_direct_means(key):
@@ -78,7 +78,7 @@ def test_unf_equivariant_and_invariant(name, key):
   inv = unf.UNF(space, 2, 5, hidden=(4,), invariant=True, rngs=nnx.Rngs(1), param_dtype=jnp.float64)
   y = inv(x)
   assert y.shape == (5,)
-  assert_equivariant(nnx.jit(lambda t: inv(t)), space, key, x, invariant=True)
+  assert_invariant(nnx.jit(lambda t: inv(t)), space, key, x)
 
 
 def test_parameters_do_not_depend_on_width_and_transfer(key):
@@ -183,7 +183,7 @@ def test_random_spaces_equivariant(spec, data, key):
   x = random_features(space, sizes, 2, key)
   _, fn = _layer_fn(space, space, 2, 2)
   assert_equivariant(fn, space, key, x)
-  assert_equivariant(unf.InvariantPool(space), space, key, x, invariant=True)
+  assert_invariant(unf.InvariantPool(space), space, key, x)
 
 
 @pytest.mark.parametrize("name", ["mlp", "rnn", "transformer"])

@@ -12,7 +12,7 @@ import tasks
 from metatrain import cli, learned_curves, load_learned_optimizer
 from metatrain.evaluation import compare
 
-SMOKE = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "smoke.gin")
+SMOKE = str(pathlib.Path(__file__).resolve().parents[3] / "configs" / "smoke.gin")
 STEPS, SEEDS, EVERY = 20, 2, 5
 
 

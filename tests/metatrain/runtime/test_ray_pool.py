@@ -35,7 +35,7 @@ CONFIG = WorkerConfig(
 )
 SEED = 3
 TIMEOUT = 120.0  # seconds: a hang fails the test instead of blocking the suite
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module", autouse=True)

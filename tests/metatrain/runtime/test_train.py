@@ -17,7 +17,7 @@ from metatrain import TrainConfig, WorkerConfig, cli
 from metatrain.runtime import checkpoint
 from metatrain.runtime import train as train_module
 
-SMOKE = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "smoke.gin")
+SMOKE = str(pathlib.Path(__file__).resolve().parents[3] / "configs" / "smoke.gin")
 IN_PROCESS = ["TrainConfig.use_ray = False"]
 
 
@@ -61,6 +61,12 @@ class _Interrupt:
 
   def __getattr__(self, name):
     return getattr(self.pool, name)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.pool.close()
 
   def gather(self, count, timeout=None):
     self.calls += 1
@@ -109,7 +115,7 @@ def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
     (["TrainConfig.no_such_option = 3"], "No configurable matching|no_such_option"),
     (["TrainConfig.outer_steps = 'ten'"], "TrainConfig.outer_steps must be int"),
     (["WorkerConfig.task = 'mlp_mnist'"], "unknown task 'mlp_mnist'"),
-    (["WorkerConfig.estimator = @REINFORCE()"], "No configurable matching 'REINFORCE'"),
+    (["WorkerConfig.estimator = @REINFORCE()"], "No configurable matching reference '@REINFORCE\\(\\)'"),
     (["WorkerConfig.estimator = 'pes'"], "WorkerConfig.estimator must be Estimator"),
     (["PES.truncation = 3"], "horizon \\(20\\) must be a positive multiple of the truncation length \\(3\\)"),
   ],
