@@ -6,9 +6,10 @@ expressive permutation-equivariant affine layer on it, :class:`InvariantPool`
 the maximal invariant linear layer, and :class:`UNF` stacks them. The builders
 (:func:`mlp_space`, ...) read the space of common flax architectures from their
 params, and :func:`check_symmetry` proves a space right on a real network.
+:mod:`unf.testing` checks that a function of weights is equivariant or invariant.
 """
 
-from unf import basis, linear
+from unf import basis, linear, testing
 from unf.builders import cnn_space, merge_gates, mlp_space, rnn_space, split_gates, transformer_space
 from unf.layers import UNF, EquivariantLinear, InvariantPool, num_parameters
 from unf.permutation import inverse, permute, sample_permutation
@@ -33,5 +34,6 @@ __all__ = [
   "rnn_space",
   "sample_permutation",
   "split_gates",
+  "testing",
   "transformer_space",
 ]
