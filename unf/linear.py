@@ -2,20 +2,23 @@
 
 ``init`` and ``apply`` implement the maximally expressive permutation-equivariant
 affine map between two weight spaces (Zhou et al. 2024, Eq. 5-7);
-``invariant_pool`` the maximal invariant linear map. The flax modules in
-:mod:`unf.layers` are thin wrappers around them.
+``invariant_pool`` the maximal invariant linear map; ``transfer`` moves a
+layer's params to spaces renamed (:meth:`~unf.WeightSpace.match`). The flax
+modules in :mod:`unf.layers` are thin wrappers around them.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from unf.basis import LeafLayout, Pattern, Plan, Reduction, invariant_reductions, plan
+from unf.basis import Group, LeafLayout, Pattern, Piece, Plan, Reduction, invariant_reductions, plan
 from unf.space import WeightSpace, path_str
 
 Params = dict[str, jax.Array]
@@ -255,3 +258,152 @@ def invariant_pool(x: Any, space: WeightSpace) -> jax.Array:
 def invariant_pool_size(space: WeightSpace, features: int) -> int:
   """Length of :func:`invariant_pool`'s output."""
   return sum(math.prod(space.fixed_shape(r.leaf)) * features for r in invariant_reductions(space))
+
+
+# --- moving a layer to a renamed space --------------------------------------------
+
+
+def _joint_renaming(
+  space_in: WeightSpace, space_out: WeightSpace, new_space_in: WeightSpace, new_space_out: WeightSpace
+) -> dict[str, str]:
+  """One bijection of labels carrying both spaces onto the new ones (shared labels stay shared)."""
+  renaming = space_in.match(new_space_in)
+  for label, new in space_out.match(new_space_out).items():
+    if renaming.setdefault(label, new) != new:
+      raise ValueError(
+        f"label {label!r} of both space_in and space_out becomes {renaming[label]!r} in new_space_in "
+        f"but {new!r} in new_space_out: a label shared by the input and the output must stay shared."
+      )
+  sources: dict[str, str] = {}
+  for label, new in renaming.items():
+    if sources.setdefault(new, label) != label:
+      raise ValueError(
+        f"labels {sources[new]!r} and {label!r} are distinct in space_in and space_out but both become "
+        f"{new!r} in the new spaces: labels of the input and the output must not become tied."
+      )
+  return renaming
+
+
+def _piece_key(p: Plan, piece: Piece) -> tuple:
+  # The einsum is built from axis positions alone (kept blocks, then pooled
+  # blocks, in axis order), so with the leaf it names the reduction without labels.
+  reduction = p.reductions[piece.reduction]
+  return reduction.leaf, reduction.einsum, piece.transpose
+
+
+def _pattern_key(pattern: Pattern) -> tuple:
+  return pattern.carrier_order, pattern.expand, tuple((a, b) for a, b, _ in pattern.diagonals), pattern.singleton
+
+
+def _gather(array: jax.Array, rows: np.ndarray, columns: np.ndarray | None = None) -> jax.Array:
+  """``array[rows][:, columns]``; concrete params go through numpy, which compiles nothing per shape."""
+  index = (rows,) if columns is None else np.ix_(rows, columns)
+  if isinstance(array, jax.core.Tracer):
+    return array[index]
+  return jnp.asarray(np.asarray(array)[index])
+
+
+def _piece_rows(p: Plan, group: Group, in_features: int) -> list[int]:
+  return [_channels(p.layouts_in[p.reductions[piece.reduction].leaf], in_features) for piece in group.pieces]
+
+
+def _features(params: Params, p: Plan, space_out: WeightSpace) -> tuple[int, int]:
+  """``(in_features, out_features)`` of params from :func:`init`, whose names and shapes are checked."""
+  expected_names = {_weight_name(space_out, g) for g in p.groups} | {
+    _bias_name(space_out, g) for g in p.groups if g.has_bias
+  }
+  missing, extra = sorted(expected_names - set(params)), sorted(set(params) - expected_names)
+  if missing or extra:
+    raise ValueError(
+      "params are not those of unf.linear.init(key, space_in, space_out, ...): "
+      + "; ".join(part for part in (f"missing {missing}" if missing else "", f"extra {extra}" if extra else "") if part)
+      + "."
+    )
+  group = p.groups[0]
+  shape = jnp.shape(params[_weight_name(space_out, group)])
+  in_unit = sum(_piece_rows(p, group, 1))
+  out_unit = len(group.patterns) * _channels(p.layouts_out[group.out_leaf], 1)
+  in_features, out_features = (shape[0] // in_unit, shape[1] // out_unit) if len(shape) == 2 else (0, 0)
+  for g in p.groups:
+    columns = len(g.patterns) * _channels(p.layouts_out[g.out_leaf], out_features)
+    shapes = {_weight_name(space_out, g): (sum(_piece_rows(p, g, in_features)), columns)}
+    if g.has_bias:
+      shapes[_bias_name(space_out, g)] = (columns,)
+    for name, want in shapes.items():
+      if tuple(jnp.shape(params[name])) != want or not in_features or not out_features:
+        raise ValueError(
+          f"param {name!r} has shape {tuple(jnp.shape(params[name]))}, but a layer of these spaces with "
+          f"{in_features} in and {out_features} out features (read from {_weight_name(space_out, group)!r}) "
+          f"gives it {want}."
+        )
+  return in_features, out_features
+
+
+def transfer(
+  params: Params,
+  space_in: WeightSpace,
+  space_out: WeightSpace,
+  new_space_in: WeightSpace,
+  new_space_out: WeightSpace,
+) -> Params:
+  """Re-expresses a layer's params for spaces that equal its own up to renaming.
+
+  The new spaces must match the old ones (:meth:`WeightSpace.match`: the same
+  leaves in the same order, labels renamed, paths arbitrary), under one
+  bijection of labels for input and output together. Then, for ``x_new``
+  holding the leaves of ``x`` in the same order under the new paths, leaf by leaf
+
+    ``apply(transfer(params, ...), x_new, new_space_in, new_space_out) = apply(params, x, space_in, space_out)``.
+
+  Renaming changes more than the param names (``"{out path}|{signature}"``):
+  the basis enumerates labels in sorted order, so the pieces (row blocks) and
+  patterns (column blocks) inside a weight can come in another order; they
+  are matched by their label-free structure and permuted.
+
+  Args:
+    params: from :func:`init` on ``space_in`` and ``space_out`` (feature counts
+      are read from the shapes).
+    space_in: input space of ``params``.
+    space_out: output space of ``params``.
+    new_space_in: the input space renamed.
+    new_space_out: the output space renamed.
+
+  Returns:
+    The params of the same map for ``new_space_in -> new_space_out``.
+
+  Raises:
+    ValueError: if a new space does not match its old one, the two renamings
+      disagree on a shared label or tie distinct labels, or ``params`` are not
+      those of a layer ``space_in -> space_out``.
+
+  Example:
+    >>> import jax, unf
+    >>> old = unf.WeightSpace({"w": ("in", "hidden")})
+    >>> new = unf.WeightSpace({"v": ("x", "a")})
+    >>> params = unf.linear.init(jax.random.key(0), old, old, 1, 2)
+    >>> sorted(unf.linear.transfer(params, old, old, new, new))
+    ['v|-', 'v|a', 'v|bias', 'v|x', 'v|x,a']
+  """
+  renaming = _joint_renaming(space_in, space_out, new_space_in, new_space_out)
+  old, new = plan(space_in, space_out), plan(new_space_in, new_space_out)
+  in_features, out_features = _features(params, old, space_out)
+  old_groups = {(g.out_leaf, tuple(renaming[label] for label in g.signature)): g for g in old.groups}
+  moved: Params = {}
+  for g in new.groups:
+    source = old_groups[(g.out_leaf, g.signature)]
+    row_starts = itertools.accumulate(_piece_rows(old, source, in_features), initial=0)
+    rows_of = {_piece_key(old, piece): start for piece, start in zip(source.pieces, row_starts)}
+    columns = _channels(new.layouts_out[g.out_leaf], out_features)
+    columns_of = {_pattern_key(pattern): k * columns for k, pattern in enumerate(source.patterns)}
+    if set(rows_of) != {_piece_key(new, piece) for piece in g.pieces} or set(columns_of) != set(
+      map(_pattern_key, g.patterns)
+    ):
+      raise AssertionError(f"unf.basis: renaming changed the terms of group {g.name}; this is a bug.")
+    rows = np.concatenate(
+      [rows_of[_piece_key(new, piece)] + np.arange(n) for piece, n in zip(g.pieces, _piece_rows(new, g, in_features))]
+    )
+    cols = np.concatenate([columns_of[_pattern_key(pattern)] + np.arange(columns) for pattern in g.patterns])
+    moved[_weight_name(new_space_out, g)] = _gather(params[_weight_name(space_out, source)], rows, cols)
+    if g.has_bias:
+      moved[_bias_name(new_space_out, g)] = _gather(params[_bias_name(space_out, source)], cols)
+  return moved
