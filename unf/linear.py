@@ -326,7 +326,7 @@ def _features(params: Params, p: Plan, space_out: WeightSpace) -> tuple[int, int
   in_features, out_features = (shape[0] // in_unit, shape[1] // out_unit) if len(shape) == 2 else (0, 0)
   for g in p.groups:
     columns = len(g.patterns) * _channels(p.layouts_out[g.out_leaf], out_features)
-    shapes = {_weight_name(space_out, g): (sum(_piece_rows(p, g, in_features)), columns)}
+    shapes: dict[str, tuple[int, ...]] = {_weight_name(space_out, g): (sum(_piece_rows(p, g, in_features)), columns)}
     if g.has_bias:
       shapes[_bias_name(space_out, g)] = (columns,)
     for name, want in shapes.items():

@@ -420,7 +420,7 @@ class WeightSpace:
           f"{path_str(other_path)!r} has {_fixed_only(other_fixed)}."
         )
       for axis, (a, b) in enumerate(zip(axes, other_axes)):
-        if a is None:
+        if a is None or b is None:  # both or neither: checked above
           continue
         at = f"({where} axis {axis} against {path_str(other_path)!r})"
         if forward.setdefault(a, b) != b:

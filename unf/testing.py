@@ -67,7 +67,7 @@ def _check(
   space: WeightSpace,
   key: jax.Array,
   x: Any,
-  expected: Callable[[Mapping[str, np.ndarray], Any], Any],
+  expected: Callable[[Mapping[str, jax.Array], Any], Any],
   *,
   num_trials: int,
   atol: float | None,
@@ -82,7 +82,7 @@ def _check(
   worst, worst_at = 0.0, "no output"
   for trial, k in enumerate(jax.random.split(key, num_trials)):
     # No label of size 2 or more draws the identity, so a small broken label is caught.
-    sigma = _random_element(space, k, sizes)
+    sigma = {label: jnp.asarray(p) for label, p in _random_element(space, k, sizes).items()}
     want, got = expected(sigma, y), fn(permute(space, sigma, x))
     if jax.tree.structure(want) != jax.tree.structure(got):
       raise AssertionError(
