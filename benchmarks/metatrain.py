@@ -17,12 +17,8 @@ import jax.numpy as jnp
 
 import tasks
 from benchmarks.timing import best_seconds
-from metatrain import antithetic
-from metatrain.baselines import adam
-from metatrain.evaluate import learned_curves, training_curves
-from metatrain.lopt import DeepSetsLOpt, UNFLOpt
-from metatrain.pes import PES
-from metatrain.problem import LearnedOptimizerProblem
+from metatrain import PES, DeepSetsLOpt, LearnedOptimizerProblem, UNFLOpt, adam, learned_curves, training_curves
+from metatrain.estimators import common
 
 
 def inner_rates(task, runs, steps, repeats):
@@ -48,10 +44,10 @@ def pes_rates(task, lopt, pairs, truncation, repeats):
 
   @jax.jit
   def plain(problem, thetas, state, key):  # the same 2 x pairs runs, same vmapped scan, no estimator
-    return antithetic.unroll_pairs(problem, thetas, thetas, state.pos, state.neg, key, truncation)
+    return common.unroll_pairs(problem, thetas, thetas, state.pos, state.neg, key, truncation)
 
   plain_seconds = best_seconds(lambda: plain(problem, thetas, state, jax.random.key(3)), repeats)
-  inner = 2 * pairs * truncation
+  inner = estimator.inner_steps(problem.horizon)
   return inner / pes_seconds, inner / plain_seconds
 
 

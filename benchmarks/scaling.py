@@ -15,15 +15,16 @@ import time
 
 import numpy as np
 
-from metatrain import run
-from metatrain.worker import WorkerConfig
+from metatrain import PES, TrainConfig, WorkerConfig
+from metatrain.runtime import train
+from metatrain.runtime.learner import Learner
 
 
 def measure(workers: int, steps: int, warmup: int) -> dict[str, float]:
-  worker = WorkerConfig(task="mlp_fashion8", optimizer="unf", num_pairs=8, truncation=50, horizon=1000)
-  config = run.TrainConfig(outer_steps=steps, num_workers=workers, checkpoint_every=10**6, learning_rate=1e-3)
+  worker = WorkerConfig(task="mlp_fashion8", learned_optimizer="unf", estimator=PES(num_pairs=8), horizon=1000)
+  config = TrainConfig(outer_steps=steps, num_workers=workers, checkpoint_every=10**6, learning_rate=1e-3)
   learner_seconds = []
-  apply = run.Learner.apply
+  apply = Learner.apply
 
   def timed_apply(self, estimates):
     start = time.perf_counter()
@@ -31,12 +32,12 @@ def measure(workers: int, steps: int, warmup: int) -> dict[str, float]:
     learner_seconds.append(time.perf_counter() - start)
     return out
 
-  run.Learner.apply = timed_apply
+  Learner.apply = timed_apply
   try:
     with tempfile.TemporaryDirectory() as workdir:
-      _, history = run.train(config, worker, workdir)
+      _, history = train.train(config, worker, workdir)
   finally:
-    run.Learner.apply = apply
+    Learner.apply = apply
   timed = history[warmup:]
   outer = 1.0 / np.mean([1.0 / h["outer_steps_per_second"] for h in timed])
   inner = outer * workers * worker.inner_steps_per_estimate
