@@ -1,7 +1,6 @@
 """`metatrain eval` end to end on the smoke config's checkpoint: files, table, CSV and TensorBoard agree."""
 
 import csv
-import pathlib
 
 import jax
 import numpy as np
@@ -12,16 +11,12 @@ import tasks
 from metatrain import cli, learned_curves, load_learned_optimizer
 from metatrain.evaluation import compare
 
-SMOKE = str(pathlib.Path(__file__).resolve().parents[3] / "configs" / "smoke.gin")
 STEPS, SEEDS, EVERY = 20, 2, 5
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("smoke")
-  bindings = ["TrainConfig.use_ray = False"]
-  assert cli.main(["train", "--config", SMOKE, "--workdir", str(workdir), "--gin_bindings", *bindings]) == 0
-  return workdir
+def workdir(smoke_run):
+  return smoke_run.workdir
 
 
 def _eval(workdir, task, out, *extra):
