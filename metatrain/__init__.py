@@ -25,10 +25,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from metatrain.estimators import ESTIMATORS, PES, Estimator, FullES, TruncatedES
+from metatrain import estimators as _estimators
+from metatrain import learned_optimizers as _learned_optimizers
+from metatrain.estimators import PES, Estimator, FullES, TruncatedES
 from metatrain.evaluation import adam, grid_search, learned_curves, mean_normalized_loss, sgdm, training_curves
 from metatrain.learned_optimizers import (
-  LEARNED_OPTIMIZERS,
   DeepSetsLOpt,
   LearnedOptimizer,
   LearnedOptimizerState,
@@ -39,6 +40,11 @@ from metatrain.learned_optimizers import (
 from metatrain.outer import outer_loop, outer_optimizer
 from metatrain.problem import InnerState, LearnedOptimizerProblem
 from metatrain.runtime.config import TrainConfig, WorkerConfig
+
+#: Every kind of learned optimizer, by name (:data:`metatrain.learned_optimizers.LEARNED_OPTIMIZERS`).
+LEARNED_OPTIMIZERS = _learned_optimizers.LEARNED_OPTIMIZERS
+#: Every gradient estimator, by name (:data:`metatrain.estimators.ESTIMATORS`).
+ESTIMATORS = _estimators.ESTIMATORS
 
 if TYPE_CHECKING:
   from metatrain.runtime.checkpoint import load_learned_optimizer

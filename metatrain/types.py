@@ -8,7 +8,7 @@ PyTree: TypeAlias = Any
 """A nested structure of arrays (dicts, lists, tuples, NamedTuples) that ``jax.tree`` maps over."""
 
 Theta: TypeAlias = PyTree
-"""Meta-parameters: the pytree of arrays that meta-training optimizes (a learned optimizer's ``init_meta()``)."""
+"""The meta-parameters, the pytree of arrays that meta-training optimizes (a learned optimizer's ``init_meta()``)."""
 
 Metrics: TypeAlias = dict[str, Any]
-"""Named scalars of one step: arrays inside ``jit``, floats once on the host."""
+"""The named scalars of one step (arrays inside ``jit``, floats once on the host)."""

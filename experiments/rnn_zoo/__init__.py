@@ -10,7 +10,8 @@ between their predictions and the true accuracies of held-out models.
 
 Modules:
 
-- :mod:`~experiments.rnn_zoo.zoo`: the zoo (config, IRNN model, vmapped training, storage, :func:`generate`);
+- :mod:`~experiments.rnn_zoo.zoo`: the zoo (config, IRNN model, vmapped training, storage,
+  :func:`~experiments.rnn_zoo.zoo.generate`);
 - :mod:`~experiments.rnn_zoo.predictors`: the invariant UNF, Deep Sets and StatNN predictors and their inputs;
 - :mod:`~experiments.rnn_zoo.fit`: training a predictor, keeping the checkpoint with the best validation tau;
 - :mod:`~experiments.rnn_zoo.stats`: Kendall's tau;

@@ -40,10 +40,12 @@ from flax import nnx
 import unf
 from experiments.rnn_zoo import zoo as zoo_lib
 
+#: The predictors' keys, in the order of the results table.
 PREDICTORS = ("unf", "deep_sets", "statnn")
 # Test Kendall's tau on the Tiny RNN Zoo, Zhou et al. 2024, Table 2.
 PAPER_TAU = {"unf": 0.8968, "deep_sets": 0.8306, "statnn": 0.8839}
 DISPLAY_NAMES = {"unf": "UNF (invariant)", "deep_sets": "Deep Sets", "statnn": "StatNN"}
+#: The quantiles StatNN reads of every tensor.
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 

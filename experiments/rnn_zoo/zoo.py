@@ -52,7 +52,9 @@ from tasks.base import SequenceData
 from tasks.data import write_atomically
 from tasks.registry import shakespeare_data
 
+#: The zoo's splits (disjoint sets of models).
 SPLITS = ("train", "valid", "test")
+#: The hyper-parameters each model draws (see :class:`ZooConfig`).
 HYPERPARAMETERS = ("learning_rate", "init_scale", "num_steps", "label_noise")
 _WEIGHTS_PREFIX = "weights/"
 

@@ -18,6 +18,7 @@ from metatrain.estimators.full_es import FullES
 from metatrain.estimators.pes import PES
 from metatrain.estimators.truncated_es import TruncatedES
 
+#: Every estimator, by name (the contract tests run over it).
 ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (PES, TruncatedES, FullES)}
 
 

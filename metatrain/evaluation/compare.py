@@ -35,9 +35,13 @@ from metatrain.runtime import checkpoint
 from metatrain.runtime.summaries import write_series
 from metatrain.types import Theta
 
-EVAL_SEED = 10_000  # evaluation run i uses jax.random.key(EVAL_SEED + i)
-TUNE_SEED = 20_000  # tuning run i uses jax.random.key(TUNE_SEED + i)
+#: Evaluation run ``i`` uses ``jax.random.key(EVAL_SEED + i)``.
+EVAL_SEED = 10_000
+#: Tuning run ``i`` uses ``jax.random.key(TUNE_SEED + i)``.
+TUNE_SEED = 20_000
+#: Adam's learning-rate grid.
 ADAM_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+#: SGDM's learning-rate grid.
 SGDM_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 SPLITS = ("train", "valid")
 
@@ -161,7 +165,8 @@ def parse_summary(text: str) -> dict[str, dict[str, tuple[float, float]]]:
     cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
     if len(cells) != 6 or "+-" not in cells[2]:
       continue
-    table[cells[0]] = {column: tuple(float(x) for x in cell.split("+-")) for column, cell in zip(columns, cells[2:])}
+    pairs = [cell.split("+-") for cell in cells[2:]]
+    table[cells[0]] = {column: (float(mean), float(se)) for column, (mean, se) in zip(columns, pairs)}
   return table
 
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from metatrain.types import PyTree, Theta
 from tasks import Task
 
+Step = Callable[[tuple[PyTree, PyTree], jax.Array], tuple[tuple[PyTree, PyTree], jax.Array]]
 
-def _train_step(task: Task, optimizer: optax.GradientTransformation):
+
+def _train_step(task: Task, optimizer: optax.GradientTransformation) -> Step:
   """``(params, opt_state), key -> ((params, opt_state), training batch loss)``."""
 
   def step(carry, key):
@@ -23,7 +28,9 @@ def _train_step(task: Task, optimizer: optax.GradientTransformation):
   return step
 
 
-def train_run(task: Task, optimizer: optax.GradientTransformation, key: jax.Array, steps: int):
+def train_run(
+  task: Task, optimizer: optax.GradientTransformation, key: jax.Array, steps: int
+) -> tuple[PyTree, jax.Array]:
   """One inner run (pure, unjitted): fresh params from ``key``, ``steps`` steps on training batches.
 
   Returns:
@@ -36,7 +43,9 @@ def train_run(task: Task, optimizer: optax.GradientTransformation, key: jax.Arra
   return params, losses
 
 
-def evaluated_run(task: Task, optimizer: optax.GradientTransformation, key: jax.Array, steps: int, every: int):
+def evaluated_run(
+  task: Task, optimizer: optax.GradientTransformation, key: jax.Array, steps: int, every: int
+) -> tuple[jax.Array, jax.Array]:
   """:func:`train_run` (same params and batches for the same key) with evaluations every ``every`` steps.
 
   Returns:
@@ -63,7 +72,15 @@ def evaluated_run(task: Task, optimizer: optax.GradientTransformation, key: jax.
 
 
 @functools.partial(jax.jit, static_argnames=("make_optimizer", "steps", "every"))
-def evaluation_curves(task: Task, hyper, keys: jax.Array, *, make_optimizer, steps: int, every: int):
+def evaluation_curves(
+  task: Task,
+  hyper: Any,
+  keys: jax.Array,
+  *,
+  make_optimizer: Callable[[Any], optax.GradientTransformation],
+  steps: int,
+  every: int,
+) -> tuple[jax.Array, jax.Array]:
   """:func:`evaluated_run` of ``make_optimizer(hyper)`` for every key (vmapped, one program).
 
   ``make_optimizer`` is static (a learning-rate function such as
@@ -87,7 +104,7 @@ def training_curves(task: Task, optimizer: optax.GradientTransformation, keys: j
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4))
-def learned_curves(task: Task, lopt, theta, keys: jax.Array, steps: int) -> jax.Array:
+def learned_curves(task: Task, lopt: Any, theta: Theta, keys: jax.Array, steps: int) -> jax.Array:
   """:func:`training_curves` for a learned optimizer at meta-parameters ``theta`` (an argument, not static)."""
   return _curves(task, lopt.optimizer(theta), keys, steps)
 

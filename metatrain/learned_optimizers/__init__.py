@@ -19,6 +19,7 @@ from metatrain.learned_optimizers.deep_sets import DeepSetsLOpt
 from metatrain.learned_optimizers.unf import UNFLOpt
 from unf.space import WeightSpace
 
+#: Every kind of learned optimizer, by name (the contract tests run over it).
 LEARNED_OPTIMIZERS: dict[str, type[LearnedOptimizer]] = {cls.name: cls for cls in (UNFLOpt, DeepSetsLOpt)}
 
 

@@ -10,7 +10,7 @@ a network over the 19 per-parameter features of
 :mod:`metatrain.learned_optimizers.features`,
 and ``alpha``, ``beta``, ``gamma0`` are meta-learned in log, log and logit
 space (initially 0.1, 0.001 and 0.9). The meta-parameters ``theta`` (a pytree
-of arrays, :meth:`init_meta`) hold these three scalars and ``f``'s weights.
+of arrays, :meth:`LearnedOptimizer.init_meta`) hold these three scalars and ``f``'s weights.
 
 ``f`` is a pointwise ``Dense(19 -> width)``, relu, pointwise
 ``Dense(width -> width)``, relu, then a last layer that gives every learned
@@ -59,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from typing import Any, ClassVar, NamedTuple
 
 import jax
@@ -69,9 +70,13 @@ import unf
 from metatrain.learned_optimizers import features as features_lib
 from metatrain.types import PyTree, Theta
 
+#: Initial learning rate ``alpha``.
 INITIAL_ALPHA = 0.1
+#: Initial scale ``beta`` of ``f``'s output.
 INITIAL_BETA = 0.001
+#: Initial decay ``gamma0`` of the base momentum.
 INITIAL_GAMMA0 = 0.9
+#: The factor on the usual initial scale of ``f``'s last layer.
 HEAD_SCALE = 0.1
 
 
@@ -87,7 +92,7 @@ class LearnedOptimizerState(NamedTuple):
 
   momenta: PyTree
   momentum: PyTree
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # optax's name for the step counter (shadows tuple.count)
 
 
 def _dense_init(key: jax.Array, fan_in: int, fan_out: int, dtype: Any) -> dict:
@@ -186,7 +191,10 @@ class LearnedOptimizer:
     return dataclasses.replace(self, space=space), {**theta, "f": {**theta["f"], "head": head}}
 
   def to_json(self) -> dict[str, Any]:
-    """The optimizer as JSON-ready values: its kind, width and weight space (see :func:`from_json`)."""
+    """The optimizer as JSON-ready values, its kind, width and weight space.
+
+    :func:`metatrain.learned_optimizers.from_json` reads them back.
+    """
     return {"kind": self.name, "width": self.width, "space": json.loads(self.space.to_json())}
 
   # --- the update rule
@@ -195,7 +203,7 @@ class LearnedOptimizer:
     """The network ``f``: per-parameter features (trailing axis of 19) -> one number per parameter.
 
     Args:
-      theta: meta-parameters from :meth:`init_meta`.
+      theta: meta-parameters from :meth:`LearnedOptimizer.init_meta`.
       x: nested dict of the space, each leaf with a trailing feature axis.
 
     Returns:
@@ -224,7 +232,11 @@ class LearnedOptimizer:
         count=jnp.zeros((), jnp.int32),
       )
 
-    def update(grads: PyTree, state: LearnedOptimizerState, params: PyTree | None = None):
+    def update(
+      updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, optax.OptState]:
+      # optax's names: ``updates`` are the gradients here, ``state`` a LearnedOptimizerState.
+      grads, state = updates, typing.cast(LearnedOptimizerState, state)
       if params is None:
         raise ValueError(
           f"{type(self).__name__}.optimizer(theta).update needs the params (one of its features): "
@@ -238,7 +250,7 @@ class LearnedOptimizer:
       out = self.f(theta, features_lib.input_features(params, grads, momenta, state.count))
       alpha, beta = jnp.exp(theta["log_alpha"]), jnp.exp(theta["log_beta"])
       updates = jax.tree.map(lambda p, m, y: (-alpha * (m + beta * y)).astype(p.dtype), params, momentum, out)
-      return updates, LearnedOptimizerState(momenta, momentum, optax.safe_int32_increment(state.count))
+      return updates, LearnedOptimizerState(momenta, momentum, jnp.asarray(optax.safe_int32_increment(state.count)))
 
     return optax.GradientTransformation(init, update)
 

@@ -19,15 +19,21 @@ RMS does not depend on the order of the entries).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+#: The decays of the six gradient momenta.
 MOMENTUM_DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
+#: The time scales ``tau`` of the features ``tanh(t / tau - 1)``.
 TIME_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
-NUM_FEATURES = 2 + len(MOMENTUM_DECAYS) + len(TIME_SCALES)  # 19
+#: Features per parameter (19).
+NUM_FEATURES = 2 + len(MOMENTUM_DECAYS) + len(TIME_SCALES)
+#: The bound of every normalised tensor feature.
 CLIP = 10.0
+#: Added to the RMS a tensor feature is divided by.
 EPSILON = 1e-8
 
 
@@ -43,7 +49,7 @@ def finite_or_zero(x: jax.Array) -> jax.Array:
   return jnp.where(jnp.isfinite(x), x, jnp.zeros((), x.dtype))
 
 
-def update_momenta(momenta: Any, grads: Any, *, decays: tuple[float, ...] = MOMENTUM_DECAYS) -> Any:
+def update_momenta(momenta: Any, grads: Any, *, decays: Sequence[float] = MOMENTUM_DECAYS) -> Any:
   """One step of every momentum: ``m_d <- d * m_d + (1 - d) * g`` for each decay ``d``.
 
   Args:
@@ -81,7 +87,9 @@ def normalize(x: jax.Array, *, batch_axes: int = 0, clip: float = CLIP, eps: flo
   return jnp.clip(x / (_rms(x, axes) + eps), -clip, clip)
 
 
-def time_features(step: jax.Array, *, time_scales: tuple[float, ...] = TIME_SCALES, dtype: Any = jnp.float32):
+def time_features(
+  step: jax.Array, *, time_scales: Sequence[float] = TIME_SCALES, dtype: Any = jnp.float32
+) -> jax.Array:
   """``tanh(t / tau - 1)`` for every time scale ``tau``: a vector of ``len(time_scales)``."""
   t = jnp.asarray(step, dtype)
   return jnp.tanh(t / jnp.asarray(time_scales, dtype) - 1)

@@ -30,6 +30,7 @@ from metatrain.types import PyTree, Theta
 
 log = logging.getLogger(__name__)
 
+#: The items of a checkpoint.
 ITEMS = ("state", "config", "learned_optimizer", "particles")
 
 
@@ -186,9 +187,7 @@ def _read(directory: pathlib.Path, step: int) -> tuple[LearnedOptimizer, Theta]:
     manager.close()
   theta = jax.tree.map(np.asarray, state["theta"])
   expected = jax.eval_shape(learned_optimizer.init_meta, jax.random.key(0))
-  if jax.tree.structure(theta) != jax.tree.structure(expected) or any(
-    np.shape(t) != e.shape for t, e in zip(jax.tree.leaves(theta), jax.tree.leaves(expected))
-  ):
+  if jax.tree.map(np.shape, theta) != jax.tree.map(lambda e: e.shape, expected):  # nested dicts: keys and shapes
     raise ValueError(
       f"the meta-parameters in {folder} do not have the shapes of a {learned_optimizer.name!r} learned optimizer "
       "of the weight space saved with them: the checkpoint is damaged."

@@ -19,6 +19,7 @@ from metatrain.estimators import from_json as estimator_from_json
 from metatrain.learned_optimizers import LEARNED_OPTIMIZERS, LearnedOptimizer
 from metatrain.problem import LearnedOptimizerProblem
 
+#: JAX's persistent compilation cache folder unless configured otherwise.
 DEFAULT_COMPILATION_CACHE = "~/.cache/unf-metatrain/jax"
 
 
@@ -90,7 +91,7 @@ class WorkerConfig:
 
   @property
   def inner_steps_per_estimate(self) -> int:
-    """Inner steps (both signs of every pair) of one estimate: ``estimator.inner_steps(horizon)``."""
+    """Inner steps of one estimate, both signs of every pair counted (``estimator.inner_steps(horizon)``)."""
     return self.estimator.inner_steps(self.horizon)
 
   def to_json(self) -> dict[str, Any]:
@@ -111,7 +112,8 @@ class WorkerConfig:
     estimator = values.get("estimator", "pes")
     if isinstance(estimator, str):
       estimator = {"name": estimator}
-      accepted = {f.name for f in dataclasses.fields(ESTIMATORS.get(estimator["name"], PES))}
+      kind = ESTIMATORS.get(estimator["name"], PES)
+      accepted: set[str] = {f.name for f in dataclasses.fields(kind)} if dataclasses.is_dataclass(kind) else set()
       for name in ("num_pairs", "truncation", "std", "clip"):
         if name in values:
           value = values.pop(name)
@@ -175,12 +177,12 @@ class TrainConfig:
 
   @property
   def worker_count(self) -> int:
-    """The number of workers: ``num_workers``, or one per CPU of this machine when it is 0."""
+    """The number of workers, ``num_workers`` or one per CPU of this machine when it is 0."""
     return self.num_workers or os.cpu_count() or 1
 
   @property
   def estimates_per_outer_step(self) -> int:
-    """Estimates averaged per outer step: ``estimates_per_step``, or one per worker when it is 0."""
+    """Estimates averaged per outer step, ``estimates_per_step`` or one per worker when it is 0."""
     return self.estimates_per_step or self.worker_count
 
   def compilation_cache_dir(self) -> str | None:

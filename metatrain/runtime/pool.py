@@ -207,6 +207,7 @@ class InProcessPool(WorkerPool):
     self._cursor = 0
 
   def _start(self, index: int) -> tuple[Any, int]:
+    assert self._step is not None  # publish() ran: gather() checks it
     return self._theta, self._step
 
   def _settled(self, index: int) -> bool:

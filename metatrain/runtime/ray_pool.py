@@ -1,6 +1,6 @@
 """Gradient workers as Ray actors: :class:`RayPool`. The only module that imports Ray.
 
-The layer is thin: :class:`GradientWorkerActor` wraps
+The layer is thin: ``GradientWorkerActor`` (a Ray actor class) wraps
 :class:`metatrain.runtime.worker.GradientWorker` unchanged, and :class:`RayPool` follows
 the scheduling rules of :class:`metatrain.runtime.pool.WorkerPool`, so it returns the
 same estimates as :class:`metatrain.runtime.pool.InProcessPool` for the same seed and
@@ -107,10 +107,10 @@ def worker_env(
 
 
 class RayPool(WorkerPool):
-  """``num_workers`` :class:`GradientWorkerActor` s on a Ray cluster (or a local Ray).
+  """``num_workers`` ``GradientWorkerActor`` s on a Ray cluster (or a local Ray).
 
   Calls ``ray.init(address=address)`` unless Ray is already initialised (then
-  ``address`` is ignored), and ``ray.shutdown()`` on :meth:`close` if it did;
+  ``address`` is ignored), and ``ray.shutdown()`` on ``close()`` if it did;
   ``address="auto"`` joins the cluster this process runs on (``ray start``,
   ``ray up``, a Ray job, Slurm).
 
@@ -124,7 +124,7 @@ class RayPool(WorkerPool):
     resources: custom resources per actor (``{"TPU": 4}`` on a TPU VM).
     max_restarts: Ray restarts of a dead actor (-1: unlimited); once dead for good it is replaced.
     max_failures: consecutive lost calls of one worker, without an estimate in between, before
-      :meth:`gather` gives up with a ``RuntimeError`` (a worker that cannot even start).
+      ``gather`` gives up with a ``RuntimeError`` (a worker that cannot even start).
     env_vars: extra environment variables for the actors (see :func:`worker_env`).
 
   Example::
@@ -166,8 +166,9 @@ class RayPool(WorkerPool):
     # Workers whose actor Ray is restarting: index -> (probe call or None, when to probe next).
     self._restarting: dict[int, tuple[ray.ObjectRef | None, float]] = {}
 
-  def _new_actor(self, index: int):
-    return GradientWorkerActor.options(**self._options).remote(self.config, index, self.seed)
+  def _new_actor(self, index: int) -> Any:
+    actor_class: Any = GradientWorkerActor  # ray.remote made it an ActorClass (typed as the class it wraps)
+    return actor_class.options(**self._options).remote(self.config, index, self.seed)
 
   def _put(self, theta: Any) -> ray.ObjectRef:
     return ray.put(theta)

@@ -92,7 +92,7 @@ def enable_compilation_cache(folder: str | None) -> str | None:
   from jax.experimental.compilation_cache import compilation_cache
 
   os.makedirs(folder, exist_ok=True)
-  if jax.config.jax_compilation_cache_dir != folder:
+  if jax.config.values.get("jax_compilation_cache_dir") != folder:
     jax.config.update("jax_compilation_cache_dir", folder)
     compilation_cache.reset_cache()  # a cache already set up (or off) in this process is re-read
   return folder
@@ -234,7 +234,7 @@ class Run:
     metrics.update(
       outer_steps_per_second=1.0 / seconds,
       inner_steps_per_second=len(estimates) * self.worker.inner_steps_per_estimate / seconds,
-      learning_rate=float(self.schedule(self.learner.step)),
+      learning_rate=float(np.asarray(self.schedule(self.learner.step))),
       lost_estimates=float(self.pool.lost),
       live_workers=float(self.pool.num_workers),
     )

@@ -104,7 +104,7 @@ class GradientWorker:
       np.shape(leaf) != spec.shape or np.asarray(leaf).dtype != spec.dtype for leaf, spec in zip(leaves, expected)
     ):
       return False
-    self.state = self._place(jax.tree.structure(self._state_spec).unflatten([jnp.asarray(leaf) for leaf in leaves]))
+    self.state = self._place(jax.tree.unflatten(jax.tree.structure(self._state_spec), [jnp.asarray(x) for x in leaves]))
     return True
 
   def compute(self, theta: Theta, theta_step: int) -> Estimate:
