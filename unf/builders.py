@@ -170,10 +170,10 @@ def mlp_space(params: Any, *, io: str = "permutable") -> WeightSpace:
 def cnn_space(params: Any, *, io: str = "permutable") -> WeightSpace:
   """The weight space of a CNN: conv layers, a global average pool, then dense layers.
 
-  Conv kernels have flax's layout (*spatial, in, out), e.g. HWIO (kh, kw, in,
-  out), and biases (out,); dense kernels are (in, out). Convs come first and
-  dense layers after, each group in the natural order of their paths. Channels
-  are chained as in :func:`mlp_space` (``hidden{k}`` between layer k and k+1);
+  Conv kernels have flax's layout ``(*spatial, in, out)``, e.g. HWIO
+  ``(kh, kw, in, out)``, and biases ``(out,)``; dense kernels are (in, out).
+  Convs come first and dense layers after, each group in the natural order of
+  their paths. Channels are chained as in :func:`mlp_space` (``hidden{k}`` between layer k and k+1);
   spatial kernel axes are always fixed (None).
 
   Flatten-then-dense is not supported: flattening mixes spatial positions into

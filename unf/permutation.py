@@ -45,11 +45,11 @@ def sample_permutation(
 
 
 def permute(space: WeightSpace, permutation: Mapping[str, jax.Array], tree: Any) -> dict:
-  """Applies a group element to a pytree of the space: ``sigma . tree``.
+  """Applies a group element ``sigma`` to a pytree of the space.
 
-  Every axis labelled ``l`` of every leaf is reindexed by ``permutation[l]``:
-  ``(sigma . W)[i, j] = W[sigma_a^{-1}(i), sigma_b^{-1}(j)]`` is realised as
-  ``W[perm_a][:, perm_b]``. Labels missing from ``permutation`` are left as
+  The result is ``sigma . tree``: every axis labelled ``l`` of every leaf is
+  reindexed by ``permutation[l]``: ``(sigma . W)[i, j] = W[sigma_a^{-1}(i),
+  sigma_b^{-1}(j)]`` is realised as ``W[perm_a][:, perm_b]``. Labels missing from ``permutation`` are left as
   they are; extra trailing axes (features) are untouched.
   """
   leaves = space.flatten(tree)

@@ -114,11 +114,12 @@ def assert_equivariant(
   num_trials: int = 2,
   atol: float | None = None,
 ) -> float:
-  """Checks ``fn(sigma . x) = sigma . fn(x)`` for random group elements ``sigma``.
+  """Checks that ``fn`` is equivariant, on random group elements.
 
-  ``sigma`` draws one permutation per label of ``space`` (none the identity
-  where the label has two entries or more) and acts on the output through the
-  labels ``space_out`` shares with ``space``. Deviations are relative to
+  The identity checked is ``fn(sigma . x) = sigma . fn(x)``. Each ``sigma``
+  draws one permutation per label of ``space`` (none the identity where the
+  label has two entries or more) and acts on the output through the labels
+  ``space_out`` shares with ``space``. Deviations are relative to
   ``max(1, max |sigma . fn(x)|)`` per output leaf.
 
   Args:
@@ -162,7 +163,10 @@ def assert_invariant(
   num_trials: int = 2,
   atol: float | None = None,
 ) -> float:
-  """Checks ``fn(sigma . x) = fn(x)`` for random group elements ``sigma``.
+  """Checks that ``fn`` is invariant, on random group elements.
+
+  The identity checked is ``fn(sigma . x) = fn(x)``, deviations relative as in
+  :func:`assert_equivariant`.
 
   Args:
     fn: maps a pytree of ``space`` (with a trailing feature axis) to any pytree of arrays.
