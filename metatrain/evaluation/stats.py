@@ -20,8 +20,9 @@ def mean_se(values: Any, axis: int = 0) -> tuple[Any, Any]:
     ``(mean, se)``: floats for 1-D ``values``, arrays otherwise.
 
   Example:
-    >>> mean_se([1.0, 2.0, 3.0])
-    (2.0, 0.5773502691896257)
+    >>> mean, se = mean_se([1.0, 2.0, 3.0])
+    >>> mean, round(se, 6)  # std 1 (ddof 1) over sqrt(3)
+    (2.0, 0.57735)
   """
   values = np.asarray(values, np.float64)
   count = values.shape[axis]
