@@ -64,7 +64,13 @@ def _uniform_indices(key: jax.Array, size: int, high: int) -> jax.Array:
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["inputs", "labels"], meta_fields=["num_classes"])
 @dataclasses.dataclass(frozen=True, eq=False)
 class ClassificationData:
-  """Inputs and integer labels per split, as device arrays."""
+  """Inputs and integer labels per split, as device arrays.
+
+  Args:
+    inputs: per split (``"train"``, ``"valid"``, ``"test"``), the examples, with a leading example axis.
+    labels: per split, the integer class of every example.
+    num_classes: the number of classes.
+  """
 
   inputs: dict[str, jax.Array]
   labels: dict[str, jax.Array]
@@ -90,6 +96,7 @@ class ClassificationData:
     return self.inputs[split][index], self.labels[split][index]
 
   def eval_batch(self, split: str, size: int) -> Batch:
+    """The first ``size`` examples of ``split``: a fixed batch, the same on every call."""
     _check_split(split)
     return self.inputs[split][:size], self.labels[split][:size]
 
@@ -97,7 +104,13 @@ class ClassificationData:
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["tokens"], meta_fields=["num_classes", "seq_len"])
 @dataclasses.dataclass(frozen=True, eq=False)
 class SequenceData:
-  """A token stream per split; batches are random windows, targets shifted by one."""
+  """A token stream per split; batches are random windows, targets shifted by one.
+
+  Args:
+    tokens: per split, a 1-D array of token ids.
+    num_classes: the vocabulary size.
+    seq_len: characters per window (inputs and targets).
+  """
 
   tokens: dict[str, jax.Array]
   num_classes: int  # vocabulary size
@@ -108,11 +121,13 @@ class SequenceData:
     return windows[:, :-1], windows[:, 1:]
 
   def sample(self, key: jax.Array, split: str, batch_size: int) -> Batch:
+    """``batch_size`` windows of ``split`` at uniform random starts: ``(inputs, targets shifted by one)``."""
     _check_split(split)
     high = self.tokens[split].shape[0] - self.seq_len
     return self._windows(split, _uniform_indices(key, batch_size, high))
 
   def eval_batch(self, split: str, size: int) -> Batch:
+    """``size`` evenly spaced windows of ``split``: a fixed batch, the same on every call."""
     _check_split(split)
     high = self.tokens[split].shape[0] - self.seq_len
     return self._windows(split, jnp.asarray(np.linspace(0, high - 1, size).astype(np.int32)))
@@ -211,12 +226,17 @@ class TaskFamily:
   ``sample_variant(rng) -> Task`` draws with a numpy Generator; the same key
   always gives the same variant, and variants are cached so that a variant
   drawn twice is the same object (and compiles once).
+
+  Args:
+    name: the family's name.
+    sample_variant: draws one variant from a numpy Generator.
   """
 
   name: str
   sample_variant: Callable[[np.random.Generator], Task]
 
   def sample(self, key: jax.Array) -> Task:
+    """The variant that ``key`` draws (the same task object for the same key)."""
     seed = int(jax.random.randint(key, (), 0, np.iinfo(np.int32).max))
     return self.sample_variant(np.random.default_rng(seed))
 

@@ -142,7 +142,17 @@ def names() -> list[str]:
 
 
 def get(name: str) -> Task:
-  """The registered task ``name`` (its data is loaded on first use and shared)."""
+  """The registered task ``name`` (its data is loaded on first use and shared).
+
+  Args:
+    name: one of :func:`names`.
+
+  Returns:
+    The task (the same object on every call).
+
+  Raises:
+    KeyError: an unknown name, listing the known ones.
+  """
   if name not in _TASKS:
     raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(names())}.")
   return _TASKS[name]()

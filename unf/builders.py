@@ -235,7 +235,14 @@ def split_gates(cell_params: Mapping, num_gates: int) -> dict:
 
 
 def merge_gates(cell_params: Mapping) -> dict:
-  """Inverse of :func:`split_gates`: kernels (in, G, H) -> (in, G*H), biases (G, H) -> (G*H,)."""
+  """Inverse of :func:`split_gates`: kernels (in, G, H) -> (in, G*H), biases (G, H) -> (G*H,).
+
+  Args:
+    cell_params: a cell's params with gates split (as :func:`split_gates` gives them).
+
+  Returns:
+    The params with every gate axis fused back, as the cell stores them.
+  """
   out = {}
   for name, linear in cell_params.items():
     out[name] = {}

@@ -79,12 +79,16 @@ class InvariantPool(nnx.Module):
   read on the diagonal and mean-pooled (means keep outputs independent of the
   widths), for every feature and fixed coordinate; results are concatenated.
   It has no parameters; ``output_size(features)`` gives the vector length.
+
+  Args:
+    space: the weight space of its inputs (with fixed sizes).
   """
 
   def __init__(self, space: WeightSpace):
     self.space = space
 
   def output_size(self, features: int) -> int:
+    """The length of the output vector for inputs with ``features`` features per weight."""
     return linear.invariant_pool_size(self.space, features)
 
   def __call__(self, x: Any) -> jax.Array:
@@ -181,5 +185,12 @@ class UNF(nnx.Module):
 
 
 def num_parameters(module: nnx.Module) -> int:
-  """Number of scalar parameters of a flax nnx module."""
+  """Number of scalar parameters of a flax nnx module.
+
+  Args:
+    module: any ``nnx.Module``; its ``nnx.Param`` variables are counted.
+
+  Returns:
+    The total number of scalars in them.
+  """
   return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))

@@ -51,6 +51,14 @@ def permute(space: WeightSpace, permutation: Mapping[str, jax.Array], tree: Any)
   reindexed by ``permutation[l]``: ``(sigma . W)[i, j] = W[sigma_a^{-1}(i),
   sigma_b^{-1}(j)]`` is realised as ``W[perm_a][:, perm_b]``. Labels missing from ``permutation`` are left as
   they are; extra trailing axes (features) are untouched.
+
+  Args:
+    space: the weight space of ``tree``.
+    permutation: per label, a permutation of its size (from :func:`sample_permutation`).
+    tree: a pytree of the space, each leaf possibly with extra trailing axes.
+
+  Returns:
+    ``sigma . tree``, a nested dict shaped like the space.
   """
   leaves = space.flatten(tree)
   out = []
@@ -65,5 +73,12 @@ def permute(space: WeightSpace, permutation: Mapping[str, jax.Array], tree: Any)
 
 
 def inverse(permutation: Mapping[str, jax.Array]) -> Permutation:
-  """The inverse group element."""
+  """The inverse group element: ``inverse(sigma) . (sigma . W) = W``.
+
+  Args:
+    permutation: one permutation (an index vector) per label.
+
+  Returns:
+    Per label, the inverse permutation (its ``argsort``).
+  """
   return {label: jnp.argsort(p) for label, p in permutation.items()}

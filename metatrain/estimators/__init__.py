@@ -25,6 +25,12 @@ ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (PES, Truncat
 def from_json(values: dict[str, Any]) -> Estimator:
   """The estimator that :meth:`Estimator.to_json` wrote: ``{"name": "pes", "num_pairs": 8, ...}``.
 
+  Args:
+    values: the description, as read from JSON.
+
+  Returns:
+    An estimator equal to the one described.
+
   Raises:
     ValueError: an unknown name, or fields the estimator does not have.
 

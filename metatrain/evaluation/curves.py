@@ -33,6 +33,12 @@ def train_run(
 ) -> tuple[PyTree, jax.Array]:
   """One inner run (pure, unjitted): fresh params from ``key``, ``steps`` steps on training batches.
 
+  Args:
+    task: the inner task.
+    optimizer: any optax transformation (its ``update`` is given the params).
+    key: splits into the init key and one data key per step.
+    steps: training steps.
+
   Returns:
     ``(params, losses)``: the final params and the training loss of every step.
   """
@@ -110,5 +116,13 @@ def learned_curves(task: Task, lopt: Any, theta: Theta, keys: jax.Array, steps: 
 
 
 def mean_normalized_loss(task: Task, curves: jax.Array) -> jax.Array:
-  """The meta-objective of whole runs: mean normalised loss over steps and runs."""
+  """The meta-objective of whole runs: mean normalised loss over steps and runs.
+
+  Args:
+    task: the task whose ``normalized`` maps losses (clipped at its ceiling, NaN to the ceiling).
+    curves: training losses, shape ``(runs, steps)`` (e.g. :func:`learned_curves`).
+
+  Returns:
+    A scalar.
+  """
   return jnp.mean(task.normalized(curves))

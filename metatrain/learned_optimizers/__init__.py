@@ -26,6 +26,12 @@ LEARNED_OPTIMIZERS: dict[str, type[LearnedOptimizer]] = {cls.name: cls for cls i
 def from_json(values: dict[str, Any]) -> LearnedOptimizer:
   """The learned optimizer that :meth:`LearnedOptimizer.to_json` wrote: ``{"kind", "width", "space"}``.
 
+  Args:
+    values: the description, as read from JSON.
+
+  Returns:
+    A learned optimizer equal to the one described.
+
   Raises:
     ValueError: an unknown kind, or a malformed description.
 

@@ -258,6 +258,10 @@ class LearnedOptimizer:
 def describe(lopt: LearnedOptimizer, theta: Theta) -> str:
   """A table of the meta-parameter count of every component of ``theta``.
 
+  Args:
+    lopt: the learned optimizer.
+    theta: its meta-parameters.
+
   Returns:
     Lines ``component  count``: alpha, beta, gamma0, each layer of ``f``, and the total.
   """
