@@ -34,7 +34,8 @@ def parse_config(config: str, bindings: list[str]) -> tuple[TrainConfig, WorkerC
   return train_config, worker_config, gin.config_str()
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+  """The ``metatrain`` command line: subcommands ``train`` and ``eval``."""
   parser = argparse.ArgumentParser(prog="metatrain", description="Meta-train learned optimizers.")
   commands = parser.add_subparsers(dest="command", required=True)
   run = commands.add_parser("train", help="meta-train with a gin config; resumes from the workdir's checkpoints")
@@ -52,7 +53,16 @@ def main(argv: list[str] | None = None) -> int:
   evaluate.add_argument("--every", type=int, default=20, help="steps between train / valid evaluations")
   evaluate.add_argument("--tune_seeds", type=int, default=2, help="runs per learning rate in the grid search")
   evaluate.add_argument("--out", default=None, help="output folder (default: WORKDIR/eval/TASK, of the first)")
-  args = parser.parse_args(argv)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Runs ``metatrain train`` or ``metatrain eval``; returns the exit status (2 for bad input).
+
+  Args:
+    argv: the arguments (default: ``sys.argv[1:]``).
+  """
+  args = build_parser().parse_args(argv)
   if args.command == "eval":
     return _eval(args)
   bindings = list(args.gin_bindings) + ([f"TrainConfig.address = {args.address!r}"] if args.address else [])
