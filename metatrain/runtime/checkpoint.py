@@ -119,14 +119,8 @@ class Checkpoints:
     return None
 
   def close(self) -> None:
-    """Waits for pending writes and releases the manager."""
+    """Waits for pending writes and releases the manager (``with contextlib.closing(Checkpoints(...))``)."""
     self.manager.close()
-
-  def __enter__(self) -> Checkpoints:
-    return self
-
-  def __exit__(self, *exc_info: object) -> None:
-    self.close()
 
 
 # --- loading a meta-trained optimizer ---------------------------------------------------------------------

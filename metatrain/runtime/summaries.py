@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 from collections.abc import Iterable, Mapping
 
@@ -28,14 +29,8 @@ class Summaries:
       self.writer.add_scalar(name, value, step)
 
   def close(self) -> None:
-    """Flushes and closes the event file."""
+    """Flushes and closes the event file (``with contextlib.closing(Summaries(...))``)."""
     self.writer.close()
-
-  def __enter__(self) -> Summaries:
-    return self
-
-  def __exit__(self, *exc_info: object) -> None:
-    self.close()
 
 
 def write_series(folder: str | pathlib.Path, series: Mapping[str, Iterable[tuple[int, float]]]) -> None:
@@ -45,7 +40,7 @@ def write_series(folder: str | pathlib.Path, series: Mapping[str, Iterable[tuple
     folder: the event files' folder.
     series: ``{tag: [(step, value), ...]}``.
   """
-  with Summaries(folder) as summaries:
+  with contextlib.closing(Summaries(folder)) as summaries:
     for tag, points in series.items():
       for step, value in points:
         summaries.writer.add_scalar(tag, float(value), int(step))

@@ -8,6 +8,7 @@ loop of outer steps, its checkpoints, summaries and progress bar).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -55,9 +56,10 @@ def train(
   cache = enable_compilation_cache(config.compilation_cache_dir())
   learned_optimizer = worker.build_learned_optimizer()
   learner = make_learner(config, learned_optimizer)
-  with Checkpoints(workdir, keep=config.keep_checkpoints) as checkpoints:
+  with contextlib.closing(Checkpoints(workdir, keep=config.keep_checkpoints)) as checkpoints:
     particles = resume(learner, checkpoints, worker)
-    with Summaries(workdir / "tensorboard") as summaries, make_pool(config, worker, cache=cache) as pool:
+    events = contextlib.closing(Summaries(workdir / "tensorboard"))
+    with events as summaries, make_pool(config, worker, cache=cache) as pool:
       summaries.text("operative_config", f"```\n{operative_config}\n```", learner.step)
       if particles:
         pool.load_particles(particles)

@@ -1,5 +1,6 @@
 """`metatrain train` end to end in one process: checkpoints, resume, TensorBoard, configuration errors."""
 
+import contextlib
 import os
 import pathlib
 import re
@@ -28,7 +29,7 @@ def _train(workdir, *bindings):
 def _theta(workdir):
   """``(step, theta, config)`` of the workdir's newest checkpoint."""
   loaded = checkpoint.load(workdir)
-  with checkpoint.Checkpoints(workdir) as checkpoints:
+  with contextlib.closing(checkpoint.Checkpoints(workdir)) as checkpoints:
     config = checkpoints.latest_config()
   return loaded.step, loaded.theta, config
 
