@@ -8,8 +8,10 @@ gin lives here and in ``configs/`` only: it fills :class:`TrainConfig`,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+import warnings
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -25,12 +27,37 @@ for _estimator in ESTIMATORS.values():  # WorkerConfig.estimator = @PES(); PES.n
 
 
 def parse_config(config: str, bindings: list[str]) -> tuple[TrainConfig, WorkerConfig, str]:
-  """Parses a gin file and bindings into the two configs; gin's errors name the file and line."""
+  """Parses a gin file and bindings into the two configs; gin's errors name the file and line.
+
+  ``WorkerConfig.estimator`` is ``@PES()`` unless bound otherwise, so that ``PES.*`` bindings always
+  reach the estimator. Bindings of another estimator than the one chosen (``PES.num_pairs`` in a config
+  switched to ``@FullES()`` on the command line) do nothing: they are reported with a warning.
+
+  Args:
+    config: the gin file.
+    bindings: extra bindings, applied after the file (``"TrainConfig.outer_steps = 10"``).
+
+  Returns:
+    ``(train config, worker config, operative gin config text)``.
+  """
   if not os.path.isfile(config):
     raise FileNotFoundError(f"config file {config!r} not found; see configs/ for examples.")
   gin.clear_config()
+  gin.parse_config("WorkerConfig.estimator = @PES()")
   gin.parse_config_files_and_bindings([config], bindings, finalize_config=False)
   train_config, worker_config = GinTrainConfig(), GinWorkerConfig()
+  chosen = type(worker_config.estimator).__name__
+  for estimator in ESTIMATORS.values():
+    for field in dataclasses.fields(estimator) if estimator.__name__ != chosen else ():
+      try:
+        gin.query_parameter(f"{estimator.__name__}.{field.name}")
+      except ValueError:
+        continue
+      warnings.warn(
+        f"{estimator.__name__}.{field.name} is bound but unused: the estimator is {chosen} "
+        f"(bind {chosen}.{field.name} to set it).",
+        stacklevel=2,
+      )
   return train_config, worker_config, gin.config_str()
 
 

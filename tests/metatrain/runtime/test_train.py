@@ -222,3 +222,14 @@ def test_the_main_job_keeps_a_persistent_compilation_cache(tmp_path):
   second = run("second")
   assert second.returncode == 0, second.stderr[-3000:]
   assert _cache_entries(cache) == entries  # every program came from the cache: none was compiled again
+
+
+def test_bindings_of_an_estimator_not_chosen_are_reported(tmp_path):
+  with pytest.warns(UserWarning, match=r"PES.num_pairs is bound but unused: the estimator is FullES"):
+    _, worker, _ = cli.parse_config(SMOKE, ["WorkerConfig.estimator = @FullES()", "FullES.num_pairs = 3"])
+  assert worker.estimator.num_pairs == 3
+  # Unbound, the estimator is PES and takes the PES bindings.
+  config = pathlib.Path(SMOKE).read_text().replace("WorkerConfig.estimator = @PES()", "")
+  path = tmp_path / "no_estimator.gin"
+  path.write_text(config)
+  assert cli.parse_config(str(path), [])[1].estimator == cli.parse_config(SMOKE, [])[1].estimator
