@@ -46,18 +46,18 @@ def parse_config(config: str, bindings: list[str]) -> tuple[TrainConfig, WorkerC
   gin.parse_config("WorkerConfig.estimator = @PES()")
   gin.parse_config_files_and_bindings([config], bindings, finalize_config=False)
   train_config, worker_config = GinTrainConfig(), GinWorkerConfig()
-  chosen = type(worker_config.estimator).__name__
+  chosen = type(worker_config.estimator)
+  unused = []
   for estimator in ESTIMATORS.values():
-    for field in dataclasses.fields(estimator) if estimator.__name__ != chosen else ():
+    for field in dataclasses.fields(estimator) if estimator is not chosen else ():
       try:
         gin.query_parameter(f"{estimator.__name__}.{field.name}")
       except ValueError:
         continue
-      warnings.warn(
-        f"{estimator.__name__}.{field.name} is bound but unused: the estimator is {chosen} "
-        f"(bind {chosen}.{field.name} to set it).",
-        stacklevel=2,
-      )
+      unused.append(f"{estimator.__name__}.{field.name}")
+  if unused:
+    takes = ", ".join(f"{chosen.__name__}.{field.name}" for field in dataclasses.fields(chosen))
+    warnings.warn(f"unused bindings {unused}: the estimator is {chosen.__name__} (it takes {takes}).", stacklevel=2)
   return train_config, worker_config, gin.config_str()
 
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from metatrain.types import Metrics, PyTree, Theta
 
 
+@dataclasses.dataclass(frozen=True)
 class Estimator:
   """The interface of a gradient estimator of the meta-loss (the base class of every estimator).
 
@@ -39,7 +40,7 @@ class Estimator:
   """
 
   name: ClassVar[str]
-  num_pairs: int
+  num_pairs: int = 8
 
   def init(self, problem: Any, theta: Theta, key: jax.Array) -> PyTree:
     """The estimator's initial state for ``problem`` at ``theta``."""
@@ -58,7 +59,7 @@ class Estimator:
 
   def to_json(self) -> dict[str, Any]:
     """The estimator as JSON-ready values ``{"name": ..., <its fields>}``; ``estimators.from_json`` reads them."""
-    return {"name": self.name, **dataclasses.asdict(self)}  # type: ignore[call-overload]
+    return {"name": self.name, **dataclasses.asdict(self)}
 
 
 def start_steps(key: jax.Array, num: int, horizon: int, truncation: int, random_offsets: bool) -> jax.Array:

@@ -225,7 +225,7 @@ def test_the_main_job_keeps_a_persistent_compilation_cache(tmp_path):
 
 
 def test_bindings_of_an_estimator_not_chosen_are_reported(tmp_path):
-  with pytest.warns(UserWarning, match=r"PES.num_pairs is bound but unused: the estimator is FullES"):
+  with pytest.warns(UserWarning, match=r"unused bindings \['PES.num_pairs', 'PES.truncation', 'PES.std'\]: the estim"):
     _, worker, _ = cli.parse_config(SMOKE, ["WorkerConfig.estimator = @FullES()", "FullES.num_pairs = 3"])
   assert worker.estimator.num_pairs == 3
   # Unbound, the estimator is PES and takes the PES bindings.
