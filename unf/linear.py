@@ -24,11 +24,11 @@ from unf.space import WeightSpace, path_str
 Params = dict[str, jax.Array]
 
 
-def _weight_name(space_out: WeightSpace, group) -> str:
+def _weight_name(space_out: WeightSpace, group: Group) -> str:
   return f"{path_str(space_out.paths[group.out_leaf])}|{','.join(group.signature) or '-'}"
 
 
-def _bias_name(space_out: WeightSpace, group) -> str:
+def _bias_name(space_out: WeightSpace, group: Group) -> str:
   return f"{path_str(space_out.paths[group.out_leaf])}|bias"
 
 
@@ -165,7 +165,9 @@ def _write(z: jax.Array, pattern: Pattern, labels: tuple[str, ...], sizes: Mappi
   return z
 
 
-def _label_sizes(space: WeightSpace, tree: Any, extra: Mapping[str, int] | None, needed: tuple[str, ...]):
+def _label_sizes(
+  space: WeightSpace, tree: Any, extra: Mapping[str, int] | None, needed: tuple[str, ...]
+) -> dict[str, int]:
   sizes = dict(space.validate(tree, trailing=1))
   sizes.update(extra or {})
   missing = sorted(set(needed) - set(sizes))
@@ -202,14 +204,15 @@ def apply(
   p: Plan = plan(space_in, space_out)
   sizes = _label_sizes(space_in, x, out_sizes, space_out.labels)
   views = [_to_layer(leaf, layout) for leaf, layout in zip(space_in.flatten(x), p.layouts_in)]
-  reduced: list[jax.Array | None] = [None] * len(p.reductions)
+  # Keyed by reduction index, filled in reduction_order: a parent before the reductions that average it.
+  reduced: dict[int, jax.Array] = {}
   for index in p.reduction_order:
     r = p.reductions[index]
     if r.parent is None:
       reduced[index] = _reduce(views, r, sizes)
     else:
       reduced[index] = jnp.mean(reduced[r.parent], axis=r.parent_axis)
-  acc: list[jax.Array | None] = [None] * len(space_out)
+  acc: dict[int, jax.Array] = {}  # per output leaf, the sum of its terms
   for g in p.groups:
     labels = p.layouts_out[g.out_leaf].labels
     parts = []
@@ -225,9 +228,11 @@ def apply(
     z = z.reshape(z.shape[:-1] + (len(g.patterns), -1))
     for k, pattern in enumerate(g.patterns):
       term = _write(z[..., k, :], pattern, labels, sizes)
-      acc[g.out_leaf] = term if acc[g.out_leaf] is None else acc[g.out_leaf] + term
+      acc[g.out_leaf] = acc[g.out_leaf] + term if g.out_leaf in acc else term
   outputs = []
-  for layout, y in zip(p.layouts_out, acc):
+  # Every output leaf has terms, as a WeightSpace has at least one leaf: acc has every key.
+  for o, layout in enumerate(p.layouts_out):
+    y = acc[o]
     features = y.shape[-1] // math.prod(layout.fixed_shape)
     shape = tuple(sizes[label] for label in layout.labels) + layout.fixed_shape + (features,)
     y = jnp.broadcast_to(y, shape[: len(layout.labels)] + y.shape[-1:]).reshape(shape)

@@ -44,7 +44,7 @@ def sample_permutation(
   return {label: jax.random.permutation(k, sizes[label]) for label, k in zip(chosen, keys)}
 
 
-def permute(space: WeightSpace, permutation: Mapping[str, jax.Array], tree: Any) -> dict:
+def permute(space: WeightSpace, permutation: Mapping[str, jax.typing.ArrayLike], tree: Any) -> dict:
   """Applies a group element ``sigma`` to a pytree of the space.
 
   The result is ``sigma . tree``: every axis labelled ``l`` of every leaf is

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +62,12 @@ class FitConfig:
     for name in ("steps", "batch_size", "eval_every"):
       if getattr(self, name) < 1:
         raise ValueError(f"FitConfig.{name} must be at least 1, got {getattr(self, name)}.")
+
+
+def _split(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+  """The model's graph, its ``nnx.Param`` state and the rest of its state."""
+  # nnx.split's stub returns a variadic tuple; its two filters (Param, then everything else) give two states.
+  return cast(tuple[nnx.GraphDef, nnx.State, nnx.State], nnx.split(model, nnx.Param, ...))
 
 
 def _predict(graphdef: nnx.GraphDef, params: Any, rest: Any, inputs: dict) -> jax.Array:
@@ -127,7 +133,7 @@ def loss(model: nnx.Module, inputs: dict, targets: Any) -> float:
   Returns:
     ``mean((predict(model, inputs) - targets) ** 2)``.
   """
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, params, rest = _split(model)
   return float(_loss(params, graphdef, rest, inputs, jnp.asarray(targets)))
 
 
@@ -147,7 +153,7 @@ def train_steps(
   Returns:
     The mean training loss over the steps.
   """
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, params, rest = _split(model)
   opt_state = optax.adam(config.learning_rate).init(params)
   params, _, mean_loss = _train_steps(
     graphdef, params, rest, opt_state, inputs, jnp.asarray(targets), key, **_static(config), num_steps=steps
@@ -166,7 +172,7 @@ def predict(model: nnx.Module, inputs: dict) -> np.ndarray:
   Returns:
     (models,) predictions.
   """
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, params, rest = _split(model)
   return np.asarray(_predict_jit(graphdef, params, rest, inputs))
 
 
@@ -194,7 +200,7 @@ def fit(
   Returns:
     The selected checkpoint's step and validation tau, and the history of every checkpoint.
   """
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, params, rest = _split(model)
   opt_state = optax.adam(config.learning_rate).init(params)
   inputs, targets = train
   best = (-math.inf, 0, params)

@@ -148,7 +148,14 @@ class UNFPredictor(nnx.Module):
     rngs: flax random streams.
   """
 
-  def __init__(self, space: unf.WeightSpace, *, hidden=(16, 16), head_hidden=(64,), rngs: nnx.Rngs):
+  def __init__(
+    self,
+    space: unf.WeightSpace,
+    *,
+    hidden: Sequence[int] = (16, 16),
+    head_hidden: Sequence[int] = (64,),
+    rngs: nnx.Rngs,
+  ):
     self.net = unf.UNF(space, 1, 1, hidden=hidden, invariant=True, head_hidden=head_hidden, rngs=rngs)
 
   def __call__(self, weights: dict) -> jax.Array:
@@ -170,7 +177,7 @@ class DeepSetsPredictor(nnx.Module):
     rngs: flax random streams.
   """
 
-  def __init__(self, space: unf.WeightSpace, *, width: int = 32, head_hidden=(64,), rngs: nnx.Rngs):
+  def __init__(self, space: unf.WeightSpace, *, width: int = 32, head_hidden: Sequence[int] = (64,), rngs: nnx.Rngs):
     self.space = space
     self.encoders = nnx.List([_mlp((1, width, width), rngs) for _ in space.paths])
     self.head = _mlp((width * len(space), *head_hidden, 1), rngs)
@@ -194,7 +201,9 @@ class StatNNPredictor(nnx.Module):
     rngs: flax random streams.
   """
 
-  def __init__(self, space: unf.WeightSpace, *, train_inputs: dict, head_hidden=(64, 64), rngs: nnx.Rngs):
+  def __init__(
+    self, space: unf.WeightSpace, *, train_inputs: dict, head_hidden: Sequence[int] = (64, 64), rngs: nnx.Rngs
+  ):
     self.space = space
     features = jax.jit(jax.vmap(functools.partial(tensor_statistics, space=space)))(train_inputs)  # one compile
     self.feature_mean = Statistic(jnp.mean(features, axis=0))

@@ -272,7 +272,8 @@ def _train_chunk(
     return new_params, new_opt_state
 
   def scan_step(state, step):
-    params, opt_state = jax.vmap(model_step, in_axes=(0, 0, 0, 0, None))(*state, hyper, keys, step)
+    params, opt_state = state
+    params, opt_state = jax.vmap(model_step, in_axes=(0, 0, 0, 0, None))(params, opt_state, hyper, keys, step)
     return (params, opt_state), None
 
   state, _ = jax.lax.scan(scan_step, state, start + jnp.arange(chunk))
@@ -343,7 +344,8 @@ def save_split(path: str | os.PathLike, split: ZooSplit) -> None:
   arrays.update({f"hyper/{name}": np.asarray(value) for name, value in split.hyperparameters.items()})
   arrays["space"] = np.asarray(split.space.to_json())
   buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
+  # Numbers and text only: no pickles, as load_split reads them with allow_pickle=False.
+  np.savez(buffer, allow_pickle=False, **arrays)
   write_atomically(pathlib.Path(path), buffer.getvalue())
 
 
