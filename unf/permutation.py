@@ -73,7 +73,9 @@ def permute(space: WeightSpace, permutation: Mapping[str, jax.typing.ArrayLike],
 
 
 def inverse(permutation: Mapping[str, jax.Array]) -> Permutation:
-  """The inverse group element: ``inverse(sigma) . (sigma . W) = W``.
+  """The inverse group element, which undoes :func:`permute`.
+
+  ``permute(space, inverse(sigma), permute(space, sigma, W)) = W``.
 
   Args:
     permutation: one permutation (an index vector) per label.
