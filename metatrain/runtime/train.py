@@ -58,6 +58,9 @@ def train(
   learner = make_learner(config, learned_optimizer)
   with contextlib.closing(Checkpoints(workdir, keep=config.keep_checkpoints)) as checkpoints:
     particles = resume(learner, checkpoints, worker)
+    if learner.step >= config.outer_steps:  # nothing to do: no workers to start
+      tqdm.tqdm.write(f"the run in {workdir} is done: step {learner.step} of {config.outer_steps}")
+      return learner.theta, []
     events = contextlib.closing(Summaries(workdir / "tensorboard"))
     with events as summaries, make_pool(config, worker, cache=cache) as pool:
       summaries.text("operative_config", f"```\n{operative_config}\n```", learner.step)

@@ -54,6 +54,18 @@ def test_train_writes_checkpoints_and_tensorboard(tmp_path):
   assert any("operative_config" in t for t in texts)
 
 
+def test_a_finished_run_starts_no_workers(tmp_path, monkeypatch, capsys):
+  assert _train(tmp_path) == 0
+
+  def no_pool(*args, **kwargs):
+    raise AssertionError("a finished run started workers")
+
+  monkeypatch.setattr(train_module, "make_pool", no_pool)
+  assert _train(tmp_path) == 0
+  assert f"the run in {tmp_path} is done: step 4 of 4" in capsys.readouterr().out
+  assert _theta(tmp_path)[0] == 4
+
+
 class _Interrupt:
   """Wraps a pool and raises KeyboardInterrupt (Ctrl-C) at the n-th gather."""
 
