@@ -204,7 +204,7 @@ def test_worker_accelerators_reach_the_ray_actors(monkeypatch):
     "num_cpus": 8,
     "num_gpus": 0.5,
     "resources": {"TPU": 4},
-    "env_vars": {"JAX_COMPILATION_CACHE_DIR": "/cache"},
+    "env_vars": {"JAX_COMPILATION_CACHE_DIR": "/cache", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"},
   }
   env = ray_pool.worker_env(num_gpus=0, resources={"TPU": 4})
   assert "JAX_PLATFORMS" not in env  # a TPU worker must see its TPU
