@@ -195,6 +195,7 @@ def test_worker_accelerators_reach_the_ray_actors(monkeypatch):
   # gin: TrainConfig.worker_gpus = 1 / TrainConfig.worker_resources = {"TPU": 4}
   from metatrain.runtime import ray_pool
 
+  monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)  # the workers cache everything
   made = {}
   monkeypatch.setattr(ray_pool, "RayPool", lambda *args, **kwargs: made.update(kwargs))
   config = TrainConfig(num_workers=2, worker_cpus=8, worker_gpus=0.5, worker_resources={"TPU": 4}, address="auto")
