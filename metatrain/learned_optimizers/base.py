@@ -32,7 +32,7 @@ Example (a meta-trained optimizer drops into any optax loop of its space):
   >>> optimizer = lopt.optimizer(lopt.init_meta(jax.random.key(0)))
   >>> state = optimizer.init(params)
   >>> grads = jax.tree.map(jnp.ones_like, params)
-  >>> updates, state = optimizer.update(grads, state, params)  # params are required
+  >>> updates, state = jax.jit(optimizer.update)(grads, state, params)  # params are required
   >>> params = optax.apply_updates(params, updates)
   >>> params["dense0"]["kernel"].shape
   (4, 8)
