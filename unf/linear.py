@@ -36,6 +36,11 @@ def _channels(layout: LeafLayout, features: int) -> int:
   return math.prod(layout.fixed_shape) * features
 
 
+def _piece_rows(p: Plan, group: Group, in_features: int) -> list[int]:
+  """The input channels of each piece of ``group``: the row blocks of its weight matrix, in order."""
+  return [_channels(p.layouts_in[p.reductions[piece.reduction].leaf], in_features) for piece in group.pieces]
+
+
 _POOLED_SCALE = 0.5
 
 
@@ -66,30 +71,20 @@ def init(
     labels, fixed sizes and feature counts, never on label sizes (widths).
   """
   p = plan(space_in, space_out)
+  pooled = {g.name: [bool(p.reductions[pc.reduction].pooled_labels) for pc in g.pieces] for g in p.groups}
   fan = [0] * len(space_out)
   for g in p.groups:
-    unpooled = sum(
-      _channels(p.layouts_in[p.reductions[pc.reduction].leaf], in_features)
-      for pc in g.pieces
-      if not p.reductions[pc.reduction].pooled_labels
-    )
+    unpooled = sum(n for n, is_pooled in zip(_piece_rows(p, g, in_features), pooled[g.name]) if not is_pooled)
     fan[g.out_leaf] += unpooled * sum(pattern.singleton for pattern in g.patterns)
   params: Params = {}
   keys = jax.random.split(key, max(len(p.groups), 1))
   for g, k in zip(p.groups, keys):
-    c_in = sum(_channels(p.layouts_in[p.reductions[pc.reduction].leaf], in_features) for pc in g.pieces)
+    rows = _piece_rows(p, g, in_features)
+    c_in = sum(rows)
     c_out = _channels(p.layouts_out[g.out_leaf], out_features)
     std = 1.0 / math.sqrt(fan[g.out_leaf] or c_in)
-    row_scale = jnp.concatenate(
-      [
-        jnp.full(
-          _channels(p.layouts_in[p.reductions[pc.reduction].leaf], in_features),
-          _POOLED_SCALE if p.reductions[pc.reduction].pooled_labels else 1.0,
-          dtype,
-        )
-        for pc in g.pieces
-      ]
-    )
+    scales = [_POOLED_SCALE if is_pooled else 1.0 for is_pooled in pooled[g.name]]
+    row_scale = jnp.concatenate([jnp.full(n, scale, dtype) for n, scale in zip(rows, scales)])
     weight = jax.random.normal(k, (c_in, len(g.patterns) * c_out), dtype)
     params[_weight_name(space_out, g)] = std * row_scale[:, None] * weight
     if g.has_bias:
@@ -306,10 +301,6 @@ def _gather(array: jax.Array, rows: np.ndarray, columns: np.ndarray | None = Non
   if isinstance(array, jax.core.Tracer):
     return array[index]
   return jnp.asarray(np.asarray(array)[index])
-
-
-def _piece_rows(p: Plan, group: Group, in_features: int) -> list[int]:
-  return [_channels(p.layouts_in[p.reductions[piece.reduction].leaf], in_features) for piece in group.pieces]
 
 
 def _features(params: Params, p: Plan, space_out: WeightSpace) -> tuple[int, int]:

@@ -112,8 +112,7 @@ class WorkerConfig:
     estimator = values.get("estimator", "pes")
     if isinstance(estimator, str):
       estimator = {"name": estimator}
-      kind = ESTIMATORS.get(estimator["name"], PES)
-      accepted: set[str] = {f.name for f in dataclasses.fields(kind)} if dataclasses.is_dataclass(kind) else set()
+      accepted = {f.name for f in dataclasses.fields(ESTIMATORS.get(estimator["name"], PES))}
       for name in ("num_pairs", "truncation", "std", "clip"):
         if name in values:
           value = values.pop(name)

@@ -268,18 +268,16 @@ def test_description_round_trips_through_json(make_lopt, task):
     lopt.from_json({**learned.to_json(), "kind": "adam"})
 
 
-def _renamed_mlp_space(params):
-  """The space of ``params`` (an MLP whose layers are ``layers/0``, ``layers/1``) for a flax ``nnx.Sequential``:
-  layers ``layers/0`` and ``layers/2`` (with an activation in between) and other label names."""
-  relabel = {"input": "x", "hidden0": "a", "output": "y"}  # reverses the alphabetical order of the labels
-  spec = {
-    "layers": {
-      0: {"kernel": ("x", "a"), "bias": ("a",)},
-      2: {"kernel": ("a", "y"), "bias": ("y",)},
-    }
-  }
-  renamed = {"layers": {0: params["layers"][0], 2: params["layers"][1]}}
-  return unf.WeightSpace(spec), renamed, relabel
+# mlp_fashion8's space as a flax ``nnx.Sequential`` lays it out (layers/0 and layers/2, an activation between),
+# with its labels renamed input -> x, hidden0 -> a, output -> y: the reverse of their alphabetical order.
+RENAMED_MLP_SPACE = unf.WeightSpace(
+  {"layers": {0: {"kernel": ("x", "a"), "bias": ("a",)}, 2: {"kernel": ("a", "y"), "bias": ("y",)}}}
+)
+
+
+def _as_sequential(tree):
+  """A pytree of mlp_fashion8's space (layers/0, layers/1) under the paths of RENAMED_MLP_SPACE."""
+  return {"layers": {0: tree["layers"][0], 2: tree["layers"][1]}}
 
 
 def test_transfer_to_a_renamed_space_gives_the_same_updates(make_lopt, task, key):
@@ -289,15 +287,14 @@ def test_transfer_to_a_renamed_space_gives_the_same_updates(make_lopt, task, key
   theta = jax.tree.map(lambda x: x + 0.1 * rng.normal(size=x.shape).astype(np.float32), learned.init_meta(key))
   params = task.init(key)
   grads = jax.grad(task.loss)(params, task.sample_batch(jax.random.key(2)))
-  space, renamed_params, _ = _renamed_mlp_space(params)
-  renamed_grads = _renamed_mlp_space(grads)[1]
+  space, renamed_params, renamed_grads = RENAMED_MLP_SPACE, _as_sequential(params), _as_sequential(grads)
   other, other_theta = learned.transfer(theta, space)
   assert other.space == space and type(other) is type(learned) and other.width == learned.width
   original = learned.optimizer(theta)
   moved = other.optimizer(other_theta)
   updates, _ = original.update(grads, original.init(params), params)
   renamed_updates, _ = moved.update(renamed_grads, moved.init(renamed_params), renamed_params)
-  for a, b in zip(space.flatten(_renamed_mlp_space(updates)[1]), space.flatten(renamed_updates)):
+  for a, b in zip(space.flatten(_as_sequential(updates)), space.flatten(renamed_updates)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   # The control: theta applied without the transfer (its head keyed by the old names) does not run there.
   with pytest.raises((KeyError, ValueError)):
