@@ -7,6 +7,7 @@ import functools
 from typing import TYPE_CHECKING, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from metatrain.types import PyTree, Theta
@@ -14,6 +15,11 @@ from tasks import Task
 
 if TYPE_CHECKING:
   from metatrain.learned_optimizers import LearnedOptimizer
+
+#: The meta-objectives: the loss averaged over every step of a run, or over its last tenth.
+META_OBJECTIVES = ("mean", "final")
+#: The fraction of the horizon whose loss the "final" meta-objective averages.
+FINAL_FRACTION = 0.1
 
 
 class InnerState(NamedTuple):
@@ -26,7 +32,7 @@ class InnerState(NamedTuple):
 @functools.partial(
   jax.tree_util.register_dataclass,
   data_fields=["task"],
-  meta_fields=["learned_optimizer", "horizon", "meta_loss_split"],
+  meta_fields=["learned_optimizer", "horizon", "meta_loss_split", "meta_objective"],
 )
 @dataclasses.dataclass(frozen=True)
 class LearnedOptimizerProblem:
@@ -39,21 +45,31 @@ class LearnedOptimizerProblem:
   loss (``meta_loss_split="train"``) or its normalised loss on a validation
   batch drawn with the same key (``"valid"``). A pytree: pass it to ``jit``.
 
+  With ``meta_objective="final"`` a step's meta-loss is ``1 / FINAL_FRACTION``
+  times its loss in the last tenth of the run (steps ``t >= 0.9 T``, read from
+  the optimizer's step count) and 0 before: the mean over a whole run is then
+  the mean loss of its last tenth, the paper's end-of-horizon objective
+  smoothed over 0.1 T steps (a single step's loss would be far noisier).
+
   Args:
     task: the inner task.
     learned_optimizer: the learned optimizer (its ``optimizer(theta)`` trains the task).
     horizon: inner steps of one run (T).
     meta_loss_split: ``"train"`` or ``"valid"``.
+    meta_objective: ``"mean"`` or ``"final"``.
   """
 
   task: Task
   learned_optimizer: LearnedOptimizer
   horizon: int
   meta_loss_split: str = "train"
+  meta_objective: str = "mean"
 
   def __post_init__(self):
     if self.meta_loss_split not in ("train", "valid"):
       raise ValueError(f"meta_loss_split must be 'train' or 'valid', got {self.meta_loss_split!r}.")
+    if self.meta_objective not in META_OBJECTIVES:
+      raise ValueError(f"meta_objective must be one of {META_OBJECTIVES}, got {self.meta_objective!r}.")
 
   def init(self, theta: Theta, key: jax.Array) -> InnerState:
     """A fresh inner run: the task's params initialised from ``key`` and the optimizer's initial state."""
@@ -66,4 +82,9 @@ class LearnedOptimizerProblem:
     if self.meta_loss_split == "valid":
       loss = self.task.loss(state.params, self.task.sample_batch(key, "valid"))
     updates, opt_state = self.learned_optimizer.optimizer(theta).update(grads, state.opt_state, state.params)
-    return InnerState(optax.apply_updates(state.params, updates), opt_state), self.task.normalized(loss)
+    meta_loss = self.task.normalized(loss)
+    if self.meta_objective == "final":
+      start = self.horizon - max(1, round(FINAL_FRACTION * self.horizon))
+      weight = self.horizon / (self.horizon - start)
+      meta_loss = jnp.where(state.opt_state.count >= start, weight * meta_loss, jnp.zeros_like(meta_loss))
+    return InnerState(optax.apply_updates(state.params, updates), opt_state), meta_loss

@@ -173,6 +173,19 @@ def _mlp_variant(rng: np.random.Generator) -> Task:
 MLP_FASHION_FAMILY = TaskFamily("mlp_fashion_family", _mlp_variant)
 
 
+#: The hidden widths of :data:`MLP_FASHION8_WIDTHS` (mlp_fashion8's is 32).
+MLP_WIDTHS = (16, 32, 64, 128)
+
+
+def _mlp8_width_variant(rng: np.random.Generator) -> Task:
+  return mlp_fashion(8, (int(rng.choice(MLP_WIDTHS)),), "relu")
+
+
+# mlp_fashion8's architecture (8x8 inputs, one relu hidden layer) at the hidden widths MLP_WIDTHS: every
+# variant has mlp_fashion8's weight space up to sizes, so one learned optimizer meta-trains on all of them.
+MLP_FASHION8_WIDTHS = TaskFamily("mlp_fashion8_widths", _mlp8_width_variant)
+
+
 def families() -> dict[str, TaskFamily]:
   """The registered task families."""
-  return {MLP_FASHION_FAMILY.name: MLP_FASHION_FAMILY}
+  return {family.name: family for family in (MLP_FASHION_FAMILY, MLP_FASHION8_WIDTHS)}

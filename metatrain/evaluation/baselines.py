@@ -1,15 +1,18 @@
 """Hand-designed optimizers, the baselines learned optimizers are compared with, and their tuning.
 
-:func:`sgdm` and :func:`adam` are optax transformations; :func:`grid_search`
-picks a learning rate for one of them on a task the way the paper tunes its
-baselines (Zhou, Finn, Harrison 2024, Sec. 5.2): train with each rate, keep
-the one with the lowest final validation loss.
+:func:`sgdm`, :func:`adam` (constant rates), :func:`adam_cosine` and
+:func:`adamw_cosine` (linear warm-up, then cosine decay to 0: what a user
+would pick) are optax transformations; :func:`grid_search` tunes one of their
+hyper-parameters on a task the way the paper tunes its baselines (Zhou, Finn,
+Harrison 2024, Sec. 5.2): train with each value, keep the one with the lowest
+final validation loss, and extend the grid while the pick lies on its edge.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import jax
@@ -59,6 +62,47 @@ def adam(
   return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
 
 
+#: The fraction of the steps a warm-up lasts in :func:`adam_cosine` and :func:`adamw_cosine`.
+WARMUP_FRACTION = 0.05
+
+
+class GridEdgeWarning(UserWarning):
+  """:func:`grid_search`'s pick lies on the edge of its grid (so the best value may lie beyond it)."""
+
+
+def warmup_cosine(peak: float | jax.Array, steps: int, *, warmup_fraction: float = WARMUP_FRACTION) -> optax.Schedule:
+  """Linear warm-up from 0 to ``peak`` over ``w = round(warmup_fraction * steps)`` steps, then cosine decay to 0.
+
+  ``lr(t) = peak * t / w`` for ``t < w``, and ``peak * (1 + cos(pi * (t - w) / (steps - w))) / 2`` for
+  ``w <= t <= steps`` (``optax.warmup_cosine_decay_schedule``).
+
+  Args:
+    peak: the peak learning rate (a float or a traced scalar).
+    steps: the length of the run.
+    warmup_fraction: the warm-up's share of the steps.
+  """
+  warmup = max(1, round(warmup_fraction * steps))
+  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps, end_value=0.0)
+
+
+def adam_cosine(
+  learning_rate: float | jax.Array, *, steps: int, warmup_fraction: float = WARMUP_FRACTION
+) -> optax.GradientTransformation:
+  """Adam with :func:`warmup_cosine` to the peak ``learning_rate`` over a run of ``steps`` steps."""
+  return optax.adam(warmup_cosine(learning_rate, steps, warmup_fraction=warmup_fraction))
+
+
+def adamw_cosine(
+  learning_rate: float | jax.Array,
+  *,
+  steps: int,
+  weight_decay: float | jax.Array = 1e-4,
+  warmup_fraction: float = WARMUP_FRACTION,
+) -> optax.GradientTransformation:
+  """AdamW (Loshchilov and Hutter 2019) with :func:`warmup_cosine`: decoupled decay ``lr(t) * weight_decay * W``."""
+  return optax.adamw(warmup_cosine(learning_rate, steps, warmup_fraction=warmup_fraction), weight_decay=weight_decay)
+
+
 @functools.partial(jax.jit, static_argnames=("make_optimizer", "steps", "split"))
 def _final_losses(
   task: Task,
@@ -86,39 +130,48 @@ def grid_search(
   steps: int,
   seeds: Sequence[int] = (0,),
   split: str = "valid",
+  max_extensions: int = 3,
 ) -> tuple[float, list[tuple[float, float]]]:
-  """Tunes a learning rate: trains with each rate and keeps the lowest mean final loss.
+  """Tunes a hyper-parameter (a learning rate): trains with each value and keeps the lowest mean final loss.
 
-  Every (rate, seed) run starts from ``task.init`` and takes ``steps`` steps
-  on training batches; all runs are one jitted program (a ``lax.scan`` over
-  steps, vmapped over seeds and rates), and a seed gives every rate the same
+  Every (value, seed) run starts from ``task.init`` and takes ``steps`` steps
+  on training batches; the runs of a grid are one jitted program (a ``lax.scan`` over
+  steps, vmapped over seeds and values), and a seed gives every value the same
   initial params and batches: with ``init_key, data_key =
   jax.random.split(jax.random.key(seed))``, the params are
   ``task.init(init_key)`` and step ``i`` trains on
   ``task.sample_batch(jax.random.split(data_key, steps)[i], "train")``. A run is scored by ``task.eval_loss(params,
   split)`` after its last step; a non-finite final loss (a diverged run)
-  counts as ``+inf``, so the mean over seeds of a rate with any diverged run
+  counts as ``+inf``, so the mean over seeds of a value with any diverged run
   is ``+inf``.
+
+  When the pick is the smallest or the largest value of a grid of at least two
+  positive values, the best value may lie beyond it: a :class:`GridEdgeWarning`
+  says so, and the grid is extended past that edge by two values at the ratio
+  of the two outermost there (``1e-4, 1e-3`` -> ``1e-5, 1e-6``), at most
+  ``max_extensions`` times; a pick still on the edge then is warned about once more.
 
   Args:
     task: the inner task (passed to ``jax.jit`` as an argument, not baked in).
-    make_optimizer: ``make_optimizer(learning_rate) -> optax.GradientTransformation``;
+    make_optimizer: ``make_optimizer(value) -> optax.GradientTransformation``;
       it is called with a traced scalar (as :func:`sgdm`, :func:`adam` and
       ``optax``'s optimizers accept) and is a static argument of the jitted
       program: pass the same function object again to reuse the compilation.
-    learning_rates: the candidate rates.
+    learning_rates: the candidate values.
     steps: training steps per run.
-    seeds: one run per seed and rate.
+    seeds: one run per seed and value.
     split: the split the final loss is measured on.
+    max_extensions: how often the grid may be extended (0: never).
 
   Returns:
-    ``(best_lr, table)``: the rate with the lowest mean final loss (the
-    first listed on ties), and a list of ``(lr, mean final loss)`` sorted from
-    best to worst (ties keep the order of ``learning_rates``).
+    ``(best, table)``: the value with the lowest mean final loss (the
+    first listed on ties), and a list of ``(value, mean final loss)`` over every value tried (extensions
+    included), sorted from best to worst (ties keep the order tried).
 
   Example:
     >>> import tasks
-    >>> best_lr, table = grid_search(tasks.get("mlp_fashion8"), adam, [1e-4, 1e-2], steps=20, seeds=(0, 1))
+    >>> best_lr, table = grid_search(tasks.get("mlp_fashion8"), adam, [1e-4, 1e-2], steps=20, seeds=(0, 1),
+    ...                              max_extensions=0)
     >>> best_lr, [lr for lr, _ in table]  # 20 steps at 1e-4 barely move
     (0.01, [0.01, 0.0001])
   """
@@ -126,12 +179,49 @@ def grid_search(
     raise ValueError("grid_search needs at least one learning rate.")
   if not seeds:
     raise ValueError("grid_search needs at least one seed.")
-  rates = jnp.asarray(learning_rates, jnp.float32)
   keys = jnp.stack([jax.random.key(seed) for seed in seeds])
-  losses = np.asarray(_final_losses(task, rates, keys, make_optimizer=make_optimizer, steps=steps, split=split))
-  losses = np.where(np.isfinite(losses), losses, np.inf)
-  table = [(float(lr), float(np.mean(row))) for lr, row in zip(learning_rates, losses)]
-  table.sort(key=lambda row: row[1])  # stable: ties keep the order given
+
+  def scores(values: Sequence[float]) -> list[tuple[float, float]]:
+    rates = jnp.asarray(values, jnp.float32)
+    losses = np.asarray(_final_losses(task, rates, keys, make_optimizer=make_optimizer, steps=steps, split=split))
+    losses = np.where(np.isfinite(losses), losses, np.inf)
+    return [(float(value), float(np.mean(row))) for value, row in zip(values, losses)]
+
+  tried = scores(list(learning_rates))
+  for extension in range(max_extensions + 1):
+    grid = sorted(value for value, _ in tried)
+    best = min(tried, key=lambda row: row[1])[0]  # min is stable: the first tried on ties
+    edge = _edge(grid, best)
+    if edge is None:
+      break
+    if extension == max_extensions:
+      warnings.warn(
+        f"grid_search: the pick {best:g} is still on the edge of the grid {grid} after {max_extensions} "
+        "extensions; widen learning_rates or raise max_extensions.",
+        GridEdgeWarning,
+        stacklevel=2,
+      )
+      break
+    beyond = [edge * best, edge * edge * best]
+    warnings.warn(
+      f"grid_search: the pick {best:g} is on the edge of the grid {grid}; extending it by "
+      f"{beyond[0]:g}, {beyond[1]:g}.",
+      GridEdgeWarning,
+      stacklevel=2,
+    )
+    tried += scores(beyond)
+  table = sorted(tried, key=lambda row: row[1])  # stable: ties keep the order tried
   if math.isinf(table[0][1]):
-    raise FloatingPointError(f"every run diverged (learning rates {list(learning_rates)}).")
+    raise FloatingPointError(f"every run diverged (values {[value for value, _ in tried]}).")
   return table[0][0], table
+
+
+def _edge(grid: list[float], best: float) -> float | None:
+  """The ratio that steps past the edge ``best`` lies on (None inside the grid, or where it cannot be extended)."""
+  if len(grid) < 2 or grid[0] <= 0:
+    return None
+  if best == grid[0]:
+    return grid[0] / grid[1]
+  if best == grid[-1]:
+    return grid[-1] / grid[-2]
+  return None

@@ -1,16 +1,23 @@
-"""``metatrain eval``: meta-trained optimizers against tuned Adam and SGD with momentum on a task.
+"""``metatrain eval``: meta-trained optimizers against tuned hand-designed optimizers on a task.
 
-Every optimizer trains the same fresh inner runs (evaluation seeds, never used
-in meta-training or tuning: same initial params and batches for each
-optimizer) for the same number of steps. The baselines' learning rates are
-picked by grid search on the validation loss after the same number of steps,
-with tuning seeds of their own. Outputs, in one folder:
+The baselines (:data:`BASELINES`): Adam and SGD with momentum at constant
+rates, and Adam and AdamW with linear warm-up and cosine decay. Every
+optimizer trains the same fresh inner runs (evaluation seeds, never used in
+meta-training or tuning: same initial params and batches for each optimizer)
+for the same number of steps. The baselines' hyper-parameters are picked by
+grid search (:func:`metatrain.grid_search`, which extends a grid whose pick
+lies on its edge) on the validation loss after the same number of steps, with
+tuning seeds of their own; AdamW's peak rate is Adam-cosine's, then its weight
+decay is tuned, then its rate again. The test split is never looked at in
+tuning. Outputs, in one folder:
 
 - ``curves.csv``: every curve, one row per (optimizer, seed, step, split):
-  ``train_batch`` (the loss of each step's training batch), ``train`` and
-  ``valid`` (``task.eval_loss`` on a fixed batch of the split, every ``every`` steps);
+  ``train_batch`` (the loss of each step's training batch), ``train``,
+  ``valid`` and ``test`` (``task.eval_loss`` on a fixed batch of the split, every ``every`` steps);
 - ``curves.png``: mean and standard error bands over seeds, log-scale loss;
-- ``summary.md``: final and best train and valid loss per optimizer, mean +- standard error;
+- ``summary.md``: final train, valid and test loss and best valid loss per optimizer, mean +- standard
+  error; then every meta-trained optimizer against every other optimizer, paired on the evaluation seeds:
+  the mean difference of the final train and test loss with its 95% t interval;
 - ``tensorboard/``: the mean curves.
 """
 
@@ -18,8 +25,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +35,9 @@ import numpy as np
 import tqdm
 
 import tasks
-from metatrain.evaluation.baselines import adam, grid_search, sgdm
+from metatrain.evaluation.baselines import adam, adam_cosine, adamw_cosine, grid_search, sgdm
 from metatrain.evaluation.curves import evaluation_curves
-from metatrain.evaluation.stats import mean_se
+from metatrain.evaluation.stats import PairedDifference, mean_se, paired_difference
 from metatrain.learned_optimizers import LearnedOptimizer
 from metatrain.runtime import checkpoint
 from metatrain.runtime.summaries import write_series
@@ -43,7 +51,11 @@ TUNE_SEED = 20_000
 ADAM_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 #: SGDM's learning-rate grid.
 SGDM_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
-SPLITS = ("train", "valid")
+#: AdamW's weight-decay grid (decoupled: the step is ``lr(t) * weight_decay * W``).
+WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
+#: The hand-designed baselines, in the order they are tuned and reported.
+BASELINES = ("adam", "sgdm", "adam_cosine", "adamw_cosine")
+SPLITS = ("train", "valid", "test")
 
 
 @dataclasses.dataclass
@@ -52,10 +64,11 @@ class Curves:
 
   Attributes:
     name: the optimizer's label.
-    learning_rate: the tuned rate of a baseline (None for a learned optimizer).
+    learning_rate: the tuned (peak) rate of a baseline (None for a learned optimizer).
     batch: training batch losses, shape ``(seeds, steps)``.
-    evals: ``{"train": (seeds, evaluations), "valid": ...}`` at :attr:`eval_steps`.
+    evals: ``{"train": (seeds, evaluations), "valid": ..., "test": ...}`` at :attr:`eval_steps`.
     eval_steps: the steps evaluated, ``0, every, ..., steps``.
+    weight_decay: the tuned weight decay of AdamW (None otherwise).
   """
 
   name: str
@@ -63,6 +76,16 @@ class Curves:
   batch: np.ndarray
   evals: dict[str, np.ndarray]
   eval_steps: np.ndarray
+  weight_decay: float | None = None
+
+  @property
+  def learned(self) -> bool:
+    """Whether this is a meta-trained optimizer (no tuned hyper-parameters)."""
+    return self.learning_rate is None
+
+  def final(self, split: str) -> np.ndarray:
+    """The final ``split`` loss of every seed."""
+    return self.evals[split][:, -1]
 
 
 def collect_curves(
@@ -75,29 +98,34 @@ def collect_curves(
   tune_seeds: int = 2,
   adam_rates: Sequence[float] = ADAM_RATES,
   sgdm_rates: Sequence[float] = SGDM_RATES,
+  weight_decays: Sequence[float] = WEIGHT_DECAYS,
+  baselines: Sequence[str] = BASELINES,
   progress: bool = True,
 ) -> list[Curves]:
-  """Tunes Adam and SGDM, then trains every optimizer on ``seeds`` evaluation runs of ``task``.
+  """Tunes the baselines, then trains every optimizer on ``seeds`` evaluation runs of ``task``.
 
   Args:
     task: the inner task.
     learned: ``(name, learned optimizer, theta)`` per learned optimizer.
-    steps: inner steps per run (tuning runs included).
+    steps: inner steps per run (tuning runs included; the schedules decay over them).
     seeds: evaluation runs per optimizer.
-    every: steps between evaluations of the train and valid loss.
-    tune_seeds: grid-search runs per learning rate.
-    adam_rates, sgdm_rates: the grids.
+    every: steps between evaluations of the train, valid and test loss.
+    tune_seeds: grid-search runs per value.
+    adam_rates, sgdm_rates, weight_decays: the initial grids (Adam's rates serve the cosine schedules too).
+    baselines: which of :data:`BASELINES` to run.
     progress: show a progress bar.
 
   Returns:
-    The baselines' curves, then the learned optimizers'.
+    The baselines' curves (in the order of ``baselines``), then the learned optimizers'.
   """
-  baselines: list[tuple[str, Callable, Sequence[float]]] = [("adam", adam, adam_rates), ("sgdm", sgdm, sgdm_rates)]
+  unknown = sorted(set(baselines) - set(BASELINES))
+  if unknown:
+    raise ValueError(f"unknown baselines {unknown}; choose from {BASELINES}.")
   bar = tqdm.tqdm(total=2 * len(baselines) + len(learned), desc="evaluating", unit="stage", disable=not progress)
   keys = jnp.stack([jax.random.key(EVAL_SEED + i) for i in range(seeds)])
   tuning = range(TUNE_SEED, TUNE_SEED + tune_seeds)
 
-  def curves(name, learning_rate, hyper, make_optimizer):
+  def curves(name, learning_rate, hyper, make_optimizer, weight_decay=None):
     bar.set_postfix(optimizer=name)
     batch, evals = evaluation_curves(task, hyper, keys, make_optimizer=make_optimizer, steps=steps, every=every)
     evals = np.asarray(evals)
@@ -108,14 +136,30 @@ def collect_curves(
       np.asarray(batch),
       {split: evals[..., i] for i, split in enumerate(SPLITS)},
       np.arange(0, steps + 1, every),
+      weight_decay,
     )
 
-  results = []
-  for name, make_optimizer, rates in baselines:
+  def tune(make_optimizer, grid):
+    return grid_search(task, make_optimizer, grid, steps=steps, seeds=tuning, split="valid")[0]
+
+  def cosine(lr):
+    return adam_cosine(lr, steps=steps)
+
+  results, tuned = [], {}
+  for name in baselines:
     bar.set_postfix(optimizer=f"tuning {name}")
-    best, _ = grid_search(task, make_optimizer, rates, steps=steps, seeds=tuning, split="valid")
+    if name == "adamw_cosine":
+      rate = tuned.get("adam_cosine") or tune(cosine, adam_rates)
+      decay = tune(lambda wd, rate=rate: adamw_cosine(rate, steps=steps, weight_decay=wd), weight_decays)
+      rate = tune(lambda lr, decay=decay: adamw_cosine(lr, steps=steps, weight_decay=decay), adam_rates)
+      bar.update()
+      make = functools.partial(adamw_cosine, steps=steps, weight_decay=decay)
+      results.append(curves(name, rate, jnp.float32(rate), make, decay))
+      continue
+    make, grid = {"adam": (adam, adam_rates), "sgdm": (sgdm, sgdm_rates), "adam_cosine": (cosine, adam_rates)}[name]
+    tuned[name] = tune(make, grid)
     bar.update()
-    results.append(curves(name, best, jnp.float32(best), make_optimizer))
+    results.append(curves(name, tuned[name], jnp.float32(tuned[name]), make))
   for name, learned_optimizer, theta in learned:
     results.append(curves(name, None, jax.tree.map(jnp.asarray, theta), learned_optimizer.optimizer))
   bar.close()
@@ -137,36 +181,82 @@ def write_csv(results: Sequence[Curves], path: pathlib.Path) -> None:
             writer.writerow([c.name, rate, EVAL_SEED + seed, int(step), split, repr(float(loss))])
 
 
+def _hyper(c: Curves) -> str:
+  if c.learned:
+    return "meta-trained"
+  assert c.learning_rate is not None
+  return f"tuned: lr {c.learning_rate:g}" + (f", wd {c.weight_decay:g}" if c.weight_decay is not None else "")
+
+
+#: The columns of :func:`summary`'s first table, after the optimizer and its hyper-parameters.
+COLUMNS = ("final train", "final valid", "final test", "best valid")
+
+
+def paired_rows(
+  results: Sequence[Curves], *, confidence: float = 0.95
+) -> list[tuple[str, str, dict[str, PairedDifference]]]:
+  """Every meta-trained optimizer against every other optimizer, paired on the shared evaluation seeds.
+
+  Returns:
+    ``(a, b, {"final train": d, "final test": d})`` rows, ``d`` the paired difference ``a - b`` of the final
+    loss (negative: ``a`` ends lower) with its ``confidence`` t interval (:func:`paired_difference`).
+  """
+  rows = []
+  for i, a in enumerate(results):
+    if not a.learned:
+      continue
+    for j, b in enumerate(results):
+      if j == i or (b.learned and j < i):
+        continue
+      rows.append(
+        (
+          a.name,
+          b.name,
+          {f"final {s}": paired_difference(a.final(s), b.final(s), confidence=confidence) for s in ("train", "test")},
+        )
+      )
+  return rows
+
+
 def summary(results: Sequence[Curves], task_name: str, steps: int) -> str:
-  """A markdown table: per optimizer, final and best train and valid loss, mean +- s.e. over seeds."""
+  """Markdown: per optimizer the :data:`COLUMNS` (mean +- s.e. over seeds), then the paired differences."""
   seeds = len(results[0].batch)
   lines = [
     f"Task `{task_name}`, {steps} steps, {seeds} evaluation seeds (mean +- standard error); "
-    "`train` and `valid` are losses on fixed batches of each split, `best` is the lowest evaluated.",
+    "`train`, `valid` and `test` are losses on fixed batches of each split, `best` is the lowest evaluated.",
     "",
-    "| optimizer | learning rate | final train | best train | final valid | best valid |",
-    "|---|---|---|---|---|---|",
+    "| optimizer | hyper-parameters | " + " | ".join(COLUMNS) + " |",
+    "|---|---|" + "---|" * len(COLUMNS),
   ]
   for c in results:
-    cells = []
-    for split in SPLITS:
-      for values in (c.evals[split][:, -1], np.min(c.evals[split], axis=1)):
-        cells.append("{:.4f} +- {:.4f}".format(*mean_se(values)))
-    rate = "tuned: " + f"{c.learning_rate:g}" if c.learning_rate is not None else "meta-trained"
-    lines.append(f"| {c.name} | {rate} | " + " | ".join(cells) + " |")
+    values = [c.final("train"), c.final("valid"), c.final("test"), np.min(c.evals["valid"], axis=1)]
+    cells = ["{:.4f} +- {:.4f}".format(*mean_se(v)) for v in values]
+    lines.append(f"| {c.name} | {_hyper(c)} | " + " | ".join(cells) + " |")
+  rows = paired_rows(results) if seeds > 1 else []
+  if rows:
+    lines += [
+      "",
+      f"Paired on the {seeds} evaluation seeds: mean difference `a - b` of the final loss [95% t interval]; "
+      "negative: `a` ends lower. `*`: the interval excludes 0.",
+      "",
+      "| a | b | final train | final test |",
+      "|---|---|---|---|",
+    ]
+    for a, b, d in rows:
+      cells = [f"{d[k]}{' *' if d[k].excludes_zero() else ''}" for k in ("final train", "final test")]
+      lines.append(f"| {a} | {b} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
 def parse_summary(text: str) -> dict[str, dict[str, tuple[float, float]]]:
-  """Reads :func:`summary`'s table back: ``{optimizer: {column: (mean, s.e.)}}``."""
-  columns = ("final train", "best train", "final valid", "best valid")
+  """Reads :func:`summary`'s first table back: ``{optimizer: {column: (mean, s.e.)}}``."""
   table = {}
   for line in text.splitlines():
     cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-    if len(cells) != 6 or "+-" not in cells[2]:
+    if len(cells) != 2 + len(COLUMNS) or "+-" not in cells[2]:
       continue
     pairs = [cell.split("+-") for cell in cells[2:]]
-    table[cells[0]] = {column: (float(mean), float(se)) for column, (mean, se) in zip(columns, pairs)}
+    table[cells[0]] = {column: (float(mean), float(se)) for column, (mean, se) in zip(COLUMNS, pairs)}
   return table
 
 
@@ -177,11 +267,11 @@ def plot(results: Sequence[Curves], path: pathlib.Path, title: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  figure, axes = plt.subplots(1, len(SPLITS), figsize=(16, 4), sharey=True)
   for axis, split in zip(axes, SPLITS):
     for c in results:
       mean, se = mean_se(c.evals[split])
-      label = c.name if c.learning_rate is None else f"{c.name} (lr {c.learning_rate:g})"
+      label = c.name if c.learned else f"{c.name} ({_hyper(c).removeprefix('tuned: ')})"
       (line,) = axis.plot(c.eval_steps, mean, label=label)
       axis.fill_between(c.eval_steps, mean - se, mean + se, color=line.get_color(), alpha=0.25)
     axis.set_yscale("log")
@@ -189,7 +279,7 @@ def plot(results: Sequence[Curves], path: pathlib.Path, title: str) -> None:
     axis.set_title(f"{split} loss")
     axis.grid(True, which="both", alpha=0.3)
   axes[0].set_ylabel("loss (log scale)")
-  axes[1].legend()
+  axes[-1].legend(fontsize=8)
   figure.suptitle(title)
   figure.tight_layout()
   figure.savefig(path, dpi=120)
@@ -236,7 +326,7 @@ def compare(
   tune_seeds: int = 2,
   progress: bool = True,
 ) -> tuple[list[Curves], pathlib.Path]:
-  """``metatrain eval``: the meta-trained optimizers of ``sources`` against tuned Adam and SGDM on a task.
+  """``metatrain eval``: the meta-trained optimizers of ``sources`` against the tuned baselines on a task.
 
   Runs :func:`collect_curves` and writes every output (see the module docstring). Bad input (no
   checkpoint, an unknown task, an optimizer that does not fit the task's weight space) is a clear

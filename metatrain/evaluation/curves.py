@@ -56,8 +56,8 @@ def evaluated_run(
 
   Returns:
     ``(batch_losses, evals)``: the training batch loss of every step, shape
-    ``(steps,)``, and ``task.eval_loss`` on the train and valid splits at
-    steps ``0, every, 2 every, ..., steps``, shape ``(steps // every + 1, 2)``.
+    ``(steps,)``, and ``task.eval_loss`` on the train, valid and test splits at
+    steps ``0, every, 2 every, ..., steps``, shape ``(steps // every + 1, 3)``.
   """
   if steps % every:
     raise ValueError(f"steps ({steps}) must be a multiple of the evaluation interval ({every}).")
@@ -66,7 +66,7 @@ def evaluated_run(
   step = _train_step(task, optimizer)
 
   def evaluate(params):
-    return jnp.stack([task.eval_loss(params, "train"), task.eval_loss(params, "valid")])
+    return jnp.stack([task.eval_loss(params, split) for split in ("train", "valid", "test")])
 
   def chunk(carry, keys):
     carry, losses = jax.lax.scan(step, carry, keys)

@@ -1,9 +1,10 @@
-"""Summary statistics of repeated runs: means with standard errors."""
+"""Summary statistics of repeated runs: means with standard errors, and paired differences with t intervals."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 
@@ -29,3 +30,73 @@ def mean_se(values: Any, axis: int = 0) -> tuple[Any, Any]:
   mean = values.mean(axis)
   se = values.std(axis, ddof=1) / np.sqrt(count) if count > 1 else np.full_like(mean, np.nan)
   return (float(mean), float(se)) if values.ndim == 1 else (mean, se)
+
+
+def t_quantile(probability: float, df: int) -> float:
+  """The ``probability`` quantile of Student's t distribution with ``df`` degrees of freedom.
+
+  Inverts the CDF ``F(t) = 1 - I_{df / (df + t^2)}(df / 2, 1 / 2) / 2`` (``t >= 0``; ``I`` the
+  regularised incomplete beta function, ``jax.scipy.special.betainc``) by bisection to 1e-10 in ``t``.
+
+  Example:
+    >>> round(t_quantile(0.975, 4), 4)  # the 95% two-sided critical value for 5 paired values
+    2.7764
+  """
+  if not 0 < probability < 1 or df < 1:
+    raise ValueError(f"t_quantile needs 0 < probability < 1 and df >= 1, got {probability}, {df}.")
+  if probability < 0.5:
+    return -t_quantile(1 - probability, df)
+  betainc = jax.scipy.special.betainc
+
+  def cdf(t: float) -> float:
+    return 1 - 0.5 * float(betainc(df / 2, 0.5, df / (df + t * t)))
+
+  low, high = 0.0, 1.0
+  while cdf(high) < probability:
+    low, high = high, 2 * high
+  while high - low > 1e-10 * max(1.0, high):
+    middle = 0.5 * (low + high)
+    low, high = (middle, high) if cdf(middle) < probability else (low, middle)
+  return 0.5 * (low + high)
+
+
+class PairedDifference(NamedTuple):
+  """The mean of paired differences ``a_i - b_i`` and its confidence interval ``[low, high]`` over ``count`` pairs."""
+
+  mean: float
+  low: float
+  high: float
+  count: int
+
+  def excludes_zero(self) -> bool:
+    """Whether the interval lies wholly on one side of zero."""
+    return self.low > 0 or self.high < 0
+
+  def __str__(self) -> str:
+    return f"{self.mean:+.4f} [{self.low:+.4f}, {self.high:+.4f}]"
+
+
+def paired_difference(a: Any, b: Any, *, confidence: float = 0.95) -> PairedDifference:
+  """The paired t interval of ``mean(a - b)``: runs that share a seed (same initial params and batches).
+
+  ``mean(d) +- t_{(1 + confidence) / 2, n - 1} * std(d, ddof=1) / sqrt(n)`` with ``d = a - b``: pairing
+  removes the variation that both share (a hard seed is hard for every optimizer).
+
+  Args:
+    a, b: one value per seed, in the same seed order.
+    confidence: the interval's coverage.
+
+  Returns:
+    A :class:`PairedDifference` (``mean(a - b)`` and its interval).
+
+  Example:
+    >>> print(paired_difference([0.40, 0.42, 0.41], [0.45, 0.46, 0.47]))
+    -0.0500 [-0.0748, -0.0252]
+  """
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+    raise ValueError(f"paired_difference needs two vectors of the same length >= 2, got shapes {a.shape}, {b.shape}.")
+  d = a - b
+  mean, se = mean_se(d)
+  half = t_quantile((1 + confidence) / 2, d.size - 1) * se
+  return PairedDifference(mean, mean - half, mean + half, int(d.size))

@@ -6,6 +6,9 @@ this registry, so a new kind is tested as soon as it is registered here.
 
 - :class:`UNFLOpt`: ``f``'s last layer is a UNF ``EquivariantLinear`` on the network's weight space.
 - :class:`DeepSetsLOpt`: ``f``'s last layer is a Deep Sets layer per tensor.
+- :class:`LearnedSGDM`: no ``f``; momentum SGD with its rate and decay meta-trained (the paper's SGDM baseline).
+
+:data:`PRESETS` names sets of options (``"paper"``: the configuration of the paper's code).
 """
 
 from __future__ import annotations
@@ -14,17 +17,54 @@ import json
 from typing import Any
 
 from metatrain.learned_optimizers import features
-from metatrain.learned_optimizers.base import LearnedOptimizer, LearnedOptimizerState, describe
+from metatrain.learned_optimizers.base import LearnedOptimizer, LearnedOptimizerState, describe, fan_ins
 from metatrain.learned_optimizers.deep_sets import DeepSetsLOpt
+from metatrain.learned_optimizers.sgdm import LearnedSGDM
 from metatrain.learned_optimizers.unf import UNFLOpt
 from unf.space import WeightSpace
 
 #: Every kind of learned optimizer, by name (the contract tests run over it).
-LEARNED_OPTIMIZERS: dict[str, type[LearnedOptimizer]] = {cls.name: cls for cls in (UNFLOpt, DeepSetsLOpt)}
+LEARNED_OPTIMIZERS: dict[str, type[LearnedOptimizer]] = {cls.name: cls for cls in (UNFLOpt, DeepSetsLOpt, LearnedSGDM)}
+
+#: Named sets of options of :class:`LearnedOptimizer` (``WorkerConfig.preset`` in configs):
+#:
+#: - ``"v1"``: this project's first version (every default).
+#: - ``"paper"``: the paper's code (Zhou, Finn, Harrison 2024): three pointwise layers before the last layer.
+#: - ``"sgd_scale"``: ``"paper"`` started at ``alpha = 1``, heavy-ball SGD at 0.1 (tuned SGDM's rate).
+#: - ``"adam"``: ``"paper"`` with the second-moment features and the Adam base term, ``alpha`` at 0.01 and
+#:   ``beta`` at 0.05 (``f`` then starts at 0.2% to 2.5% of the update per tensor, as against the momentum base).
+#: - ``"adam_mup"``: ``"adam"`` with the muP-style ``update_scale="fan_in"`` for transfer across widths.
+PRESETS: dict[str, dict[str, Any]] = {
+  "v1": {},
+  "paper": {"pointwise_layers": 3},
+  "sgd_scale": {"pointwise_layers": 3, "initial_alpha": 1.0},
+  "adam": {"pointwise_layers": 3, "features": "adam", "base": "adam", "initial_alpha": 0.01, "initial_beta": 0.05},
+  "adam_mup": {
+    "pointwise_layers": 3,
+    "features": "adam",
+    "base": "adam",
+    "initial_alpha": 0.01,
+    "initial_beta": 0.05,
+    "update_scale": "fan_in",
+  },
+}
+
+_OPTIONS = (
+  "width",
+  "pointwise_layers",
+  "features",
+  "base",
+  "initial_alpha",
+  "initial_beta",
+  "update_scale",
+  "reference_fan_in",
+)
 
 
 def from_json(values: dict[str, Any]) -> LearnedOptimizer:
-  """The learned optimizer that :meth:`LearnedOptimizer.to_json` wrote: ``{"kind", "width", "space"}``.
+  """The learned optimizer that :meth:`LearnedOptimizer.to_json` wrote: ``{"kind", <options>, "space"}``.
+
+  Options missing from ``values`` (descriptions written before they existed) take their defaults.
 
   Args:
     values: the description, as read from JSON.
@@ -46,18 +86,22 @@ def from_json(values: dict[str, Any]) -> LearnedOptimizer:
     raise ValueError(f"unknown learned optimizer {kind!r}; choose one of {sorted(LEARNED_OPTIMIZERS)}.")
   try:
     space = WeightSpace.from_json(json.dumps(values["space"]))
-    return LEARNED_OPTIMIZERS[kind](space, width=int(values["width"]))
+    options = {name: values[name] for name in _OPTIONS if name in values}
+    return LEARNED_OPTIMIZERS[kind](space, **options)
   except (KeyError, TypeError) as error:
     raise ValueError(f"malformed description of a {kind!r} learned optimizer ({error!r}).") from error
 
 
 __all__ = [
   "LEARNED_OPTIMIZERS",
+  "PRESETS",
   "DeepSetsLOpt",
   "LearnedOptimizer",
   "LearnedOptimizerState",
+  "LearnedSGDM",
   "UNFLOpt",
   "describe",
+  "fan_ins",
   "features",
   "from_json",
 ]

@@ -12,6 +12,17 @@ set of Zhou, Finn, Harrison 2024, after Metz et al. 2022):
 * 11 time features: ``tanh(t / tau - 1)`` for the time scales
   :data:`TIME_SCALES`, the same for every parameter.
 
+:func:`adam_features` adds 6 per-coordinate features of second moments ``v_d``
+(the ``"adam"`` feature set of a learned optimizer, after Metz et al. 2022,
+"VeLO"), for the decays :data:`SECOND_MOMENT_DECAYS`:
+
+* ``m_d / sqrt(v_d)``, the momentum at the same decay over the root of the
+  second moment: Adam's direction without bias correction, scale-free and
+  within ``[-1, 1]`` (``m_d^2 <= v_d`` by Jensen's inequality);
+* ``r / (sqrt(v_d) + r / CLIP)`` with ``r`` the tensor's RMS of ``sqrt(v_d)``:
+  the entry's inverse gradient scale relative to its tensor's, scale-free and
+  within ``(0, CLIP]`` (an entry that never had a gradient, a dead unit, is at the bound).
+
 Every function here is a pure map of explicit pytrees: jittable, vmappable,
 and equivariant to any permutation of the entries of each tensor (a per-tensor
 RMS does not depend on the order of the entries).
@@ -31,6 +42,10 @@ MOMENTUM_DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
 TIME_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
 #: Features per parameter (19).
 NUM_FEATURES = 2 + len(MOMENTUM_DECAYS) + len(TIME_SCALES)
+#: The decays of the second moments of the ``"adam"`` features (each also one of :data:`MOMENTUM_DECAYS`).
+SECOND_MOMENT_DECAYS = (0.9, 0.99, 0.999)
+#: Features per parameter added by :func:`adam_features` (6).
+NUM_ADAM_FEATURES = 2 * len(SECOND_MOMENT_DECAYS)
 #: The bound of every normalised tensor feature.
 CLIP = 10.0
 #: Added to the RMS a tensor feature is divided by.
@@ -66,6 +81,20 @@ def update_momenta(momenta: Any, grads: Any, *, decays: Sequence[float] = MOMENT
     return d * m + (1 - d) * g[..., None].astype(m.dtype)
 
   return jax.tree.map(one, momenta, grads)
+
+
+def update_second_moments(moments: Any, grads: Any, *, decays: Sequence[float] = SECOND_MOMENT_DECAYS) -> Any:
+  """One step of every second moment: ``v_d <- d * v_d + (1 - d) * g^2`` for each decay ``d``.
+
+  Args:
+    moments: pytree shaped like ``grads``, each leaf with a trailing axis of ``len(decays)``.
+    grads: the current gradient (finite).
+    decays: the decay of each slot of the trailing axis.
+
+  Returns:
+    The updated second moments, same shapes and dtypes.
+  """
+  return update_momenta(moments, jax.tree.map(jnp.square, grads), decays=decays)
 
 
 def _rms(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
@@ -124,3 +153,30 @@ def input_features(params: Any, grads: Any, momenta: Any, step: jax.Array) -> An
     return jnp.concatenate(tensor + [time], axis=-1)
 
   return jax.tree.map(one, params, grads, momenta)
+
+
+def adam_features(momenta: Any, second_moments: Any) -> Any:
+  """The 6 second-moment features of every parameter (see the module docstring), for the ``"adam"`` feature set.
+
+  Args:
+    momenta: momenta already updated (:func:`update_momenta`), trailing axis of ``len(MOMENTUM_DECAYS)``.
+    second_moments: second moments already updated (:func:`update_second_moments`), trailing axis of
+      ``len(SECOND_MOMENT_DECAYS)``.
+
+  Returns:
+    A pytree shaped like the params, each leaf with a trailing axis of :data:`NUM_ADAM_FEATURES`: the
+    ``m_d / sqrt(v_d)`` in the order of :data:`SECOND_MOMENT_DECAYS`, then the inverse scales in that order.
+    Finite for every input (a zero ``v_d`` gives ratio 0 and inverse scale ``CLIP``); equivariant to any
+    permutation of each tensor's entries.
+  """
+  slots = [MOMENTUM_DECAYS.index(d) for d in SECOND_MOMENT_DECAYS]
+
+  def one(m: jax.Array, v: jax.Array) -> jax.Array:
+    positive = v > 0  # sqrt's derivative is infinite at 0: take it of a safe value there
+    root = jnp.where(positive, jnp.sqrt(jnp.where(positive, v, 1)), 0)
+    ratio = jnp.where(root > 0, m[..., slots] / jnp.where(root > 0, root, 1), 0)
+    reference = _rms(root, tuple(range(root.ndim - 1)))
+    inverse = jnp.where(reference > 0, reference / (root + reference / CLIP + EPSILON), CLIP)
+    return jnp.concatenate([jnp.clip(ratio, -1, 1), inverse], axis=-1)
+
+  return jax.tree.map(one, momenta, second_moments)

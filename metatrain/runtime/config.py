@@ -13,11 +13,13 @@ import types
 import typing
 from typing import Any
 
+import jax
+
 import tasks
 from metatrain.estimators import ESTIMATORS, PES, Estimator
 from metatrain.estimators import from_json as estimator_from_json
-from metatrain.learned_optimizers import LEARNED_OPTIMIZERS, LearnedOptimizer
-from metatrain.problem import LearnedOptimizerProblem
+from metatrain.learned_optimizers import LEARNED_OPTIMIZERS, PRESETS, LearnedOptimizer, fan_ins
+from metatrain.problem import META_OBJECTIVES, LearnedOptimizerProblem
 
 #: JAX's persistent compilation cache folder unless configured otherwise.
 DEFAULT_COMPILATION_CACHE = "~/.cache/unf-metatrain/jax"
@@ -55,11 +57,19 @@ class WorkerConfig:
 
   Attributes:
     task: a registered task (``tasks.names()``).
-    learned_optimizer: the kind of learned optimizer (``metatrain.LEARNED_OPTIMIZERS``: "unf", "deep_sets").
+    learned_optimizer: the kind of learned optimizer (``metatrain.LEARNED_OPTIMIZERS``: "unf", "deep_sets",
+      "sgdm").
     width: hidden features per parameter of the learned optimizer.
     estimator: the gradient estimator and its hyper-parameters.
     horizon: inner steps of one whole inner run (a multiple of the estimator's truncation).
-    meta_loss_split: the meta-objective: the normalised loss on "train" or "valid" batches.
+    meta_loss_split: the meta-objective's loss: the normalised loss on "train" or "valid" batches.
+    meta_objective: "mean" (the loss averaged over every step of the run) or "final" (over its last
+      tenth, the end-of-horizon loss of the paper): :class:`metatrain.LearnedOptimizerProblem`.
+    preset: named options of the learned optimizer (``metatrain.learned_optimizers.PRESETS``); with
+      ``update_scale="fan_in"`` the reference fan-ins are the task's.
+    options: options of the learned optimizer that override the preset's (``{"initial_alpha": 1.0}``).
+    task_family: a task family (``tasks.families()``) to sample every estimate's task from, each variant of
+      the architecture of ``task`` (whose space the learned optimizer is built for); "" trains on ``task``.
   """
 
   task: str = "mlp_fashion8"
@@ -68,6 +78,10 @@ class WorkerConfig:
   estimator: Estimator = PES()
   horizon: int = 2000
   meta_loss_split: str = "train"
+  meta_objective: str = "mean"
+  preset: str = "v1"
+  options: dict[str, Any] | None = None
+  task_family: str = ""
 
   def __post_init__(self):
     check_types(self)
@@ -79,15 +93,35 @@ class WorkerConfig:
       raise ValueError(f"unknown task {self.task!r}; known tasks: {', '.join(tasks.names())}.")
     if self.meta_loss_split not in ("train", "valid"):
       raise ValueError(f"meta_loss_split must be 'train' or 'valid', got {self.meta_loss_split!r}.")
+    if self.meta_objective not in META_OBJECTIVES:
+      raise ValueError(f"meta_objective must be one of {META_OBJECTIVES}, got {self.meta_objective!r}.")
+    if self.preset not in PRESETS:
+      raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}.")
+    if self.task_family and self.task_family not in tasks.families():
+      raise ValueError(f"unknown task family {self.task_family!r}; known: {', '.join(sorted(tasks.families()))}.")
     self.estimator.check(self.horizon)
+
+  def learned_optimizer_options(self) -> dict[str, Any]:
+    """The learned optimizer's keyword options: the preset's, then ``options``, then ``width``."""
+    return {**PRESETS[self.preset], **(self.options or {}), "width": self.width}
 
   def build_learned_optimizer(self) -> LearnedOptimizer:
     """The learned optimizer for the task's weight space (loads the task's data on first use)."""
-    return LEARNED_OPTIMIZERS[self.learned_optimizer](tasks.get(self.task).space, width=self.width)
+    task = tasks.get(self.task)
+    options = self.learned_optimizer_options()
+    if options.get("update_scale") == "fan_in" and options.get("reference_fan_in") is None:
+      options["reference_fan_in"] = fan_ins(jax.eval_shape(task.init, jax.random.key(0)))
+    try:
+      return LEARNED_OPTIMIZERS[self.learned_optimizer](task.space, **options)
+    except TypeError as error:
+      raise ValueError(f"WorkerConfig.options {self.options!r}: {error}") from error
 
-  def build_problem(self, learned_optimizer: LearnedOptimizer) -> LearnedOptimizerProblem:
-    """The inner problem the estimator runs on: the task trained by ``learned_optimizer``."""
-    return LearnedOptimizerProblem(tasks.get(self.task), learned_optimizer, self.horizon, self.meta_loss_split)
+  def build_problem(
+    self, learned_optimizer: LearnedOptimizer, task: tasks.Task | None = None
+  ) -> LearnedOptimizerProblem:
+    """The inner problem the estimator runs on: ``task`` (default: the configured one) trained by the optimizer."""
+    task = tasks.get(self.task) if task is None else task
+    return LearnedOptimizerProblem(task, learned_optimizer, self.horizon, self.meta_loss_split, self.meta_objective)
 
   @property
   def inner_steps_per_estimate(self) -> int:

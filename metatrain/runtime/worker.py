@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+import tasks
+from metatrain.problem import LearnedOptimizerProblem
 from metatrain.runtime.config import WorkerConfig
 from metatrain.types import PyTree, Theta
 
@@ -47,6 +49,12 @@ class GradientWorker:
   (a mean over pairs) is reduced across devices. The numbers are the same as
   on one device.
 
+  With ``config.task_family`` set, every estimate draws its task from the
+  family (from ``(seed, worker_id, theta step, n-th estimate)``: a resumed run
+  draws the same), and the worker keeps one pool of inner runs per variant it
+  has drawn; such pools are not saved in checkpoints (:meth:`particles` is None),
+  so a resumed run restarts its inner runs.
+
   Args:
     config: the worker's configuration.
     worker_id: its index; seeds derive from ``(seed, worker_id)``.
@@ -60,6 +68,8 @@ class GradientWorker:
     self.estimator = config.estimator
     self.problem = config.build_problem(self.learned_optimizer)
     self.init_key, self.key = jax.random.split(jax.random.fold_in(jax.random.key(seed), worker_id))
+    self.family = tasks.families()[config.task_family] if config.task_family else None
+    self.family_states: dict[str, tuple[LearnedOptimizerProblem, PyTree]] = {}
     self.state = None
     self.calls_at_step: dict[int, int] = {}
     estimator = self.estimator
@@ -67,6 +77,7 @@ class GradientWorker:
     self._state_spec = jax.eval_shape(estimator.init, self.problem, theta, self.init_key)  # shapes, once
     self.mesh = pairs_mesh(config.estimator.num_pairs) if shard_pairs else None
     step = lambda problem, state, theta, key: estimator.step(problem, state, theta, key)  # noqa: E731
+    self._family_step = jax.jit(step)  # one compilation per variant drawn
     if self.mesh is None:
       self._state_sharding = None
       self._step = jax.jit(step)
@@ -86,7 +97,7 @@ class GradientWorker:
     With :meth:`load_particles` it lets a checkpoint carry the particles, so a
     resumed PES run continues its inner runs instead of restarting them.
     """
-    if self.state is None:
+    if self.state is None or self.family is not None:
       return None
     return {f"{i:04d}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(self.state))}
 
@@ -96,6 +107,8 @@ class GradientWorker:
     They do not fit when the estimator, the number of pairs or the task's
     shapes differ from the ones they were saved with.
     """
+    if self.family is not None:
+      return False
     expected = jax.tree.leaves(self._state_spec)
     leaves = [saved[name] for name in sorted(saved)]
     if len(leaves) != len(expected):
@@ -107,18 +120,43 @@ class GradientWorker:
     self.state = self._place(jax.tree.unflatten(jax.tree.structure(self._state_spec), [jnp.asarray(x) for x in leaves]))
     return True
 
+  def _variant_problem(self, key: jax.Array) -> LearnedOptimizerProblem:
+    """The inner problem of the family's variant that ``key`` draws, its learned optimizer checked against ours."""
+    assert self.family is not None
+    task = self.family.sample(key)
+    if task.name not in self.family_states:
+      mapping = self.learned_optimizer.space.match(task.space)
+      if any(old != new for old, new in mapping.items()):
+        raise ValueError(
+          f"task family {self.family.name!r}: variant {task.name!r} names its labels differently from "
+          f"{self.config.task!r} ({mapping}); a family for meta-training must keep the labels."
+        )
+      learned = dataclasses.replace(self.learned_optimizer, space=task.space)
+      self.family_states[task.name] = (self.config.build_problem(learned, task), None)
+    return self.family_states[task.name][0]
+
   def compute(self, theta: Theta, theta_step: int) -> Estimate:
     """One truncation (or whole run) at ``theta``; returns the estimate as numpy."""
     start = time.perf_counter()
     theta = jax.tree.map(jnp.asarray, theta)
-    if self.state is None:
-      self.state = self._place(self.estimator.init(self.problem, theta, self.init_key))
     # The noise depends on (seed, worker, theta step, n-th estimate at that step), not on how many
     # estimates this process made: a run resumed from a checkpoint draws the same noise.
     nth = self.calls_at_step.get(theta_step, 0)
     self.calls_at_step[theta_step] = nth + 1
     key = jax.random.fold_in(jax.random.fold_in(self.key, theta_step), nth)
-    self.state, grad, metrics = self._step(self.problem, self.state, theta, key)
+    if self.family is not None:
+      family_key, key = jax.random.split(key)
+      problem = self._variant_problem(family_key)
+      name = problem.task.name
+      state = self.family_states[name][1]
+      if state is None:
+        state = self.estimator.init(problem, theta, jax.random.fold_in(self.init_key, len(self.family_states)))
+      state, grad, metrics = self._family_step(problem, state, theta, key)
+      self.family_states[name] = (problem, state)
+    else:
+      if self.state is None:
+        self.state = self._place(self.estimator.init(self.problem, theta, self.init_key))
+      self.state, grad, metrics = self._step(self.problem, self.state, theta, key)
     grad = jax.tree.map(np.asarray, grad)
     metrics = {name: float(value) for name, value in metrics.items()}
     metrics["inner_steps_per_second"] = self.config.inner_steps_per_estimate / (time.perf_counter() - start)

@@ -34,20 +34,29 @@ def test_eval_writes_curves_plot_table_and_tensorboard(workdir, tmp_path):
   assert (tmp_path / "curves.png").stat().st_size > 10_000
   table = compare.parse_summary((tmp_path / "summary.md").read_text())
   learned = "unf (step 4)"
-  assert set(table) == {"adam", "sgdm", learned}
+  assert set(table) == {"adam", "sgdm", "adam_cosine", "adamw_cosine", learned}
   rows = _rows(tmp_path / "curves.csv")
   for name, columns in table.items():
     assert all(np.isfinite(v) for cell in columns.values() for v in cell)
     # The table, recomputed from the CSV: final valid loss of each seed, mean and standard error.
-    final = [float(r["loss"]) for r in rows if r["optimizer"] == name and r["split"] == "valid" and r["step"] == "20"]
-    assert len(final) == SEEDS
-    mean, se = np.mean(final), np.std(final, ddof=1) / np.sqrt(SEEDS)
-    np.testing.assert_allclose(columns["final valid"], (mean, se), atol=6e-5)
+    for split in ("valid", "test"):
+      final = [float(r["loss"]) for r in rows if r["optimizer"] == name and r["split"] == split and r["step"] == "20"]
+      assert len(final) == SEEDS
+      mean, se = np.mean(final), np.std(final, ddof=1) / np.sqrt(SEEDS)
+      np.testing.assert_allclose(columns[f"final {split}"], (mean, se), atol=6e-5)
     best = [
-      min(float(r["loss"]) for r in rows if r["optimizer"] == name and r["split"] == "train" and r["seed"] == seed)
+      min(float(r["loss"]) for r in rows if r["optimizer"] == name and r["split"] == "valid" and r["seed"] == seed)
       for seed in {r["seed"] for r in rows}
     ]
-    np.testing.assert_allclose(columns["best train"][0], np.mean(best), atol=6e-5)
+    np.testing.assert_allclose(columns["best valid"][0], np.mean(best), atol=6e-5)
+  # The paired differences, recomputed from the CSV: the learned optimizer against Adam-cosine, seed by seed.
+  text = (tmp_path / "summary.md").read_text()
+  row = next(line for line in text.splitlines() if line.startswith(f"| {learned} | adam_cosine |"))
+  final = {
+    name: [float(r["loss"]) for r in rows if r["optimizer"] == name and r["split"] == "test" and r["step"] == "20"]
+    for name in (learned, "adam_cosine")
+  }
+  assert f"{np.mean(np.subtract(final[learned], final['adam_cosine'])):+.4f} [" in row.split("|")[4]
   # The learned optimizer's training batch losses are those of an independent run with the same keys.
   task = tasks.get("mlp_fashion8")
   lopt, theta = load_learned_optimizer(workdir, space=task.space)

@@ -86,9 +86,17 @@ def task():
   return tasks.get("mlp_fashion8")
 
 
-@pytest.fixture(params=sorted(lopt.LEARNED_OPTIMIZERS))
+# mlp_fashion8's fan-ins, leaf by leaf (layers/0/bias, layers/0/kernel, layers/1/bias, layers/1/kernel).
+MLP_FAN_INS = (1, 64, 1, 32)
+# Every kind with its defaults, and the UNF optimizer with every option away from its default.
+VARIANTS = {name: (name, {}) for name in sorted(lopt.LEARNED_OPTIMIZERS)}
+VARIANTS["unf-adam_mup"] = ("unf", {**lopt.PRESETS["adam_mup"], "reference_fan_in": MLP_FAN_INS})
+
+
+@pytest.fixture(params=sorted(VARIANTS))
 def make_lopt(request):
-  return lopt.LEARNED_OPTIMIZERS[request.param]
+  kind, options = VARIANTS[request.param]
+  return functools.partial(lopt.LEARNED_OPTIMIZERS[kind], **options)
 
 
 @functools.partial(jax.jit, static_argnames=("learned", "steps"))
@@ -117,11 +125,12 @@ def test_trains_a_task_in_a_plain_optax_loop(make_lopt, task, key):
   assert final < initial - 0.5, f"valid loss {initial:.3f} -> {final:.3f}"
 
 
-def test_starts_close_to_momentum_sgd(make_lopt, task, key):
-  """At init ``beta * f`` is a small perturbation of the momentum step ``-alpha * m_gamma0`` (lr 0.1, decay 0.9).
+def test_starts_close_to_its_base_term(make_lopt, task, key):
+  """At init ``beta * f`` is a small perturbation of the base step: ``-alpha * m_gamma0`` (lr 0.1, decay 0.9),
+  or Adam's ``-alpha * m_hat / (sqrt(v_hat) + eps)`` with the Adam base.
 
   Measured on mlp_fashion8 after 10 steps: 0.5% to 3% per tensor (up to 35% at the first step, where
-  ``m_gamma0 = 0.1 g`` is smallest).
+  ``m_gamma0 = 0.1 g`` is smallest). Without ``f`` (sgdm) the update is the base step exactly.
   """
   learned = make_lopt(task.space)
   optimizer = learned.optimizer(learned.init_meta(jax.random.key(1)))
@@ -136,9 +145,17 @@ def test_starts_close_to_momentum_sgd(make_lopt, task, key):
   state = optimizer.init(params)
   for batch_key in jax.random.split(jax.random.key(2), 10):
     params, state, updates = step(task, params, state, batch_key)
-  for u, m in zip(jax.tree.leaves(updates), jax.tree.leaves(state.momentum)):
-    error = float(jnp.linalg.norm(u + 0.1 * m) / jnp.linalg.norm(0.1 * m))
-    assert 1e-4 < error < 0.1, error  # close, but f does contribute
+  alpha = learned.initial_alpha
+  bases = jax.tree.leaves(state.momentum)
+  if learned.base == "adam":  # bias-corrected at t = 10, decays 0.9 and 0.999
+    v_hat = [v[..., -1] / (1 - 0.999**10) for v in jax.tree.leaves(state.second_moments)]
+    bases = [m / (1 - 0.9**10) / (jnp.sqrt(v) + 1e-8) for m, v in zip(bases, v_hat)]
+  for u, base in zip(jax.tree.leaves(updates), bases):
+    error = float(jnp.linalg.norm(u + alpha * base) / jnp.linalg.norm(alpha * base))
+    if learned.uses_f:
+      assert 1e-4 < error < 0.1, error  # close, but f does contribute
+    else:
+      assert error < 1e-6, error
 
 
 def test_state_shapes_and_dtypes(make_lopt, task, key):
@@ -151,6 +168,11 @@ def test_state_shapes_and_dtypes(make_lopt, task, key):
     assert momenta.shape == p.shape + (6,) and momenta.dtype == p.dtype
     assert momentum.shape == p.shape and momentum.dtype == p.dtype
   assert state.count.shape == () and state.count.dtype == jnp.int32 and int(state.count) == 0
+  if learned.features == "adam" or learned.base == "adam":
+    for p, moments in zip(jax.tree.leaves(params), jax.tree.leaves(state.second_moments)):
+      assert moments.shape == p.shape + (3,) and moments.dtype == p.dtype
+  else:
+    assert state.second_moments is None
   grads = jax.tree.map(jnp.ones_like, params)
   updates, new_state = jax.jit(optimizer.update)(grads, state, params)
   assert jax.tree.structure(updates) == jax.tree.structure(params)
@@ -176,7 +198,7 @@ def test_jit_and_vmap_over_theta(make_lopt, task, key):
   theta = learned.init_meta(jax.random.key(1))
   leaves, treedef = jax.tree.flatten(theta)
   noise = [jax.random.normal(k, (3,) + x.shape) for k, x in zip(jax.random.split(key, len(leaves)), leaves)]
-  thetas = jax.tree.unflatten(treedef, [x + 0.3 * n for x, n in zip(leaves, noise)])
+  thetas = jax.tree.unflatten(treedef, [x + 0.1 * n for x, n in zip(leaves, noise)])
   # 100 steps: the unbatched runs reuse the compilation of the training test.
   run = jax.jit(jax.vmap(lambda th, task: task.eval_loss(_train(learned, th, task, key, steps=100)), (0, None)))
   batched = run(thetas, task)
@@ -217,7 +239,7 @@ def test_non_finite_gradients_leave_everything_finite(make_lopt, task, key):
 
   meta_grads = jax.jit(jax.grad(objective, argnums=(0, 1)))(theta, params)
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(meta_grads))
-  assert float(jnp.abs(meta_grads[0]["log_beta"])) > 0
+  assert float(jnp.abs(meta_grads[0]["log_beta" if learned.uses_f else "log_alpha"])) > 0
 
 
 def _mlp_params(hidden):
@@ -266,6 +288,9 @@ def test_description_round_trips_through_json(make_lopt, task):
   assert lopt.from_json(learned.to_json()) == learned
   with pytest.raises(ValueError, match="unknown learned optimizer 'adam'"):
     lopt.from_json({**learned.to_json(), "kind": "adam"})
+  # A description written before the options existed reads as the defaults.
+  old = {"kind": learned.name, "width": 8, "space": learned.to_json()["space"]}
+  assert lopt.from_json(old) == lopt.LEARNED_OPTIMIZERS[learned.name](task.space, width=8)
 
 
 # mlp_fashion8's space as a flax ``nnx.Sequential`` lays it out (layers/0 and layers/2, an activation between),
@@ -297,8 +322,30 @@ def test_transfer_to_a_renamed_space_gives_the_same_updates(make_lopt, task, key
   for a, b in zip(space.flatten(_as_sequential(updates)), space.flatten(renamed_updates)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   # The control: theta applied without the transfer (its head keyed by the old names) does not run there.
-  with pytest.raises((KeyError, ValueError)):
-    learned.optimizer(theta).update(renamed_grads, original.init(renamed_params), renamed_params)
+  if learned.uses_f:
+    with pytest.raises((KeyError, ValueError)):
+      learned.optimizer(theta).update(renamed_grads, original.init(renamed_params), renamed_params)
+
+
+def test_fan_in_scale_is_one_at_the_reference_widths_and_n0_over_n_elsewhere(task, key):
+  """``update_scale="fan_in"``: identical updates on the meta-training widths; at 4x the width, 1/4 of them."""
+  options = {**lopt.PRESETS["adam"], "width": 8}
+  scaled = lopt.UNFLOpt(task.space, **options, update_scale="fan_in", reference_fan_in=MLP_FAN_INS)
+  plain = lopt.UNFLOpt(task.space, **options)
+  theta = plain.init_meta(key)
+  for params in (task.init(key), _mlp_params(128)):  # 64-32-10, then 64-128-10
+    grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype).reshape(p.shape)), params)
+    results = []
+    for learned in (scaled, plain):
+      optimizer = learned.optimizer(theta)
+      results.append(optimizer.update(grads, optimizer.init(params), params)[0])
+    hidden = params["layers"][0]["kernel"].shape[1]
+    # n0 / n per leaf: layers/0 keeps its fan-ins (1, 64); layers/1/kernel's is the hidden width.
+    factors = {"layers/0/bias": 1, "layers/0/kernel": 1, "layers/1/bias": 1, "layers/1/kernel": 32 / hidden}
+    for path, s, p in zip(task.space.paths, task.space.flatten(results[0]), task.space.flatten(results[1])):
+      np.testing.assert_allclose(s, factors[unf.space.path_str(path)] * p, rtol=1e-5, atol=1e-9)
+  with pytest.raises(ValueError, match="reference_fan_in"):
+    lopt.UNFLOpt(task.space, update_scale="fan_in")
 
 
 def test_transfer_refuses_another_architecture(make_lopt, task):
@@ -330,11 +377,20 @@ def _update_fn(learned, theta, count):
   @jax.jit
   def fn(x):
     params, grads, momentum = (jax.tree.map(lambda v, i=i: v[..., i], x) for i in range(3))
-    momenta = jax.tree.map(lambda v: v[..., 3:], x)
-    updates, state = optimizer.update(grads, lopt.LearnedOptimizerState(momenta, momentum, count), params)
+    momenta = jax.tree.map(lambda v: v[..., 3:9], x)
+    moments = jax.tree.map(lambda v: jnp.abs(v[..., 9:]), x) if x_has_moments else None
+    state = lopt.LearnedOptimizerState(momenta, momentum, count, moments)
+    updates, state = optimizer.update(grads, state, params)
+    extra = (state.second_moments,) if x_has_moments else ()
     return jax.tree.map(
-      lambda u, m, ms: jnp.concatenate([u[..., None], m[..., None], ms], -1), updates, state.momentum, state.momenta
+      lambda u, m, ms, *v: jnp.concatenate([u[..., None], m[..., None], ms, *v], -1),
+      updates,
+      state.momentum,
+      state.momenta,
+      *extra,
     )
+
+  x_has_moments = learned.features == "adam" or learned.base == "adam"
 
   return fn
 
@@ -393,6 +449,16 @@ class TestSymmetry:
   def test_unf_lopt_is_equivariant(self, name, key):
     space, x = self._inputs(name, key)
     learned = lopt.UNFLOpt(space, width=8)
+    fn = _update_fn(learned, _generic_theta(learned), jnp.asarray(37, jnp.int32))
+    assert_equivariant(fn, space, jax.random.key(3), x)
+
+  @pytest.mark.parametrize("name", ["mlp", "cnn"])
+  def test_unf_lopt_with_every_option_is_equivariant(self, name, key):
+    space, _ = self._inputs(name, key)
+    x = _random_inputs(space, 3 + 6 + 3)
+    shapes = [v.shape[:-1] for v in space.flatten(x)]
+    reference = lopt.fan_ins([jnp.zeros(tuple(max(1, n - 1) for n in shape)) for shape in shapes])
+    learned = lopt.UNFLOpt(space, width=8, **{**lopt.PRESETS["adam_mup"], "reference_fan_in": reference})
     fn = _update_fn(learned, _generic_theta(learned), jnp.asarray(37, jnp.int32))
     assert_equivariant(fn, space, jax.random.key(3), x)
 

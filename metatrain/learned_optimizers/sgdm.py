@@ -1,0 +1,41 @@
+"""The meta-trained SGDM baseline: the update rule's base term alone, with ``alpha`` and ``gamma0`` meta-learned."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from metatrain.learned_optimizers.base import INITIAL_GAMMA0, LearnedOptimizer
+from metatrain.types import Theta
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedSGDM(LearnedOptimizer):
+  """SGD with momentum whose learning rate ``alpha`` and decay ``gamma0`` are meta-trained (no ``f``).
+
+  ``W <- W - alpha * m_gamma0``: the paper's SGDM baseline (the authors' ``LearnableSGDM``), meta-trained
+  by the same estimator and budget as the learned optimizers (Zhou, Finn, Harrison 2024, Sec. 5.2). With
+  ``base="adam"`` it is Adam with a meta-trained learning rate and first-moment decay. Trivially
+  equivariant to every permutation of the weights; its two meta-parameters do not depend on the space.
+
+  Args:
+    space: the weight space of the networks it optimizes (checked on every update).
+    base, initial_alpha, update_scale, reference_fan_in: as :class:`LearnedOptimizer`; the options of ``f``
+      (``width``, ``pointwise_layers``, ``features``) are kept in its description but have no effect.
+  """
+
+  name: ClassVar[str] = "sgdm"
+  head_name: ClassVar[str] = "none"
+  uses_f: ClassVar[bool] = False
+
+  def init_meta(self, key: jax.Array, *, dtype: Any = jnp.float32) -> Theta:
+    """Initial meta-parameters: ``log_alpha`` (``initial_alpha``) and ``logit_gamma0`` (0.9); ``key`` is unused."""
+    del key
+    return {
+      "log_alpha": jnp.asarray(math.log(self.initial_alpha), dtype),
+      "logit_gamma0": jnp.asarray(math.log(INITIAL_GAMMA0 / (1 - INITIAL_GAMMA0)), dtype),
+    }
