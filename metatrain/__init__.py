@@ -6,8 +6,8 @@ The main path, in three calls::
   lopt, theta = metatrain.load_learned_optimizer("runs/NAME", space=unf.mlp_space(params))
   optimizer = lopt.optimizer(theta)                                    # an optax.GradientTransformation
 
-Learned optimizers (:class:`UNFLOpt`, :class:`DeepSetsLOpt`; the registry
-:data:`LEARNED_OPTIMIZERS`) give ``optimizer(theta) -> optax.GradientTransformation``;
+Learned optimizers (:class:`UNFLOpt`, :class:`DeepSetsLOpt`, :class:`LearnedSGDM`; the registry
+:data:`LEARNED_OPTIMIZERS`, named options :data:`PRESETS`) give ``optimizer(theta) -> optax.GradientTransformation``;
 estimators (:class:`PES`, :class:`TruncatedES`, :class:`FullES`; the registry
 :data:`ESTIMATORS`) are pure state machines ``step(problem, state, theta, key)
 -> (state, grad, metrics)`` over an inner problem (:class:`LearnedOptimizerProblem`);
@@ -18,7 +18,9 @@ Subpackages: :mod:`metatrain.learned_optimizers`, :mod:`metatrain.estimators`,
 :mod:`metatrain.runtime` (the only one that imports ray, orbax or
 tensorboardX, on demand), :mod:`metatrain.evaluation`. ``import metatrain``
 loads none of ray, gin, orbax or tensorboardX: :func:`train` and
-:func:`load_learned_optimizer` import them when first called.
+:func:`load_learned_optimizer` import them when first called. :func:`pretrained_names` lists the
+meta-trained optimizers shipped in the package (:mod:`metatrain.pretrained`), which
+:func:`load_learned_optimizer` loads by name.
 """
 
 from __future__ import annotations
@@ -28,16 +30,28 @@ from typing import TYPE_CHECKING, Any
 from metatrain import estimators as _estimators
 from metatrain import learned_optimizers as _learned_optimizers
 from metatrain.estimators import PES, Estimator, FullES, TruncatedES
-from metatrain.evaluation import adam, grid_search, learned_curves, mean_normalized_loss, sgdm, training_curves
+from metatrain.evaluation import (
+  adam,
+  adam_cosine,
+  adamw_cosine,
+  grid_search,
+  learned_curves,
+  mean_normalized_loss,
+  sgdm,
+  training_curves,
+)
 from metatrain.learned_optimizers import (
+  PRESETS,
   DeepSetsLOpt,
   LearnedOptimizer,
   LearnedOptimizerState,
+  LearnedSGDM,
   UNFLOpt,
   describe,
   features,
 )
 from metatrain.outer import outer_loop, outer_optimizer
+from metatrain.pretrained import names as pretrained_names
 from metatrain.problem import InnerState, LearnedOptimizerProblem
 from metatrain.runtime.config import TrainConfig, WorkerConfig
 
@@ -66,6 +80,7 @@ __all__ = [
   "ESTIMATORS",
   "LEARNED_OPTIMIZERS",
   "PES",
+  "PRESETS",
   "DeepSetsLOpt",
   "Estimator",
   "FullES",
@@ -73,11 +88,14 @@ __all__ = [
   "LearnedOptimizer",
   "LearnedOptimizerProblem",
   "LearnedOptimizerState",
+  "LearnedSGDM",
   "TrainConfig",
   "TruncatedES",
   "UNFLOpt",
   "WorkerConfig",
   "adam",
+  "adam_cosine",
+  "adamw_cosine",
   "describe",
   "features",
   "grid_search",
@@ -86,6 +104,7 @@ __all__ = [
   "mean_normalized_loss",
   "outer_loop",
   "outer_optimizer",
+  "pretrained_names",
   "sgdm",
   "train",
   "training_curves",

@@ -62,7 +62,7 @@ def parse_config(config: str, bindings: list[str]) -> tuple[TrainConfig, WorkerC
 
 
 def build_parser() -> argparse.ArgumentParser:
-  """The ``metatrain`` command line: subcommands ``train`` and ``eval``."""
+  """The ``metatrain`` command line: subcommands ``train``, ``eval`` and ``export``."""
   parser = argparse.ArgumentParser(prog="metatrain", description="Meta-train learned optimizers.")
   commands = parser.add_subparsers(dest="command", required=True)
   run = commands.add_parser("train", help="meta-train with a gin config; resumes from the workdir's checkpoints")
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--gin_bindings", nargs="*", default=[], help="extra bindings, e.g. TrainConfig.outer_steps=10")
   run.add_argument("--workdir", required=True, help="checkpoints and TensorBoard logs go here")
   run.add_argument("--address", default=None, help='Ray address: "auto" on a cluster (default: a local Ray)')
-  evaluate = commands.add_parser("eval", help="meta-trained optimizers vs tuned Adam and SGDM: CSV, plot, table")
+  evaluate = commands.add_parser("eval", help="meta-trained optimizers vs tuned baselines: CSV, plot, table")
   evaluate.add_argument(
     "--checkpoint", nargs="+", required=True, help="workdirs of `metatrain train` runs (or their checkpoint folders)"
   )
@@ -80,11 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--every", type=int, default=20, help="steps between train / valid evaluations")
   evaluate.add_argument("--tune_seeds", type=int, default=2, help="runs per learning rate in the grid search")
   evaluate.add_argument("--out", default=None, help="output folder (default: WORKDIR/eval/TASK, of the first)")
+  export = commands.add_parser("export", help="write a meta-trained optimizer as a shipped one (JSON + npz)")
+  export.add_argument("--checkpoint", required=True, help="the workdir of a `metatrain train` run (or a checkpoint)")
+  export.add_argument("--out", required=True, help="the folder to write, e.g. metatrain/pretrained/NAME")
+  export.add_argument("--note", default="", help="kept with it: the command and wall time that produced it")
   return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-  """Runs ``metatrain train`` or ``metatrain eval``; returns the exit status (2 for bad input).
+  """Runs ``metatrain train``, ``eval`` or ``export``; returns the exit status (2 for bad input).
 
   Args:
     argv: the arguments (default: ``sys.argv[1:]``).
@@ -92,6 +96,16 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   if args.command == "eval":
     return _eval(args)
+  if args.command == "export":
+    from metatrain.runtime.checkpoint import export
+
+    try:
+      folder = export(args.checkpoint, args.out, note=args.note)
+    except (ValueError, FileNotFoundError) as error:
+      print(f"metatrain export: {error}", file=sys.stderr)
+      return 2
+    print(f"written to {folder.resolve()}: optimizer.json, theta.npz")
+    return 0
   bindings = list(args.gin_bindings) + ([f"TrainConfig.address = {args.address!r}"] if args.address else [])
   try:
     train_config, worker_config, operative = parse_config(args.config, bindings)

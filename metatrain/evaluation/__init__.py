@@ -4,7 +4,15 @@
 writes TensorBoard files) is imported on demand: ``import metatrain.evaluation.compare``.
 """
 
-from metatrain.evaluation.baselines import adam, grid_search, sgdm
+from metatrain.evaluation.baselines import (
+  GridEdgeWarning,
+  adam,
+  adam_cosine,
+  adamw_cosine,
+  grid_search,
+  sgdm,
+  warmup_cosine,
+)
 from metatrain.evaluation.curves import (
   evaluation_curves,
   learned_curves,
@@ -12,16 +20,23 @@ from metatrain.evaluation.curves import (
   train_run,
   training_curves,
 )
-from metatrain.evaluation.stats import mean_se
+from metatrain.evaluation.stats import PairedDifference, mean_se, paired_difference, t_quantile
 
 __all__ = [
+  "GridEdgeWarning",
+  "PairedDifference",
   "adam",
+  "adam_cosine",
+  "adamw_cosine",
   "evaluation_curves",
   "grid_search",
   "learned_curves",
   "mean_normalized_loss",
   "mean_se",
+  "paired_difference",
   "sgdm",
+  "t_quantile",
   "train_run",
   "training_curves",
+  "warmup_cosine",
 ]

@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import unf
-from metatrain import learned_optimizers
+from metatrain import learned_optimizers, pretrained
 from metatrain.learned_optimizers import LearnedOptimizer
 from metatrain.runtime.config import WorkerConfig
 from metatrain.types import PyTree, Theta
@@ -154,8 +154,9 @@ def _checkpoint_folders(source: pathlib.Path) -> tuple[pathlib.Path, list[int]]:
   )
   if not steps:
     raise FileNotFoundError(
-      f"no checkpoints in {source}: pass the workdir of a `metatrain train` run (it holds checkpoints/) "
-      "or one of its checkpoint folders (WORKDIR/checkpoints/STEP)."
+      f"no checkpoints in {source}: pass the workdir of a `metatrain train` run (it holds checkpoints/), "
+      "one of its checkpoint folders (WORKDIR/checkpoints/STEP), or the name of a shipped optimizer "
+      f"({', '.join(pretrained.names()) or 'none shipped'})."
     )
   return directory, steps
 
@@ -190,16 +191,18 @@ def _read(directory: pathlib.Path, step: int) -> tuple[LearnedOptimizer, Theta]:
 
 
 def load(source: str | pathlib.Path, *, space: unf.WeightSpace | None = None) -> LoadedOptimizer:
-  """Reads a meta-trained optimizer from a ``metatrain train`` workdir or one of its checkpoint folders.
+  """Reads a meta-trained optimizer: a shipped one by name, or a ``metatrain train`` workdir or checkpoint.
 
-  Given a workdir (or its ``checkpoints`` folder), the newest checkpoint that
-  reads is used (a damaged newer one is skipped with a warning); given a step
-  folder (``WORKDIR/checkpoints/STEP``), that checkpoint. No dataset is
+  A name of :func:`metatrain.pretrained_names` (that is not also an existing
+  path) loads the optimizer shipped in the package. Given a workdir (or its
+  ``checkpoints`` folder), the newest checkpoint that reads is used (a
+  damaged newer one is skipped with a warning); given a step folder
+  (``WORKDIR/checkpoints/STEP``), that checkpoint. No dataset is
   loaded: the weight space comes from the checkpoint (checkpoints written
   before they carried it fall back to their task's, which needs the task's data).
 
   Args:
-    source: the workdir, its ``checkpoints`` folder, or a step folder.
+    source: a shipped optimizer's name, the workdir, its ``checkpoints`` folder, or a step folder.
     space: the weight space of the networks to optimize (default: the one it was meta-trained on). It
       must match that one up to renaming (:meth:`unf.WeightSpace.match`): the same leaves in the same
       order, paths and labels renamed consistently, any widths.
@@ -211,6 +214,12 @@ def load(source: str | pathlib.Path, *, space: unf.WeightSpace | None = None) ->
     FileNotFoundError: no checkpoint at ``source``.
     ValueError: a checkpoint that does not read, or a ``space`` that does not match (naming what differs).
   """
+  if isinstance(source, str) and not pathlib.Path(source).exists() and source in pretrained.names():
+    learned_optimizer, theta = pretrained.load(source)
+    return _for_space(
+      LoadedOptimizer(learned_optimizer, theta, pretrained.info(source)["outer_steps"], pretrained.FOLDER / source),
+      space,
+    )
   source = pathlib.Path(source)
   directory, steps = _checkpoint_folders(source)
   errors = []
@@ -224,16 +233,22 @@ def load(source: str | pathlib.Path, *, space: unf.WeightSpace | None = None) ->
     break
   else:
     raise ValueError(f"no checkpoint in {source} reads; " + "; ".join(errors))
-  if space is not None:
-    try:
-      learned_optimizer, theta = learned_optimizer.transfer(theta, space)
-    except ValueError as error:
-      raise ValueError(
-        f"the {learned_optimizer.name!r} optimizer in {directory / str(step)} was meta-trained on another "
-        f"architecture than the weight space given: {error} (learned optimizers transfer across widths and "
-        "names of the same architecture, not across architectures)."
-      ) from error
-  return LoadedOptimizer(learned_optimizer, theta, step, directory / str(step))
+  return _for_space(LoadedOptimizer(learned_optimizer, theta, step, directory / str(step)), space)
+
+
+def _for_space(loaded: LoadedOptimizer, space: unf.WeightSpace | None) -> LoadedOptimizer:
+  """``loaded`` transferred to ``space`` (unchanged for None), or a clear error for another architecture."""
+  if space is None:
+    return loaded
+  try:
+    learned_optimizer, theta = loaded.learned_optimizer.transfer(loaded.theta, space)
+  except ValueError as error:
+    raise ValueError(
+      f"the {loaded.learned_optimizer.name!r} optimizer in {loaded.path} was meta-trained on another "
+      f"architecture than the weight space given: {error} (learned optimizers transfer across widths and "
+      "names of the same architecture, not across architectures)."
+    ) from error
+  return loaded._replace(learned_optimizer=learned_optimizer, theta=theta)
 
 
 def load_learned_optimizer(
@@ -246,7 +261,8 @@ def load_learned_optimizer(
   :func:`load` for what ``source`` may be and for the errors.
 
   Args:
-    source: a ``metatrain train`` workdir or one of its checkpoint folders.
+    source: a shipped optimizer's name (:func:`metatrain.pretrained_names`), or a ``metatrain train``
+      workdir or one of its checkpoint folders.
     space: the weight space of your network (e.g. ``unf.mlp_space(params)``), if not the meta-training one.
 
   Returns:
@@ -254,3 +270,33 @@ def load_learned_optimizer(
   """
   loaded = load(source, space=space)
   return loaded.learned_optimizer, loaded.theta
+
+
+def export(source: str | pathlib.Path, folder: str | pathlib.Path, *, note: str = "") -> pathlib.Path:
+  """Writes the meta-trained optimizer of a workdir or checkpoint as a shipped one (:mod:`metatrain.pretrained`).
+
+  Args:
+    source: a ``metatrain train`` workdir or one of its checkpoint folders (the newest that reads).
+    folder: where to write ``optimizer.json`` and ``theta.npz`` (``metatrain/pretrained/NAME`` to ship it).
+    note: free text kept in the description's ``info`` (the command and wall time that produced it).
+
+  Returns:
+    ``folder``.
+  """
+  loaded = load(source)
+  manager = ocp.CheckpointManager(
+    loaded.path.parent, options=ocp.CheckpointManagerOptions(create=False), item_names=ITEMS
+  )
+  try:
+    config = manager.restore(loaded.step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  finally:
+    manager.close()
+  info = {
+    "task": config["worker"]["task"],
+    "outer_steps": loaded.step,
+    "worker": config["worker"],
+    "gin": config.get("gin", ""),
+    "note": note,
+  }
+  pretrained.write(folder, loaded.learned_optimizer, loaded.theta, info)
+  return pathlib.Path(folder)

@@ -9,6 +9,7 @@ import pytest
 
 import tasks
 from metatrain import PES, LearnedOptimizerProblem, UNFLOpt, learned_curves, mean_normalized_loss
+from metatrain.learned_optimizers import LearnedSGDM
 from metatrain.outer import outer_loop, outer_optimizer, outer_schedule
 
 
@@ -83,3 +84,26 @@ def test_outer_optimizer_clips_the_gradient_norm_before_adam():
   np.testing.assert_allclose(got, adam_on(gradients, clip=1.0), rtol=1e-4)
   # The check has power: without the clip the second and third steps differ.
   assert not np.allclose(got[1:], adam_on(gradients, clip=None)[1:], rtol=1e-2)
+
+
+def test_final_meta_objective_counts_the_last_tenth_of_the_run_only():
+  """``meta_objective="final"``: 0 before step 0.9 T, then 10x the normalised loss (the mean: the last tenth's)."""
+  task = tasks.get("mlp_fashion8")
+  lopt = LearnedSGDM(task.space)
+  theta = lopt.init_meta(jax.random.key(0))
+  horizon, keys = 20, jax.random.split(jax.random.key(1), 20)
+  runs = {}
+  for objective in ("mean", "final"):
+    problem = LearnedOptimizerProblem(task, lopt, horizon, meta_objective=objective)
+    state, losses = problem.init(theta, jax.random.key(2)), []
+    step = jax.jit(problem.step)
+    for key in keys:
+      state, loss = step(theta, state, key)
+      losses.append(float(loss))
+    runs[objective] = np.asarray(losses)
+  mean, final = runs["mean"], runs["final"]
+  assert np.all(final[:18] == 0)
+  np.testing.assert_allclose(final[18:], 10 * mean[18:], rtol=1e-6)
+  np.testing.assert_allclose(final.mean(), mean[18:].mean(), rtol=1e-6)
+  with pytest.raises(ValueError, match="meta_objective"):
+    LearnedOptimizerProblem(task, lopt, horizon, meta_objective="best")

@@ -246,3 +246,18 @@ def test_bindings_of_an_estimator_not_chosen_are_reported(tmp_path):
   path = tmp_path / "no_estimator.gin"
   path.write_text(config)
   assert cli.parse_config(str(path), [])[1].estimator == cli.parse_config(SMOKE, [])[1].estimator
+
+
+def test_presets_and_options_build_the_configured_learned_optimizer():
+  from metatrain import learned_optimizers
+
+  config = WorkerConfig(preset="adam_mup", options={"initial_alpha": 0.02}, width=8)
+  learned = config.build_learned_optimizer()
+  expected = {**learned_optimizers.PRESETS["adam_mup"], "initial_alpha": 0.02, "width": 8}
+  assert all(getattr(learned, name) == value for name, value in expected.items())
+  assert learned.reference_fan_in == (1, 64, 1, 32)  # mlp_fashion8's fan-ins, leaf by leaf
+  assert WorkerConfig.from_json(config.to_json()) == config
+  with pytest.raises(ValueError, match="unknown preset 'best'"):
+    WorkerConfig(preset="best")
+  with pytest.raises(ValueError, match="unexpected keyword argument 'depth'"):
+    WorkerConfig(options={"depth": 3}).build_learned_optimizer()

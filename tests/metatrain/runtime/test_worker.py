@@ -47,3 +47,32 @@ def test_pairs_mesh_uses_the_devices_that_divide_the_pairs():
   assert pairs_mesh(6, ["d0", "d1", "d2", "d3"]).devices.size == 3
   assert pairs_mesh(8, ["d0", "d1", "d2", "d3"]).devices.size == 4
   assert pairs_mesh(7, ["d0", "d1", "d2", "d3"]) is None
+
+
+def test_a_worker_on_a_task_family_draws_each_estimates_task_from_it():
+  import jax
+  import numpy as np
+  import pytest
+
+  import tasks
+  from metatrain import PES, WorkerConfig
+  from metatrain.runtime.worker import GradientWorker
+
+  config = WorkerConfig(
+    learned_optimizer="sgdm", estimator=PES(num_pairs=1, truncation=2), horizon=4, task_family="mlp_fashion8_widths"
+  )
+  worker = GradientWorker(config, 0, 0)
+  theta = worker.initial_theta(0)
+  estimates = [worker.compute(theta, step) for step in range(6)]
+  drawn = set(worker.family_states)
+  assert len(drawn) >= 2 and drawn <= {f"mlp_fashion8_{w}_relu" for w in tasks.registry.MLP_WIDTHS}
+  for estimate in estimates:
+    assert jax.tree.structure(estimate.grad) == jax.tree.structure(theta)
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(estimate.grad))
+  # A second worker with the same seed draws the same tasks and the same estimates; its pools are not saved.
+  again = GradientWorker(config, 0, 0)
+  for step, estimate in enumerate(estimates):
+    np.testing.assert_array_equal(again.compute(theta, step).meta_loss, estimate.meta_loss)
+  assert worker.particles() is None and not worker.load_particles({})
+  with pytest.raises(ValueError, match="unknown task family"):
+    WorkerConfig(task_family="mlps")
