@@ -41,7 +41,6 @@ from metatrain.evaluation import (
   training_curves,
 )
 from metatrain.learned_optimizers import (
-  PRESETS,
   DeepSetsLOpt,
   LearnedOptimizer,
   LearnedOptimizerState,
@@ -51,12 +50,14 @@ from metatrain.learned_optimizers import (
   features,
 )
 from metatrain.outer import outer_loop, outer_optimizer
-from metatrain.pretrained import names as pretrained_names
+from metatrain.pretrained import pretrained_names
 from metatrain.problem import InnerState, LearnedOptimizerProblem
 from metatrain.runtime.config import TrainConfig, WorkerConfig
 
 #: Every kind of learned optimizer, by name (:data:`metatrain.learned_optimizers.LEARNED_OPTIMIZERS`).
 LEARNED_OPTIMIZERS = _learned_optimizers.LEARNED_OPTIMIZERS
+#: Named sets of a learned optimizer's options (:data:`metatrain.learned_optimizers.PRESETS`).
+PRESETS = _learned_optimizers.PRESETS
 #: Every gradient estimator, by name (:data:`metatrain.estimators.ESTIMATORS`).
 ESTIMATORS = _estimators.ESTIMATORS
 

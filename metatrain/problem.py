@@ -16,7 +16,7 @@ from tasks import Task
 if TYPE_CHECKING:
   from metatrain.learned_optimizers import LearnedOptimizer
 
-#: The meta-objectives: the loss averaged over every step of a run, or over its last tenth.
+#: The meta-objectives, the loss averaged over every step of a run ("mean") or over its last tenth ("final").
 META_OBJECTIVES = ("mean", "final")
 #: The fraction of the horizon whose loss the "final" meta-objective averages.
 FINAL_FRACTION = 0.1

@@ -173,7 +173,7 @@ def _mlp_variant(rng: np.random.Generator) -> Task:
 MLP_FASHION_FAMILY = TaskFamily("mlp_fashion_family", _mlp_variant)
 
 
-#: The hidden widths of :data:`MLP_FASHION8_WIDTHS` (mlp_fashion8's is 32).
+#: The hidden widths of the family ``mlp_fashion8_widths`` (mlp_fashion8's is 32).
 MLP_WIDTHS = (16, 32, 64, 128)
 
 

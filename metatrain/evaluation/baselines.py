@@ -88,7 +88,13 @@ def warmup_cosine(peak: float | jax.Array, steps: int, *, warmup_fraction: float
 def adam_cosine(
   learning_rate: float | jax.Array, *, steps: int, warmup_fraction: float = WARMUP_FRACTION
 ) -> optax.GradientTransformation:
-  """Adam with :func:`warmup_cosine` to the peak ``learning_rate`` over a run of ``steps`` steps."""
+  """Adam with a linear warm-up and cosine decay to 0 (:func:`metatrain.evaluation.baselines.warmup_cosine`).
+
+  Args:
+    learning_rate: the peak rate (a float or a traced scalar).
+    steps: the length of the run (the schedule reaches 0 there).
+    warmup_fraction: the warm-up's share of the steps.
+  """
   return optax.adam(warmup_cosine(learning_rate, steps, warmup_fraction=warmup_fraction))
 
 
@@ -99,7 +105,17 @@ def adamw_cosine(
   weight_decay: float | jax.Array = 1e-4,
   warmup_fraction: float = WARMUP_FRACTION,
 ) -> optax.GradientTransformation:
-  """AdamW (Loshchilov and Hutter 2019) with :func:`warmup_cosine`: decoupled decay ``lr(t) * weight_decay * W``."""
+  """AdamW (Loshchilov and Hutter 2019) with a linear warm-up and cosine decay to 0.
+
+  The weight decay is decoupled from the gradient: each step subtracts ``lr(t) weight_decay W``, with
+  ``lr(t)`` the schedule of :func:`metatrain.evaluation.baselines.warmup_cosine`.
+
+  Args:
+    learning_rate: the peak rate (a float or a traced scalar).
+    steps: the length of the run.
+    weight_decay: the decay factor (a float or a traced scalar).
+    warmup_fraction: the warm-up's share of the steps.
+  """
   return optax.adamw(warmup_cosine(learning_rate, steps, warmup_fraction=warmup_fraction), weight_decay=weight_decay)
 
 

@@ -51,7 +51,7 @@ TUNE_SEED = 20_000
 ADAM_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 #: SGDM's learning-rate grid.
 SGDM_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
-#: AdamW's weight-decay grid (decoupled: the step is ``lr(t) * weight_decay * W``).
+#: AdamW's weight-decay grid (decoupled from the gradient, as in :func:`metatrain.adamw_cosine`).
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
 #: The hand-designed baselines, in the order they are tuned and reported.
 BASELINES = ("adam", "sgdm", "adam_cosine", "adamw_cosine")

@@ -62,7 +62,8 @@ def _t_central(t: float, df: int) -> float:
 def t_quantile(probability: float, df: int) -> float:
   """The ``probability`` quantile of Student's t distribution with ``df`` (an integer) degrees of freedom.
 
-  Inverts the exact CDF ``F(t) = (1 + P(|T| <= t)) / 2`` (:func:`_t_central`, in float64) by bisection to
+  Inverts the exact CDF ``F(t) = (1 + P(|T| <= t)) / 2`` (a finite series for integer ``df``, in float64)
+  by bisection to
   a relative 1e-12 in ``t``.
 
   Example:

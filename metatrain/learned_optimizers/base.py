@@ -210,7 +210,7 @@ class LearnedOptimizer:
 
   @property
   def num_features(self) -> int:
-    """Input features per parameter: 19, or 25 with the ``"adam"`` features."""
+    """The number of input features per parameter (19, or 25 with the ``"adam"`` features)."""
     extra = features_lib.NUM_ADAM_FEATURES if self.features == "adam" else 0
     return features_lib.NUM_FEATURES + extra
 

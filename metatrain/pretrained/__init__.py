@@ -36,8 +36,14 @@ from metatrain.types import Theta
 FOLDER = pathlib.Path(__file__).parent
 
 
-def names() -> list[str]:
-  """The names of the shipped meta-trained optimizers (``metatrain.pretrained_names()``)."""
+def pretrained_names() -> list[str]:
+  """The names of the meta-trained optimizers shipped in the package (load one with ``load_learned_optimizer``).
+
+  Example:
+    >>> import metatrain
+    >>> metatrain.pretrained_names() == sorted(metatrain.pretrained_names())
+    True
+  """
   return sorted(p.name for p in FOLDER.iterdir() if (p / "optimizer.json").is_file())
 
 
@@ -93,8 +99,8 @@ def write(folder: str | pathlib.Path, learned_optimizer: LearnedOptimizer, theta
 
 
 def _folder(name: str) -> pathlib.Path:
-  if name not in names():
-    raise KeyError(f"no shipped optimizer {name!r}; shipped: {', '.join(names()) or 'none'}.")
+  if name not in pretrained_names():
+    raise KeyError(f"no shipped optimizer {name!r}; shipped: {', '.join(pretrained_names()) or 'none'}.")
   return FOLDER / name
 
 

@@ -156,7 +156,7 @@ def _checkpoint_folders(source: pathlib.Path) -> tuple[pathlib.Path, list[int]]:
     raise FileNotFoundError(
       f"no checkpoints in {source}: pass the workdir of a `metatrain train` run (it holds checkpoints/), "
       "one of its checkpoint folders (WORKDIR/checkpoints/STEP), or the name of a shipped optimizer "
-      f"({', '.join(pretrained.names()) or 'none shipped'})."
+      f"({', '.join(pretrained.pretrained_names()) or 'none shipped'})."
     )
   return directory, steps
 
@@ -214,7 +214,7 @@ def load(source: str | pathlib.Path, *, space: unf.WeightSpace | None = None) ->
     FileNotFoundError: no checkpoint at ``source``.
     ValueError: a checkpoint that does not read, or a ``space`` that does not match (naming what differs).
   """
-  if isinstance(source, str) and not pathlib.Path(source).exists() and source in pretrained.names():
+  if isinstance(source, str) and not pathlib.Path(source).exists() and source in pretrained.pretrained_names():
     learned_optimizer, theta = pretrained.load(source)
     return _for_space(
       LoadedOptimizer(learned_optimizer, theta, pretrained.info(source)["outer_steps"], pretrained.FOLDER / source),
