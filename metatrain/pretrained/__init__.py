@@ -8,6 +8,10 @@ Each lives in a folder ``metatrain/pretrained/NAME/`` of two small files, never 
 - ``theta.npz``: the meta-parameters, one array per leaf in the order of ``init_meta``'s pytree
   (``leaf_0000``, ``leaf_0001``, ...), read with ``allow_pickle=False``.
 
+``info["check"]`` holds a reference trajectory: the training-batch loss of every step of one
+:data:`CHECK_STEPS`-step run on its task (evaluation seed ``metatrain.evaluation.compare.EVAL_SEED``),
+recorded when it was exported; the tests train that run again in a plain optax loop and compare.
+
 Example:
   >>> import metatrain
   >>> "mlp_fashion8_unf" in metatrain.pretrained_names()
@@ -34,6 +38,8 @@ from metatrain.types import Theta
 
 #: The folder of the shipped optimizers.
 FOLDER = pathlib.Path(__file__).parent
+#: Steps of the reference trajectory kept with a shipped optimizer.
+CHECK_STEPS = 200
 
 
 def pretrained_names() -> list[str]:
@@ -91,10 +97,12 @@ def write(folder: str | pathlib.Path, learned_optimizer: LearnedOptimizer, theta
   arrays = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
   with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as file:
     np.savez(file, **arrays)
+  os.chmod(file.name, 0o644)  # temporary files are private; these ship with the package
   os.replace(file.name, folder / "theta.npz")
   text = json.dumps({"learned_optimizer": learned_optimizer.to_json(), "info": info}, indent=1) + "\n"
   with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".json", delete=False) as file:
     file.write(text)
+  os.chmod(file.name, 0o644)
   os.replace(file.name, folder / "optimizer.json")
 
 

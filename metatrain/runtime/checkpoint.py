@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+import tasks
 import unf
 from metatrain import learned_optimizers, pretrained
 from metatrain.learned_optimizers import LearnedOptimizer
@@ -220,7 +221,7 @@ def load(source: str | pathlib.Path, *, space: unf.WeightSpace | None = None) ->
       LoadedOptimizer(learned_optimizer, theta, pretrained.info(source)["outer_steps"], pretrained.FOLDER / source),
       space,
     )
-  source = pathlib.Path(source)
+  source = pathlib.Path(source).absolute()  # orbax reads absolute paths only
   directory, steps = _checkpoint_folders(source)
   errors = []
   for step in steps:
@@ -291,12 +292,21 @@ def export(source: str | pathlib.Path, folder: str | pathlib.Path, *, note: str 
     config = manager.restore(loaded.step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
   finally:
     manager.close()
+  task_name = config["worker"]["task"]
+  task = tasks.get(task_name)
+  lopt, theta = loaded.learned_optimizer.transfer(loaded.theta, task.space)
+  from metatrain.evaluation.compare import EVAL_SEED
+  from metatrain.evaluation.curves import learned_curves
+
+  key = jax.random.key(EVAL_SEED)[None]
+  losses = np.asarray(learned_curves(task, lopt, jax.tree.map(jax.numpy.asarray, theta), key, pretrained.CHECK_STEPS))
   info = {
-    "task": config["worker"]["task"],
+    "task": task_name,
     "outer_steps": loaded.step,
     "worker": config["worker"],
     "gin": config.get("gin", ""),
     "note": note,
+    "check": {"seed": EVAL_SEED, "train_batch_losses": [float(x) for x in losses[0]]},
   }
   pretrained.write(folder, loaded.learned_optimizer, loaded.theta, info)
   return pathlib.Path(folder)
