@@ -95,6 +95,7 @@ bench: $(STAMP) data
 	$(PY) -m benchmarks.tasks
 	$(PY) -m benchmarks.metatrain
 	$(PY) -m benchmarks.scaling
+	$(PY) -m benchmarks.estimator_snr
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build/docs
