@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--every", type=int, default=20, help="steps between train / valid evaluations")
   evaluate.add_argument("--tune_seeds", type=int, default=2, help="runs per learning rate in the grid search")
   evaluate.add_argument("--out", default=None, help="output folder (default: WORKDIR/eval/TASK, of the first)")
+  evaluate.add_argument(
+    "--transfer_from", default=None, help="also run Adam at the rates tuned on this task (e.g. mlp_fashion8)"
+  )
   export = commands.add_parser("export", help="write a meta-trained optimizer as a shipped one (JSON + npz)")
   export.add_argument("--checkpoint", required=True, help="the workdir of a `metatrain train` run (or a checkpoint)")
   export.add_argument("--out", required=True, help="the folder to write, e.g. metatrain/pretrained/NAME")
@@ -138,6 +141,7 @@ def _eval(args: argparse.Namespace) -> int:
       seeds=args.seeds,
       every=args.every,
       tune_seeds=args.tune_seeds,
+      transfer_from=args.transfer_from,
     )
   except (KeyError, ValueError, FileNotFoundError) as error:
     print(f"metatrain eval: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)

@@ -23,7 +23,10 @@ printf '%s\n' $jobs | xargs -P "$JOBS" -I{} sh -c '
     --gin_bindings TrainConfig.seed=$seed $extra > $4/$name.log 2>&1' _ {} "$PRESET" "$METATRAIN" "$RUNS"
 sources=""
 for kind in unf deep_sets sgdm; do for seed in $SEEDS; do sources="$sources $RUNS/${kind}_s${seed}"; done; done
+/usr/bin/time -f "eval mlp_fashion8: %e s" $METATRAIN eval --checkpoint $sources --task mlp_fashion8 --steps 2000 \
+  --seeds 8 --out "$RUNS/eval/mlp_fashion8"
+/usr/bin/time -f "eval mlp_fashion16_wide: %e s" $METATRAIN eval --checkpoint $sources --task mlp_fashion16_wide \
+  --steps 2000 --seeds 8 --transfer_from mlp_fashion8 --out "$RUNS/eval/mlp_fashion16_wide"
 for task in mlp_fashion8 mlp_fashion16_wide; do
-  /usr/bin/time -f "eval $task: %e s" $METATRAIN eval --checkpoint $sources --task $task --steps 2000 --seeds 8 \
-    --out "$RUNS/eval/$task"
+  .venv/bin/python -m experiments.learned_optimizers.pooled "$RUNS/eval/$task" > /dev/null
 done

@@ -37,9 +37,9 @@ def final_losses(folder: pathlib.Path) -> dict[str, dict[str, dict[int, float]]]
 
 
 def kind_of(name: str) -> str:
-  """``"unf (step 1000) [unf_s0]"`` -> ``"unf"``; a baseline's name is its kind."""
+  """``"unf (step 1000) [unf_s0]"`` -> ``"unf"``; a baseline's name (``"adam @ mlp_fashion8"``) is its kind."""
   match = re.search(r"\[(.+)_s\d+\]$", name)
-  return match.group(1) if match else name.split(" ")[0]
+  return match.group(1) if match else name
 
 
 def pooled(folder: pathlib.Path) -> str:

@@ -100,6 +100,7 @@ def collect_curves(
   sgdm_rates: Sequence[float] = SGDM_RATES,
   weight_decays: Sequence[float] = WEIGHT_DECAYS,
   baselines: Sequence[str] = BASELINES,
+  transfer_from: tasks.Task | None = None,
   progress: bool = True,
 ) -> list[Curves]:
   """Tunes the baselines, then trains every optimizer on ``seeds`` evaluation runs of ``task``.
@@ -113,6 +114,10 @@ def collect_curves(
     tune_seeds: grid-search runs per value.
     adam_rates, sgdm_rates, weight_decays: the initial grids (Adam's rates serve the cosine schedules too).
     baselines: which of :data:`BASELINES` to run.
+    transfer_from: another task (the one the learned optimizers were meta-trained on): Adam and
+      Adam-cosine are also tuned there and run here at those rates, untuned, as ``adam @ TASK`` and
+      ``adam_cosine @ TASK`` (a user's rate carried over to a new width, against a learned optimizer
+      carried over too).
     progress: show a progress bar.
 
   Returns:
@@ -160,6 +165,11 @@ def collect_curves(
     tuned[name] = tune(make, grid)
     bar.update()
     results.append(curves(name, tuned[name], jnp.float32(tuned[name]), make))
+  if transfer_from is not None:
+    for name, make in (("adam", adam), ("adam_cosine", cosine)):
+      bar.set_postfix(optimizer=f"tuning {name} on {transfer_from.name}")
+      rate = grid_search(transfer_from, make, adam_rates, steps=steps, seeds=tuning, split="valid")[0]
+      results.append(curves(f"{name} @ {transfer_from.name}", rate, jnp.float32(rate), make))
   for name, learned_optimizer, theta in learned:
     results.append(curves(name, None, jax.tree.map(jnp.asarray, theta), learned_optimizer.optimizer))
   bar.close()
@@ -324,6 +334,7 @@ def compare(
   seeds: int = 5,
   every: int = 20,
   tune_seeds: int = 2,
+  transfer_from: str | None = None,
   progress: bool = True,
 ) -> tuple[list[Curves], pathlib.Path]:
   """``metatrain eval``: the meta-trained optimizers of ``sources`` against the tuned baselines on a task.
@@ -337,17 +348,19 @@ def compare(
     task_name: a registered task (``tasks.names()``).
     out: the output folder (default: ``<first workdir>/eval/<task>``).
     steps, seeds, every, tune_seeds, progress: as :func:`collect_curves`.
+    transfer_from: the name of a task to carry Adam's tuned rates over from (:func:`collect_curves`).
 
   Returns:
     ``(curves, out)``: the curves of every optimizer, and the folder written.
   """
   task = tasks.get(task_name)
+  source = tasks.get(transfer_from) if transfer_from else None
   loaded = load_all(sources, task)
   learned = [(name, item.learned_optimizer, item.theta) for name, item in zip(names_of(loaded), loaded)]
   out = pathlib.Path(out) if out is not None else loaded[0].path.parent.parent / "eval" / task_name
   out.mkdir(parents=True, exist_ok=True)
   results = collect_curves(
-    task, learned, steps=steps, seeds=seeds, every=every, tune_seeds=tune_seeds, progress=progress
+    task, learned, steps=steps, seeds=seeds, every=every, tune_seeds=tune_seeds, transfer_from=source, progress=progress
   )
   write_csv(results, out / "curves.csv")
   (out / "summary.md").write_text(summary(results, task_name, steps))
