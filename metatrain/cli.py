@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate.add_argument(
     "--transfer_from", default=None, help="also run Adam at the rates tuned on this task (e.g. mlp_fashion8)"
   )
+  evaluate.add_argument(
+    "--baselines", nargs="+", default=None, help="the tuned baselines to run (default: all of them)"
+  )
   export = commands.add_parser("export", help="write a meta-trained optimizer as a shipped one (JSON + npz)")
   export.add_argument("--checkpoint", required=True, help="the workdir of a `metatrain train` run (or a checkpoint)")
   export.add_argument("--out", required=True, help="the folder to write, e.g. metatrain/pretrained/NAME")
@@ -142,6 +145,7 @@ def _eval(args: argparse.Namespace) -> int:
       every=args.every,
       tune_seeds=args.tune_seeds,
       transfer_from=args.transfer_from,
+      baselines=args.baselines,
     )
   except (KeyError, ValueError, FileNotFoundError) as error:
     print(f"metatrain eval: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)

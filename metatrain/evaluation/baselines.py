@@ -74,7 +74,7 @@ def warmup_cosine(peak: float | jax.Array, steps: int, *, warmup_fraction: float
   """Linear warm-up from 0 to ``peak`` over ``w = round(warmup_fraction * steps)`` steps, then cosine decay to 0.
 
   ``lr(t) = peak * t / w`` for ``t < w``, and ``peak * (1 + cos(pi * (t - w) / (steps - w))) / 2`` for
-  ``w <= t <= steps`` (``optax.warmup_cosine_decay_schedule``).
+  ``w <= t <= steps`` (0 after it): ``optax.warmup_cosine_decay_schedule``'s values, for a peak that may be traced.
 
   Args:
     peak: the peak learning rate (a float or a traced scalar).
@@ -82,7 +82,18 @@ def warmup_cosine(peak: float | jax.Array, steps: int, *, warmup_fraction: float
     warmup_fraction: the warm-up's share of the steps.
   """
   warmup = max(1, round(warmup_fraction * steps))
-  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps, end_value=0.0)
+  if not 0 < warmup < steps:
+    raise ValueError(f"warmup_cosine: the warm-up ({warmup} steps) must be shorter than the run ({steps} steps).")
+
+  def schedule(count: jax.Array) -> jax.Array:
+    # Written out, not optax.warmup_cosine_decay_schedule: that one branches in Python on the peak value,
+    # which grid_search passes traced.
+    t = jnp.asarray(count, jnp.float32)
+    rising = t / warmup
+    progress = jnp.clip((t - warmup) / (steps - warmup), 0.0, 1.0)
+    return peak * jnp.where(t < warmup, rising, 0.5 * (1 + jnp.cos(jnp.pi * progress)))
+
+  return schedule
 
 
 def adam_cosine(

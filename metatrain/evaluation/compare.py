@@ -335,6 +335,7 @@ def compare(
   every: int = 20,
   tune_seeds: int = 2,
   transfer_from: str | None = None,
+  baselines: Sequence[str] | None = None,
   progress: bool = True,
 ) -> tuple[list[Curves], pathlib.Path]:
   """``metatrain eval``: the meta-trained optimizers of ``sources`` against the tuned baselines on a task.
@@ -349,18 +350,31 @@ def compare(
     out: the output folder (default: ``<first workdir>/eval/<task>``).
     steps, seeds, every, tune_seeds, progress: as :func:`collect_curves`.
     transfer_from: the name of a task to carry Adam's tuned rates over from (:func:`collect_curves`).
+    baselines: which of :data:`BASELINES` to run (default: all).
 
   Returns:
     ``(curves, out)``: the curves of every optimizer, and the folder written.
   """
   task = tasks.get(task_name)
   source = tasks.get(transfer_from) if transfer_from else None
+  baselines = BASELINES if baselines is None else tuple(baselines)
+  unknown = sorted(set(baselines) - set(BASELINES))
+  if unknown:
+    raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}.")
   loaded = load_all(sources, task)
   learned = [(name, item.learned_optimizer, item.theta) for name, item in zip(names_of(loaded), loaded)]
   out = pathlib.Path(out) if out is not None else loaded[0].path.parent.parent / "eval" / task_name
   out.mkdir(parents=True, exist_ok=True)
   results = collect_curves(
-    task, learned, steps=steps, seeds=seeds, every=every, tune_seeds=tune_seeds, transfer_from=source, progress=progress
+    task,
+    learned,
+    steps=steps,
+    seeds=seeds,
+    every=every,
+    tune_seeds=tune_seeds,
+    transfer_from=source,
+    baselines=baselines,
+    progress=progress,
   )
   write_csv(results, out / "curves.csv")
   (out / "summary.md").write_text(summary(results, task_name, steps))

@@ -63,8 +63,11 @@ def t_quantile(probability: float, df: int) -> float:
   """The ``probability`` quantile of Student's t distribution with ``df`` (an integer) degrees of freedom.
 
   Inverts the exact CDF ``F(t) = (1 + P(|T| <= t)) / 2`` (a finite series for integer ``df``, in float64)
-  by bisection to
-  a relative 1e-12 in ``t``.
+  by bisection to a relative 1e-12 in ``t``.
+
+  Args:
+    probability: the quantile's probability, in (0, 1).
+    df: the degrees of freedom (``n - 1`` for ``n`` paired values).
 
   Example:
     >>> round(t_quantile(0.975, 4), 6)  # the 95% two-sided critical value for 5 paired values

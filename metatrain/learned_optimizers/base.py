@@ -109,8 +109,10 @@ class LearnedOptimizerState(NamedTuple):
 def fan_ins(params: PyTree) -> tuple[int, ...]:
   """The fan-in of every leaf of ``params`` in leaf order: the product of all axes but the last (1 for a vector).
 
-  The ``reference_fan_in`` of a learned optimizer with ``update_scale="fan_in"``: pass the params (or
-  ``jax.eval_shape`` of them) of the network it is meta-trained on.
+  The ``reference_fan_in`` of a learned optimizer with ``update_scale="fan_in"``.
+
+  Args:
+    params: the params (or ``jax.eval_shape`` of them) of the network it is meta-trained on.
   """
   return tuple(_fan_in(leaf.shape) for leaf in jax.tree.leaves(params))
 

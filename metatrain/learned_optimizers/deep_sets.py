@@ -28,6 +28,8 @@ class DeepSetsLOpt(LearnedOptimizer):
   Args:
     space: the weight space of the networks it optimizes (it fixes the tensors).
     width: hidden features per parameter.
+    pointwise_layers, features, base, initial_alpha, initial_beta, update_scale, reference_fan_in: the
+      options of :class:`metatrain.LearnedOptimizer`.
   """
 
   name: ClassVar[str] = "deep_sets"

@@ -24,8 +24,9 @@ class LearnedSGDM(LearnedOptimizer):
 
   Args:
     space: the weight space of the networks it optimizes (checked on every update).
-    base, initial_alpha, update_scale, reference_fan_in: as :class:`LearnedOptimizer`; the options of ``f``
-      (``width``, ``pointwise_layers``, ``features``) are kept in its description but have no effect.
+    base, initial_alpha, update_scale, reference_fan_in: as :class:`LearnedOptimizer`.
+    width, pointwise_layers, features, initial_beta: the options of ``f`` (there is none): kept in its
+      description, with no effect.
   """
 
   name: ClassVar[str] = "sgdm"

@@ -23,6 +23,8 @@ class UNFLOpt(LearnedOptimizer):
     space: the weight space of the networks it optimizes (with fixed sizes, as
       the ``unf`` builders and ``task.space`` give it).
     width: hidden features per parameter.
+    pointwise_layers, features, base, initial_alpha, initial_beta, update_scale, reference_fan_in: the
+      options of :class:`metatrain.LearnedOptimizer`.
   """
 
   name: ClassVar[str] = "unf"

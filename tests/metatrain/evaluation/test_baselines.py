@@ -104,6 +104,12 @@ def test_warmup_cosine_matches_its_closed_form():
   for t in range(201):
     np.testing.assert_allclose(float(schedule(t)), _warmup_cosine(t, peak=0.3, steps=200, warmup=10), atol=1e-7)
   assert float(schedule(10)) == pytest.approx(0.3) and float(schedule(200)) == pytest.approx(0.0, abs=1e-9)
+  reference = optax.warmup_cosine_decay_schedule(0.0, 0.3, 10, 200, end_value=0.0)  # optax's, for a concrete peak
+  np.testing.assert_allclose(jax.vmap(schedule)(jnp.arange(230)), jax.vmap(reference)(jnp.arange(230)), atol=1e-7)
+  # The peak may be traced (grid_search vmaps over it).
+  peaks = jnp.asarray([0.1, 0.3])
+  rates = jax.jit(jax.vmap(lambda peak: baselines.warmup_cosine(peak, 200)(50)))(peaks)
+  np.testing.assert_allclose(rates, [_warmup_cosine(50, peak=p, steps=200, warmup=10) for p in (0.1, 0.3)], rtol=1e-6)
 
 
 def test_adam_cosine_is_adams_direction_times_the_schedule():

@@ -80,20 +80,26 @@ def test_eval_writes_curves_plot_table_and_tensorboard(workdir, tmp_path):
 
 def test_eval_on_a_held_out_task_and_clear_errors(workdir, tmp_path, capsys):
   # Widths and input size differ from the meta-training task: the same theta runs.
-  assert _eval(workdir, "mlp_fashion16_wide", tmp_path / "wide", "--transfer_from", "mlp_fashion8") == 0
+  extra = ["--transfer_from", "mlp_fashion8", "--baselines", "adam"]  # fewer baselines: they are tested above
+  assert _eval(workdir, "mlp_fashion16_wide", tmp_path / "wide", *extra) == 0
   table = compare.parse_summary((tmp_path / "wide" / "summary.md").read_text())
   assert np.isfinite(table["unf (step 4)"]["final valid"][0])
   # Adam at the rate tuned on mlp_fashion8 (same steps and tuning seed), run untuned on the wide task.
   rate, _ = grid_search(tasks.get("mlp_fashion8"), adam, compare.ADAM_RATES, steps=STEPS, seeds=[compare.TUNE_SEED])
   rows = [
-    line for line in (tmp_path / "wide" / "summary.md").read_text().splitlines() if "adam @ mlp_fashion8 |" in line
+    line
+    for line in (tmp_path / "wide" / "summary.md").read_text().splitlines()
+    if line.startswith("| adam @ mlp_fashion8 |")
   ]
   assert len(rows) == 1 and f"tuned: lr {rate:g} |" in rows[0]
+  assert set(table) == {"adam", "adam @ mlp_fashion8", "adam_cosine @ mlp_fashion8", "unf (step 4)"}
   # Another architecture, an unknown task, a folder without checkpoints: exit 2 with a message.
   assert _eval(workdir, "cnn_fashion16", tmp_path / "cnn") == 2
   assert "meta-trained on another architecture" in capsys.readouterr().err
   assert _eval(workdir, "mlp_mnist", tmp_path / "x") == 2
   assert "unknown task 'mlp_mnist'" in capsys.readouterr().err
+  assert _eval(workdir, "mlp_fashion8", tmp_path / "z", "--baselines", "lion") == 2
+  assert "unknown baselines ['lion']" in capsys.readouterr().err
   assert _eval(tmp_path, "mlp_fashion8", tmp_path / "y") == 2
   assert "no checkpoints in" in capsys.readouterr().err
   assert not (tmp_path / "cnn").exists()
