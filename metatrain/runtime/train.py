@@ -29,7 +29,7 @@ from metatrain.runtime.summaries import Summaries
 from metatrain.types import Theta
 
 # Fields of the worker config that a checkpoint must agree with to be resumed.
-_COMPATIBLE = ("task", "learned_optimizer", "width")
+_COMPATIBLE = ("task", "learned_optimizer", "width", "preset", "options")
 
 
 def train(

@@ -120,6 +120,8 @@ def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
   assert _train(tmp_path) == 0
   with pytest.raises(ValueError, match="different learned optimizer or task"):
     _train(tmp_path, "WorkerConfig.learned_optimizer = 'deep_sets'")
+  with pytest.raises(ValueError, match="preset"):  # another shape of theta: refused before anything restores
+    _train(tmp_path, "WorkerConfig.preset = 'paper'")
 
 
 @pytest.mark.parametrize(
