@@ -166,3 +166,14 @@ def test_the_readme_has_its_sections(title):
 def test_benchmark_tables_name_existing_benchmarks():
   for module in set(re.findall(r"python -m (benchmarks\.\w+)", README.read_text())):
     assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), module
+
+
+def test_the_shipped_optimizer_example_runs():
+  """A shipped optimizer, loaded by name for a 4x wider MLP, trains it in a plain optax loop (and so does Adam)."""
+  namespace = {}
+  exec(_block_with('metatrain.load_learned_optimizer("mlp_fashion8_unf"'), namespace)  # noqa: S102 - the README's own code
+  initial = float(namespace["loss"](namespace["initial"], *namespace["data"].eval_batch("test", 10_000)))
+  assert initial > 2.0  # about ln(10) at initialisation
+  for name in ("learned", "adam"):
+    assert namespace[name] < initial - 1.5, (name, namespace[name])
+  assert namespace["lopt"].space == namespace["unf"].mlp_space(namespace["initial"])
