@@ -14,6 +14,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -85,7 +86,7 @@ def warmup_cosine(peak: float | jax.Array, steps: int, *, warmup_fraction: float
   if not 0 < warmup < steps:
     raise ValueError(f"warmup_cosine: the warm-up ({warmup} steps) must be shorter than the run ({steps} steps).")
 
-  def schedule(count: jax.Array) -> jax.Array:
+  def schedule(count: Any) -> Any:
     # Written out, not optax.warmup_cosine_decay_schedule: that one branches in Python on the peak value,
     # which grid_search passes traced.
     t = jnp.asarray(count, jnp.float32)

@@ -27,11 +27,13 @@ import csv
 import dataclasses
 import functools
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import tqdm
 
 import tasks
@@ -150,7 +152,14 @@ def collect_curves(
   def cosine(lr):
     return adam_cosine(lr, steps=steps)
 
-  results, tuned = [], {}
+  results: list[Curves] = []
+  tuned: dict[str, float] = {}
+  make: Callable[[Any], optax.GradientTransformation]
+  grids: dict[str, tuple[Callable[[Any], optax.GradientTransformation], Sequence[float]]] = {
+    "adam": (adam, adam_rates),
+    "sgdm": (sgdm, sgdm_rates),
+    "adam_cosine": (cosine, adam_rates),
+  }
   for name in baselines:
     bar.set_postfix(optimizer=f"tuning {name}")
     if name == "adamw_cosine":
@@ -161,7 +170,7 @@ def collect_curves(
       make = functools.partial(adamw_cosine, steps=steps, weight_decay=decay)
       results.append(curves(name, rate, jnp.float32(rate), make, decay))
       continue
-    make, grid = {"adam": (adam, adam_rates), "sgdm": (sgdm, sgdm_rates), "adam_cosine": (cosine, adam_rates)}[name]
+    make, grid = grids[name]
     tuned[name] = tune(make, grid)
     bar.update()
     results.append(curves(name, tuned[name], jnp.float32(tuned[name]), make))

@@ -88,12 +88,12 @@ def t_quantile(probability: float, df: int) -> float:
 
 
 class PairedDifference(NamedTuple):
-  """The mean of paired differences ``a_i - b_i`` and its confidence interval ``[low, high]`` over ``count`` pairs."""
+  """The mean of paired differences ``a_i - b_i`` and its confidence interval ``[low, high]`` over ``pairs`` pairs."""
 
   mean: float
   low: float
   high: float
-  count: int
+  pairs: int
 
   def excludes_zero(self) -> bool:
     """Whether the interval lies wholly on one side of zero."""

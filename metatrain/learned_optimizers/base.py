@@ -368,7 +368,7 @@ class LearnedOptimizer:
       if self.base == "momentum":
         base = jax.tree.leaves(momentum)
       else:
-        t = count.astype(jnp.float32)
+        t = jnp.asarray(count).astype(jnp.float32)
         m_hat = [m / (1 - gamma0**t) for m in jax.tree.leaves(momentum)]
         v_hat = [v[..., -1] / (1 - features_lib.SECOND_MOMENT_DECAYS[-1] ** t) for v in jax.tree.leaves(second)]
         base = [s * m / (jnp.sqrt(v) + ADAM_EPSILON) for s, m, v in zip(scales, m_hat, v_hat)]

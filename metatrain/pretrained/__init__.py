@@ -94,16 +94,16 @@ def write(folder: str | pathlib.Path, learned_optimizer: LearnedOptimizer, theta
   expected = jax.tree.leaves(jax.eval_shape(learned_optimizer.init_meta, jax.random.key(0)))
   if [np.shape(x) for x in leaves] != [e.shape for e in expected]:
     raise ValueError(f"theta does not have the structure of a {learned_optimizer.name!r} optimizer's meta-parameters.")
-  arrays = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
+  arrays: dict[str, Any] = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
   with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as file:
     np.savez(file, **arrays)
   os.chmod(file.name, 0o644)  # temporary files are private; these ship with the package
   os.replace(file.name, folder / "theta.npz")
   text = json.dumps({"learned_optimizer": learned_optimizer.to_json(), "info": info}, indent=1) + "\n"
-  with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".json", delete=False) as file:
-    file.write(text)
-  os.chmod(file.name, 0o644)
-  os.replace(file.name, folder / "optimizer.json")
+  with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".json", delete=False) as text_file:
+    text_file.write(text)
+  os.chmod(text_file.name, 0o644)
+  os.replace(text_file.name, folder / "optimizer.json")
 
 
 def _folder(name: str) -> pathlib.Path:

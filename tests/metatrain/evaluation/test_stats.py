@@ -23,7 +23,7 @@ def test_paired_difference_is_scipys_paired_t_interval(count, shift):
   interval = scipy.stats.ttest_rel(a, b).confidence_interval(0.95)
   np.testing.assert_allclose([result.low, result.high], [interval.low, interval.high], rtol=1e-9)
   np.testing.assert_allclose(result.mean, np.mean(a - b), rtol=1e-12)
-  assert result.count == count
+  assert result.pairs == count
   narrow = stats.paired_difference(a, b, confidence=0.5)
   assert result.low < narrow.low < narrow.high < result.high
 
