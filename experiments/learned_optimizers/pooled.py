@@ -37,9 +37,9 @@ def final_losses(folder: pathlib.Path) -> dict[str, dict[str, dict[int, float]]]
 
 
 def kind_of(name: str) -> str:
-  """``"unf (step 1000) [unf_s0]"`` -> ``"unf"``; a baseline's name (``"adam @ mlp_fashion8"``) is its kind."""
+  """``"unf (step 1000) [unf_s0]"`` -> ``"unf (meta-trained)"``; a baseline's name (``"sgdm"``) is its kind."""
   match = re.search(r"\[(.+)_s\d+\]$", name)
-  return match.group(1) if match else name
+  return f"{match.group(1)} (meta-trained)" if match else name
 
 
 def pooled(folder: pathlib.Path) -> str:
@@ -49,7 +49,7 @@ def pooled(folder: pathlib.Path) -> str:
   for name in table:
     groups[kind_of(name)].append(name)
   seeds = sorted(next(iter(table.values()))["test"])
-  learned = [kind for kind, names in groups.items() if any("[" in n for n in names)]
+  learned = [kind for kind in groups if kind.endswith("(meta-trained)")]
 
   def values(kind: str, split: str) -> np.ndarray:
     return np.mean([[table[n][split][s] for s in seeds] for n in groups[kind]], axis=0)

@@ -13,6 +13,7 @@ def test_pooled_means_and_paired_intervals(tmp_path):
   seeds = [10_000, 10_001, 10_002, 10_003]
   losses = {
     "adam": rng.normal(0.45, 0.01, 4),
+    "unf": rng.normal(0.60, 0.01, 4),  # a baseline that shares the learned optimizer's kind name
     "unf (step 9) [unf_s0]": rng.normal(0.42, 0.01, 4),
     "unf (step 9) [unf_s1]": rng.normal(0.43, 0.01, 4),
   }
@@ -26,10 +27,11 @@ def test_pooled_means_and_paired_intervals(tmp_path):
           writer.writerow([name, "", seed, 20, split, value + shift])
   text = pooled.pooled(tmp_path)
   unf = (losses["unf (step 9) [unf_s0]"] + losses["unf (step 9) [unf_s1]"]) / 2
-  row = next(line for line in text.splitlines() if line.startswith("| unf | adam |"))
+  row = next(line for line in text.splitlines() if line.startswith("| unf (meta-trained) | adam |"))
   interval = scipy.stats.ttest_rel(unf, losses["adam"]).confidence_interval(0.95)
   expected = f"{np.mean(unf - losses['adam']):+.4f} [{interval.low:+.4f}, {interval.high:+.4f}]"
   assert row.split("|")[3].strip().startswith(expected)  # final train
   assert row.split("|")[4].strip().startswith(expected)  # final test: the same shift on both
-  summary = next(line for line in text.splitlines() if line.startswith("| unf | 2 |"))
+  summary = next(line for line in text.splitlines() if line.startswith("| unf (meta-trained) | 2 |"))
   assert f"{unf.mean():.4f} +- {unf.std(ddof=1) / 2:.4f}" in summary
+  assert any(line.startswith("| unf | - |") for line in text.splitlines())  # kept apart from the learned one
