@@ -59,7 +59,7 @@ def test_the_whole_path_meta_train_load_and_train_your_own_model_runs():
   """Meta-train, load for a user's wider flax MLP (other leaf names), train it in a plain optax loop."""
   namespace = {}
   try:
-    exec(_block_with("metatrain.load_learned_optimizer("), namespace)  # noqa: S102 - the README's own code
+    exec(_block_with("metatrain.load_learned_optimizer(workdir"), namespace)  # noqa: S102 - the README's own code
     import unf
 
     params = namespace["params"]
