@@ -11,6 +11,7 @@ params, and :func:`check_symmetry` proves a space right on a real network.
 
 from unf import basis, linear, testing
 from unf.builders import cnn_space, merge_gates, mlp_space, rnn_space, split_gates, transformer_space
+from unf.inference import explain_space, infer_space
 from unf.layers import UNF, EquivariantLinear, InvariantPool, num_parameters
 from unf.permutation import inverse, permute, sample_permutation
 from unf.space import WeightSpace
@@ -24,6 +25,8 @@ __all__ = [
   "WeightSpace",
   "basis",
   "check_symmetry",
+  "explain_space",
+  "infer_space",
   "cnn_space",
   "inverse",
   "linear",

@@ -175,7 +175,7 @@ def weight_spaces(draw):
   return spec
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(spec=weight_spaces(), data=st.data())
 def test_random_spaces_equivariant(spec, data, key):
   space = bound(spec, fixed=2)

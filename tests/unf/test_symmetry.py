@@ -2,8 +2,10 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
+from unf import symmetry
 from unf.space import WeightSpace
 from unf.symmetry import SymmetryError, check_symmetry
 
@@ -91,3 +93,25 @@ def test_unknown_label_and_mismatched_params_raise_value_error(params, x):
     check_symmetry(apply_fn, params, SPACE, x, labels=["nope"])
   with pytest.raises(ValueError, match="missing leaves"):
     check_symmetry(apply_fn, {"w0": params["w0"], "w1": params["w1"]}, SPACE, x)
+
+
+def test_default_tolerance_follows_the_dtype():
+  assert 1e-5 < symmetry.default_tolerance(np.float32) < 1e-4
+  assert 1e-12 < symmetry.default_tolerance(np.float64) < 1e-10
+  # A float32 output off by float32 rounding passes by default; the same change in float64 does not.
+  space = WeightSpace({"w": ("a",)})
+  shift = lambda p: p["w"][0] * 0.0 + 1.0 + 1e-6 * (p["w"][0] > 0.5)  # noqa: E731
+  params32 = {"w": jnp.array([0.0, 1.0], jnp.float32)}
+  assert check_symmetry(shift, params32, space) == pytest.approx(1e-6, rel=0.1)
+  with pytest.raises(SymmetryError):
+    check_symmetry(shift, {"w": jnp.array([0.0, 1.0], jnp.float64)}, space)
+
+
+def test_a_float32_failure_is_rerun_in_float64_to_tell_rounding_from_asymmetry():
+  space = WeightSpace({"w": ("a",)})
+  values = np.random.default_rng(0).standard_normal(4096) * np.logspace(0, 6, 4096)
+  params = {"w": jnp.asarray(values, jnp.float32)}
+  with pytest.raises(SymmetryError, match="Rerun in float64 it changes by .* only: this is rounding"):
+    check_symmetry(lambda p: jnp.sum(p["w"]), params, space, rtol=0.0, atol=0.0)
+  with pytest.raises(SymmetryError, match="Rerun in float64 it still changes by .*: a real asymmetry"):
+    check_symmetry(lambda p: p["w"][0], params, space)
