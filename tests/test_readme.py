@@ -177,3 +177,18 @@ def test_the_shipped_optimizer_example_runs():
   for name in ("learned", "adam"):
     assert namespace[name] < initial - 1.5, (name, namespace[name])
   assert namespace["lopt"].space == namespace["unf"].mlp_space(namespace["initial"])
+
+
+def test_any_model_example_infers_the_residual_space_and_runs_a_learned_optimizer():
+  namespace = {}
+  exec(_section("Any model").split("```python")[1].split("```")[0], namespace)  # noqa: S102 - the README's own code
+  space = namespace["space"]
+  assert space.spec() == {
+    "down": ("up:1", "embed:1"),
+    "embed": (None, "embed:1"),
+    "head": ("embed:1", None),
+    "norm": ("embed:1",),
+    "up": ("embed:1", "up:1"),
+  }
+  assert namespace["why"] == (None, "an axis of the outputs")
+  assert jnp.all(jnp.isfinite(namespace["params"]["up"]))

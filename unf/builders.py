@@ -79,10 +79,20 @@ def _set(spec: dict, path: Path, value: Any) -> None:
 
 
 def _get(params: Any, key: str, builder: str) -> Any:
-  if not isinstance(params, Mapping) or key not in params:
-    found = sorted(map(str, params)) if isinstance(params, Mapping) else type(params).__name__
-    raise ValueError(f"{builder}: expected params[{key!r}], found {found}.")
-  return params[key]
+  """``params[key]``; a key with slashes (``"rnn/cell"``) is a path into nested dicts."""
+  node = params
+  for part in key.split("/"):
+    if not isinstance(node, Mapping) or part not in node:
+      found = sorted(map(str, node)) if isinstance(node, Mapping) else type(node).__name__
+      nested = [
+        f"{name}/{part}"
+        for name, child in (node.items() if isinstance(node, Mapping) else ())
+        if isinstance(child, Mapping) and part in child
+      ]
+      hint = f" It is nested under {nested[0]!r} (as nnx.RNN nests its cell): pass that path." if nested else ""
+      raise ValueError(f"{builder}: expected params[{key!r}], found {found}.{hint}")
+    node = node[part]
+  return node
 
 
 def _bind(spec: dict, params: Any, builder: str, hint: str = "") -> WeightSpace:
@@ -105,12 +115,32 @@ def _layers(params: Any, builder: str) -> list[tuple[Path, Mapping]]:
       elif isinstance(child, Mapping):
         walk(child, path)
       else:
-        raise ValueError(f"{builder}: leaf {path_str(path)!r} is not in a layer (a dict with 'kernel' and 'bias').")
+        raise ValueError(
+          f"{builder}: leaf {path_str(path)!r} is not in a Linear or Conv (a dict with 'kernel' and 'bias'); "
+          f"{builder} reads a plain chain of them. For a norm, a skip or any other structure, read the space "
+          "from the computation: unf.infer_space(apply_fn, params, x)."
+        )
 
   walk(params, ())
   if not layers:
     raise ValueError(f"{builder}: found no layers (dicts with a 'kernel') in the params.")
   return layers
+
+
+def _numbered(path: Path) -> bool:
+  return any(isinstance(key, int) or any(c.isdigit() for c in key) for key in path)
+
+
+def _check_order(layers: list[tuple[Path, Any]], builder: str, what: str = "layers") -> None:
+  """Layers are chained in the natural order of their paths: that order must come from numbers in them."""
+  unnumbered = [path_str(path) for path, _ in layers if not _numbered(path)]
+  if len(layers) > 1 and unnumbered:
+    raise ValueError(
+      f"{builder}: the {what} {[path_str(path) for path, _ in layers]} are chained in the order of the numbers "
+      f"in their paths (layers/0, Dense_1, ...), but {unnumbered} carry none, so the order they are called in "
+      "is unknown (and with square layers a wrong order gives a wrong space without an error). Name them with "
+      "their position, or read the space from the computation: unf.infer_space(apply_fn, params, x)."
+    )
 
 
 def _chain(layers: list[tuple[Path, Mapping]], labels: list[str | None]) -> dict:
@@ -164,6 +194,7 @@ def mlp_space(params: Any, *, io: str = "permutable") -> WeightSpace:
       raise ValueError(
         f"mlp_space: {path_str(path)!r} kernel has shape {np.shape(layer['kernel'])}; expected (in, out)."
       )
+  _check_order(layers, "mlp_space")
   return _bind(_chain(layers, _hidden_chain(layers, io)), params, "mlp_space")
 
 
@@ -198,6 +229,8 @@ def cnn_space(params: Any, *, io: str = "permutable") -> WeightSpace:
     if np.ndim(layer["kernel"]) < 2:
       raise ValueError(f"cnn_space: {path_str(path)!r} kernel has rank {np.ndim(layer['kernel'])}; expected >= 2.")
   layers.sort(key=lambda item: (np.ndim(item[1]["kernel"]) == 2, _natural_key(item[0])))
+  _check_order([layer for layer in layers if np.ndim(layer[1]["kernel"]) > 2], "cnn_space", "convs")
+  _check_order([layer for layer in layers if np.ndim(layer[1]["kernel"]) == 2], "cnn_space", "dense layers")
   hint = " (cnn_space needs global pooling between convs and dense layers; flatten-then-dense is not supported.)"
   return _bind(_chain(layers, _hidden_chain(layers, io)), params, "cnn_space", hint)
 
@@ -303,7 +336,7 @@ def rnn_space(
     params: the model's params as a nested dict.
     io: ``"permutable"`` or ``"fixed"``, for the vocabulary axes.
     embed: key of the ``nnx.Embed`` params.
-    cell: key of the cell params.
+    cell: key of the cell params; a path for a nested cell (``"rnn/cell"`` for an ``nnx.RNN`` at ``rnn``).
     head: key of the output ``nnx.Linear`` params.
 
   Returns:
@@ -314,11 +347,14 @@ def rnn_space(
       sizes that disagree.
   """
   vocab = _io_label(io, "vocab")
-  spec = {
-    embed: _entries(_get(params, embed, "rnn_space"), (embed,), ("embedding",), embedding=(vocab, "embed")),
-    cell: _cell_spec(_get(params, cell, "rnn_space"), (cell,)),
-    head: _entries(_get(params, head, "rnn_space"), (head,), ("kernel",), kernel=("hidden", vocab), bias=(vocab,)),
-  }
+  spec: dict = {}
+  parts = [
+    (embed, _entries(_get(params, embed, "rnn_space"), (embed,), ("embedding",), embedding=(vocab, "embed"))),
+    (cell, _cell_spec(_get(params, cell, "rnn_space"), (cell,))),
+    (head, _entries(_get(params, head, "rnn_space"), (head,), ("kernel",), kernel=("hidden", vocab), bias=(vocab,))),
+  ]
+  for key, part in parts:
+    _set(spec, tuple(key.split("/")), part)
   return _bind(spec, params, "rnn_space")
 
 
@@ -327,6 +363,18 @@ def rnn_space(
 
 def _norm(node: Any, where: Path, label: str) -> dict:
   return _entries(node, where, scale=(label,), bias=(label,))
+
+
+def _mlp_order(linears: list[tuple[Path, Any]], width: int, where: Path) -> list[tuple[Path, Any]]:
+  """The block's two Linears as (up, down): told apart by shape, else by the numbers in their paths."""
+  shapes = [np.shape(linear["kernel"]) for _, linear in linears]
+  ups = [k for k, shape in enumerate(shapes) if shape[0] == width and shape[-1] != width]
+  if len(ups) == 1 and shapes[1 - ups[0]][-1] == width:
+    return [linears[ups[0]], linears[1 - ups[0]]]
+  _check_order(
+    linears, "transformer_space", f"MLP Linears of block {path_str(where)!r} (square: not told apart by shape)"
+  )
+  return linears
 
 
 def _block_spec(block: Any, where: Path, b: int) -> dict:
@@ -366,6 +414,7 @@ def _block_spec(block: Any, where: Path, b: int) -> dict:
       raise ValueError(f"transformer_space: unexpected attention entry {path_str(at + (name,))!r}.")
     parts[name] = _norm(attention[name], at + (name,), qk)  # QK-norm acts on the head dim
   _set(spec, path, parts)
+  linears = _mlp_order(linears, np.shape(attention["query"]["kernel"])[0], where)
   for (path, linear), (source, target) in zip(linears, ((r, mlp), (mlp, r))):
     _set(spec, path, _entries(linear, where + path, ("kernel",), kernel=(source, target), bias=(target,)))
   return spec
@@ -394,8 +443,8 @@ def transformer_space(
   biases (``"heads{b}"``, ``"qk{b}"``); value kernel (``"residual"``,
   ``"heads{b}"``, ``"v{b}"``); out kernel (``"heads{b}"``, ``"v{b}"``,
   ``"residual"``), bias (``"residual"``); optional QK-norm scales (``"qk{b}"``).
-  The block's two Linears, in natural path order (not told apart by shape),
-  are the MLP: (``"residual"``, ``"mlp{b}"``) then (``"mlp{b}"``,
+  The block's two Linears are the MLP, told apart by shape (or, when both are
+  square, by the numbers in their paths): (``"residual"``, ``"mlp{b}"``) then (``"mlp{b}"``,
   ``"residual"``). Any other dict of scale / bias in the block is a LayerNorm
   of the residual stream. Vocabulary and position axes are ``"vocab"`` and
   ``"position"`` with ``io="permutable"``, None with ``io="fixed"``.

@@ -169,9 +169,12 @@ class UNF(nnx.Module):
         [nnx.Linear(a, b, rngs=rngs, param_dtype=param_dtype) for a, b in zip(sizes[:-1], sizes[1:])]
       )
 
-  def __call__(self, x: Any) -> Any:
+  def __call__(self, x: Any, *, out_sizes: Mapping[str, int] | None = None) -> Any:
+    """Applies the network; ``out_sizes``: sizes of labels of ``space_out`` that ``space_in`` lacks."""
+    if out_sizes is not None and self.invariant:
+      raise ValueError("an invariant UNF outputs a vector: out_sizes is for space_out, which it does not have.")
     for k, layer in enumerate(self.layers):
-      x = layer(x)
+      x = layer(x, out_sizes=out_sizes) if k == len(self.layers) - 1 and not self.invariant else layer(x)
       if k < len(self.layers) - 1 or self.invariant:
         x = _pointwise(self.activation, x)
     if not self.invariant:

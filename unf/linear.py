@@ -164,13 +164,37 @@ def _label_sizes(
   space: WeightSpace, tree: Any, extra: Mapping[str, int] | None, needed: tuple[str, ...]
 ) -> dict[str, int]:
   sizes = dict(space.validate(tree, trailing=1))
-  sizes.update(extra or {})
+  for label, size in (extra or {}).items():
+    if label not in needed:
+      raise ValueError(
+        f"out_sizes names label {label!r}, which the output space does not have (its labels: {list(needed)})."
+      )
+    if label in sizes:
+      raise ValueError(
+        f"out_sizes gives label {label!r} size {size}, but the input already has it at size {sizes[label]}: "
+        "out_sizes only adds the output labels that the input lacks."
+      )
+    sizes[label] = int(size)
   missing = sorted(set(needed) - set(sizes))
   if missing:
     raise ValueError(
       f"the sizes of output labels {missing} cannot be read from the input: pass out_sizes={{label: size}}."
     )
   return sizes
+
+
+def _check_features(p: Plan, params: Params, space_in: WeightSpace, space_out: WeightSpace, x: Any) -> None:
+  """Every leaf of ``x`` has the layer's ``in_features`` trailing features (read from the first weight)."""
+  group = p.groups[0]
+  rows = params[_weight_name(space_out, group)].shape[0]
+  per_feature = sum(math.prod(p.layouts_in[p.reductions[piece.reduction].leaf].fixed_shape) for piece in group.pieces)
+  expected = rows // per_feature
+  for path, leaf in zip(space_in.paths, space_in.flatten(x)):
+    if leaf.shape[-1] != expected:
+      raise ValueError(
+        f"leaf {path_str(path)!r} has {leaf.shape[-1]} features (its last axis, shape {tuple(leaf.shape)}), but "
+        f"the layer was built for in_features={expected}: every leaf needs {expected}."
+      )
 
 
 def apply(
@@ -198,6 +222,7 @@ def apply(
   """
   p: Plan = plan(space_in, space_out)
   sizes = _label_sizes(space_in, x, out_sizes, space_out.labels)
+  _check_features(p, params, space_in, space_out, x)
   views = [_to_layer(leaf, layout) for leaf, layout in zip(space_in.flatten(x), p.layouts_in)]
   # Keyed by reduction index, filled in reduction_order: a parent before the reductions that average it.
   reduced: dict[int, jax.Array] = {}

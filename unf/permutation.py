@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from unf.space import WeightSpace, path_str
 
@@ -40,6 +41,11 @@ def sample_permutation(
   unknown = sorted(set(chosen) - set(space.labels))
   if unknown:
     raise ValueError(f"labels {unknown} are not in the weight space; it has {list(space.labels)}.")
+  missing = sorted(label for label in chosen if label not in sizes)
+  if missing:
+    raise ValueError(
+      f"sample_permutation: no size for labels {missing}; pass sizes for every label, e.g. space.validate(params)."
+    )
   keys = jax.random.split(key, max(len(chosen), 1))
   return {label: jax.random.permutation(k, sizes[label]) for label, k in zip(chosen, keys)}
 
@@ -60,6 +66,11 @@ def permute(space: WeightSpace, permutation: Mapping[str, jax.typing.ArrayLike],
   Returns:
     ``sigma . tree``, a nested dict shaped like the space.
   """
+  unknown = sorted(set(permutation) - set(space.labels))
+  if unknown:
+    raise ValueError(f"permute: labels {unknown} are not in the weight space; it has {list(space.labels)}.")
+  for name, vector in permutation.items():
+    _check_permutation(name, vector)
   leaves = space.flatten(tree)
   out = []
   for path, axes, leaf in zip(space.paths, space.axes, leaves):
@@ -67,9 +78,38 @@ def permute(space: WeightSpace, permutation: Mapping[str, jax.typing.ArrayLike],
       raise ValueError(f"leaf {path_str(path)!r} has rank {jnp.ndim(leaf)} < {len(axes)} axes of the space.")
     for axis, label in enumerate(axes):
       if label is not None and label in permutation:
+        size, length = jnp.shape(leaf)[axis], jnp.shape(permutation[label])[0]
+        if size != length:
+          raise ValueError(
+            f"permute: label {label!r} has a permutation of {length} entries, but leaf {path_str(path)!r} "
+            f"axis {axis} has size {size}."
+          )
         leaf = jnp.take(leaf, permutation[label], axis=axis)
     out.append(leaf)
   return space.unflatten(out)
+
+
+def _check_permutation(label: str, p: jax.typing.ArrayLike) -> None:
+  """A permutation is a vector of 0..n-1, each once (checked when concrete; under jit only its shape)."""
+  if jnp.ndim(p) != 1:
+    raise ValueError(f"permute: the permutation of label {label!r} must be a vector, got shape {jnp.shape(p)}.")
+  if isinstance(p, jax.core.Tracer):
+    return
+  values = np.asarray(p)
+  if not np.issubdtype(values.dtype, np.integer) or not np.array_equal(np.sort(values), np.arange(values.size)):
+    raise ValueError(
+      f"permute: the permutation of label {label!r} is not a permutation of 0..{values.size - 1}: {_describe(values)}."
+    )
+
+
+def _describe(values: np.ndarray) -> str:
+  if not np.issubdtype(values.dtype, np.integer):
+    return f"its dtype is {values.dtype}, not an integer"
+  out_of_range = values[(values < 0) | (values >= values.size)]
+  if out_of_range.size:
+    return f"{int(out_of_range[0])} is out of range"
+  unique, counts = np.unique(values, return_counts=True)
+  return f"{int(unique[counts > 1][0])} appears {int(counts.max())} times"
 
 
 def inverse(permutation: Mapping[str, jax.Array]) -> Permutation:

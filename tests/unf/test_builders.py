@@ -195,8 +195,8 @@ def test_mlp_mismatched_layers_raise():
   [
     ({"l0": {"kernel": np.zeros((6, 5)), "scale": np.zeros(5)}}, r"'l0' has entries \['kernel', 'scale'\]"),
     ({"l0": {"kernel": np.zeros((3, 6, 5))}}, r"expected \(in, out\)"),
-    ({"l0": {"kernel": np.zeros((6, 5))}, "stray": np.zeros(3)}, "'stray' is not in a layer"),
-    ({"l0": {"bias": np.zeros(5)}}, "is not in a layer"),
+    ({"l0": {"kernel": np.zeros((6, 5))}, "stray": np.zeros(3)}, "'stray' is not in a Linear or Conv.*unf.infer_space"),
+    ({"l0": {"bias": np.zeros(5)}}, "is not in a Linear or Conv"),
   ],
 )
 def test_mlp_unrecognised_structure_raises(params, match):
@@ -457,3 +457,46 @@ def test_equivariant_layers_on_builder_spaces(model, builder, key):
   assert_equivariant(nnx.jit(lambda t: layer(t)), space, key, x)
   pool = unf.InvariantPool(space)
   assert_invariant(jax.jit(lambda t: pool(t)), space, key, x)
+
+
+# --- orders the builders cannot know, and nested cells ----------------------------------------
+
+
+def test_layers_without_numbers_in_their_names_raise_instead_of_guessing_the_order():
+  square = {name: {"kernel": np.zeros((4, 4)), "bias": np.zeros(4)} for name in ("fc_in", "fc_hidden", "fc_out")}
+  with pytest.raises(ValueError, match=r"\['fc_hidden', 'fc_in', 'fc_out'\] carry none.*unf.infer_space"):
+    mlp_space(square)
+  convs = {"conv_a": {"kernel": np.zeros((3, 3, 4, 4))}, "conv_b": {"kernel": np.zeros((3, 3, 4, 4))}}
+  with pytest.raises(ValueError, match=r"the convs .* carry none"):
+    cnn_space({**convs, "dense": {"kernel": np.zeros((4, 2))}})
+  assert mlp_space({"only": {"kernel": np.zeros((4, 2))}}).labels == ("input", "output")  # one layer: no order
+
+
+def _llama_block(mlp_width):
+  linear = lambda a, b: {"kernel": np.zeros((a, b))}  # noqa: E731
+  attention = {name: {"kernel": np.zeros((8, 2, 4))} for name in ("query", "key", "value")}
+  attention["out"] = {"kernel": np.zeros((2, 4, 8))}
+  return {"attention": attention, "up": linear(8, mlp_width), "down": linear(mlp_width, 8)}
+
+
+def test_transformer_mlp_linears_are_told_apart_by_shape_or_raise():
+  params = {
+    "embed": {"embedding": np.zeros((11, 8))},
+    "blocks": {0: _llama_block(16)},
+    "final_norm": {"scale": np.zeros(8)},
+    "head": {"kernel": np.zeros((8, 11))},
+  }
+  space = transformer_space(params)  # "down" sorts first, but its shape says it is the second
+  assert space.spec()["blocks"][0]["up"]["kernel"] == ("residual", "mlp0")
+  assert space.spec()["blocks"][0]["down"]["kernel"] == ("mlp0", "residual")
+  with pytest.raises(ValueError, match=r"MLP Linears of block 'blocks/0' \(square"):
+    transformer_space({**params, "blocks": {0: _llama_block(8)}})
+
+
+def test_rnn_space_reaches_a_cell_nested_by_nnx_rnn():
+  cell = {"dense_i": {"kernel": np.zeros((4, 5)), "bias": np.zeros(5)}, "dense_h": {"kernel": np.zeros((5, 5))}}
+  params = {"embed": {"embedding": np.zeros((7, 4))}, "rnn": {"cell": cell}, "head": {"kernel": np.zeros((5, 7))}}
+  with pytest.raises(ValueError, match=r"It is nested under 'rnn/cell' \(as nnx.RNN nests its cell\)"):
+    rnn_space(params)
+  space = rnn_space(params, cell="rnn/cell")
+  assert space.spec()["rnn"]["cell"]["dense_h"]["kernel"] == ("hidden", "hidden")
