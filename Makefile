@@ -96,6 +96,7 @@ bench: $(STAMP) data
 	$(PY) -m benchmarks.metatrain
 	$(PY) -m benchmarks.scaling
 	$(PY) -m benchmarks.estimator_snr
+	$(PY) -m benchmarks.inference
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build/docs

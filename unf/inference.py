@@ -20,6 +20,7 @@ requires in general, so the labels are the finest partition the rules allow.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -63,10 +64,11 @@ _CALLS = {
 class _Classes:
   """Union-find over axis nodes; each class remembers why it is fixed (the first reason), if it is.
 
-  A *merged* class is an axis made by a reshape of two axes (a, b) into one of size |a| * |b| (as
-  ``unf.merge_gates`` makes a gate axis and a hidden axis into one): it is permuted by the product of the
-  permutations of a and b, and a split of it back into |a| blocks of |b| ties each block to b. A merged class
-  may meet another with the same factors, or a *fresh* axis (an op's output, not yet tied to anything), which
+  A *merged* class is an axis made by a reshape of axes (a, b, ...) into one of size |a| |b| ... (as
+  ``unf.merge_gates`` makes a gate axis and a hidden axis into one, or image patches their channels and
+  kernel positions): it is permuted by the product of the permutations of its factors, and a split of it back
+  into |a| blocks ties each block to the rest. A merged class may meet another whose factors group alike
+  (their factors are tied group by group), or a *fresh* axis (an op's output, not yet tied to anything), which
   then takes its factors; meeting any other axis fixes both and the factors.
   """
 
@@ -79,7 +81,7 @@ class _Classes:
     self.split_hint: dict[int, str] = {}
     self.hard: set[int] = set()
     self.fresh: set[int] = set()  # roots of classes that no rule has tied or fixed yet
-    self.factors: dict[int, tuple[int, int]] = {}  # merged classes: root -> (node of a, node of b)
+    self.factors: dict[int, tuple[int, ...]] = {}  # merged classes: root -> the nodes of its factors, major first
     self.first_use: dict[int, int] = {}  # the order in which the program first uses each node
 
   def new(self, shape: Sequence[int], reason: str | None = None, *, fresh: bool = True) -> Nodes:
@@ -95,13 +97,29 @@ class _Classes:
         self.fresh.add(nodes[-1])
     return tuple(nodes)
 
-  def merged(self, a: int, b: int) -> int:
-    """A new axis that is the merge of axes ``a`` (major) and ``b`` (minor)."""
-    (node,) = self.new((self.size[a] * self.size[b],), fresh=False)
-    self.factors[node] = (a, b)
-    return node
+  def merged(self, nodes: Sequence[int]) -> int:
+    """A new axis that is the merge of ``nodes`` (major first); a merged factor contributes its own factors."""
+    flat: list[int] = []
+    for node in nodes:
+      flat.extend(self.factors.get(self.find(node), (node,)))
+    flat = [node for node in flat if self.size[node] != 1]
+    if len(flat) == 1:
+      return flat[0]
+    (merged,) = self.new((math.prod(self.size[node] for node in flat),), fresh=False)
+    self.factors[merged] = tuple(flat)
+    return merged
 
-  def factors_of(self, node: int) -> tuple[int, int] | None:
+  def tie_factors(self, a: Sequence[int], b: Sequence[int], where: str) -> None:
+    """Ties two factorisations of one axis, group by group of equal products (``_reshape_groups``)."""
+    for group_a, group_b in _reshape_groups(tuple(self.size[n] for n in a), tuple(self.size[n] for n in b)):
+      nodes_a, nodes_b = [a[i] for i in group_a], [b[i] for i in group_b]
+      if len(nodes_a) > 1 and len(nodes_b) > 1:
+        for node in nodes_a + nodes_b:
+          self.fix(node, f"{where} ties axes merged in two different ways")
+        continue
+      self.tie(self.merged(nodes_a), self.merged(nodes_b), where)
+
+  def factors_of(self, node: int) -> tuple[int, ...] | None:
     return self.factors.get(self.find(node))
 
   def find(self, node: int) -> int:
@@ -141,8 +159,7 @@ class _Classes:
       if fa is None:
         self.factors[ra] = fb
     if fa is not None and fb is not None:
-      self.tie(fa[0], fb[0], where)
-      self.tie(fa[1], fb[1], where)
+      self.tie_factors(fa, fb, where)
     if ra in self.reason and ra in self.factors:
       self.fix(ra, self.reason[ra])  # a fixed merged axis fixes its factors
 
@@ -300,14 +317,13 @@ class _Tracer:
       if len(in_axes) == 1 and len(out_axes) == 1:
         self.classes.tie(ins[0][in_axes[0]], out[out_axes[0]], where)
         continue
-      if len(in_axes) == 2 and len(out_axes) == 1:  # (G, H) -> G*H: a merged axis
-        out[out_axes[0]] = self.classes.merged(ins[0][in_axes[0]], ins[0][in_axes[1]])
+      if len(out_axes) == 1:  # (G, H) -> G*H: a merged axis
+        out[out_axes[0]] = self.classes.merged([ins[0][a] for a in in_axes])
         continue
       factors = self.classes.factors_of(ins[0][in_axes[0]]) if len(in_axes) == 1 else None
       sizes = [in_shape[a] for a in in_axes], [out_shape[a] for a in out_axes]
-      if factors is not None and len(out_axes) == 2 and sizes[1] == [self.classes.size[f] for f in factors]:
-        self.classes.tie(factors[0], out[out_axes[0]], where)  # the merge undone
-        self.classes.tie(factors[1], out[out_axes[1]], where)
+      if factors is not None:  # a merged axis split again: tied to its factors group by group
+        self.classes.tie_factors(factors, [out[a] for a in out_axes], where)
         continue
       reason = f"{where} turns axes of sizes {sizes[0]} into axes of sizes {sizes[1]}"
       hint = None
@@ -370,6 +386,13 @@ class _Tracer:
     elif rhs_shape[rhs_i] == 1 and rhs_shape[rhs_o] == groups:  # depthwise: channel k only meets channel k
       self.classes.tie(lhs[lhs_c], rhs[rhs_o], where)
       self.classes.tie(rhs[rhs_o], out[out_c], where)
+    elif rhs_shape[rhs_i] == 1 and rhs_shape[rhs_o] % groups == 0:
+      # Depthwise with a channel multiplier M (as image patches are made): output channel c*M + m reads input
+      # channel c only, so the output channels are the merge of (input channel, m).
+      (multiplier,) = self.classes.new((rhs_shape[rhs_o] // groups,), fresh=False)
+      channels = self.classes.merged([lhs[lhs_c], multiplier])
+      self.classes.tie(rhs[rhs_o], channels, where)
+      self.classes.tie(out[out_c], channels, where)
     else:
       self.fix_all(
         [[lhs[lhs_c]], [rhs[rhs_i]], [rhs[rhs_o]], [out[out_c]]],
@@ -396,10 +419,11 @@ class _Tracer:
     if equal and factors is not None and self.classes.size[factors[0]] == len(sizes):
       # Blocks of a merged (G, H) axis: block g is H, at position g of G.
       self.classes.fix(factors[0], f"{where}: the blocks of a split sit at positions")
+      block = self.classes.merged(factors[1:])
       outs = [self.fresh(v) for v in eqn.outvars]
       for out in outs:
         for k, (node, out_node) in enumerate(zip(ins[0], out, strict=True)):
-          self.classes.tie(factors[1] if k == axis else node, out_node, where)
+          self.classes.tie(block if k == axis else node, out_node, where)
       return outs
     hint = f"split from {sum(sizes)} into {len(sizes)} blocks of {sizes[0]}" if equal else None
     return self.along_axis(eqn, ins, (axis,), where, "a split cuts blocks along", hint)
@@ -412,12 +436,12 @@ class _Tracer:
       zip(eqn.params["start_indices"], eqn.params["limit_indices"], strides)
     ):
       factors = self.classes.factors_of(ins[0][axis])
-      block = self.classes.size[factors[1]] if factors is not None else 0
+      block = shape[axis] // self.classes.size[factors[0]] if factors is not None else 0
       if start == 0 and limit == shape[axis] and stride == 1:
         self.classes.tie(ins[0][axis], out[axis], where)
       elif factors is not None and stride == 1 and start % block == 0 and limit - start == block:
         self.classes.fix(factors[0], f"{where} takes block {start // block} of a merged axis")
-        self.classes.tie(factors[1], out[axis], where)
+        self.classes.tie(self.classes.merged(factors[1:]), out[axis], where)
       else:
         part = limit - start
         hint = f"sliced [{start}:{limit}] out of {shape[axis]}" if stride == 1 and shape[axis] % part == 0 else None

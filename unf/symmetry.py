@@ -124,7 +124,7 @@ def check_symmetry(
     rtol: relative tolerance, per output entry; default from the output's dtype
       (:func:`default_tolerance`: about 6e-5 in float32, 2e-11 in float64).
     atol: absolute tolerance, per output entry; default the same, times the
-      largest |entry| of the output leaf (when above 1).
+      largest absolute entry of the output leaf (when above 1).
 
   Returns:
     The largest absolute deviation of any output entry over all trials, as a

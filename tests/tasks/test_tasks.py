@@ -176,3 +176,18 @@ def test_conv_as_matmul_equals_flax_conv(key):
   for shape in [(2, 16, 16, 3), (2, 9, 7, 3)]:
     x = jax.random.normal(key, shape)
     np.testing.assert_allclose(conv_as_matmul(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", PAPER_TASKS)
+def test_space_equals_the_space_read_from_the_computation(name, key):
+  """The builders' space of every paper task, with its io labels fixed, is the one unf.infer_space finds."""
+  task = tasks.get(name)
+  params = task.init(key)
+  inputs, _ = task.sample_batch(key, "valid")
+  io = {"input", "output", "vocab", "position"}
+  fixed_io = unf.WeightSpace(
+    task.space.unflatten([tuple(None if a in io else a for a in axes) for axes in task.space.axes])
+  ).with_fixed_sizes(params)
+  inferred = unf.infer_space(task.apply, params, inputs)
+  assert inferred.match(fixed_io)  # a bijection of labels, leaf by leaf: the same partition
+  assert len(inferred.labels) == len(fixed_io.labels)
