@@ -682,6 +682,15 @@ def explain_space(
   The reason is the first operation that fixed the axis's class, with where
   the user's code called it, e.g. ``"slice (in model.py:12) takes a part of axis 1"``.
 
+  Args:
+    apply_fn: ``apply_fn(params, *example_args)``, as for :func:`infer_space`.
+    params: nested dicts of arrays.
+    *example_args: example inputs.
+    io: ``"fixed"`` or ``"permutable"``, as for :func:`infer_space`.
+
+  Returns:
+    Per leaf path, a tuple with one entry per axis: the reason it is fixed, or None for a labelled axis.
+
   Example:
     >>> import jax.numpy as jnp, unf
     >>> params = {"w0": jnp.ones((3, 4)), "w1": jnp.ones((4, 2))}
