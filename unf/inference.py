@@ -203,15 +203,13 @@ class _Tracer:
 
   # --- programs --------------------------------------------------------------
 
-  def run(self, jaxpr: Any, inputs: Sequence[Nodes], consts: Sequence[Nodes] | None = None) -> list[Nodes]:
+  def run(self, jaxpr: Any, inputs: Sequence[Nodes]) -> list[Nodes]:
     """Runs ``jaxpr`` (a Jaxpr or ClosedJaxpr) on input nodes; returns the nodes of its outputs."""
     if isinstance(jaxpr, jax_core.ClosedJaxpr):
       jaxpr = jaxpr.jaxpr
     env: dict[Any, Nodes] = {}
     for var in jaxpr.constvars:
       env[var] = self.fresh(var, "a constant captured by the traced function")
-    if consts is not None:
-      env.update(zip(jaxpr.constvars, consts))
     if len(inputs) != len(jaxpr.invars):
       raise AssertionError(f"infer_space: {len(inputs)} inputs for a program of {len(jaxpr.invars)}")
     env.update(zip(jaxpr.invars, inputs))

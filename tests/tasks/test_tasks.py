@@ -55,13 +55,18 @@ def test_paper_tasks_train_on_real_data(name, key):
   assert final < target, f"{name}: valid loss {initial:.3f} -> {final:.3f}, expected < {target}"
 
 
+IO_LABELS = {"input", "output", "vocab", "position"}  # the builders' io="permutable" labels
+
+
+def _task_params_inputs(name, key):
+  task = tasks.get(name)
+  return task, task.init(key), task.sample_batch(key, "valid")[0]
+
+
 @pytest.mark.parametrize("name", PAPER_TASKS)
 def test_space_is_a_symmetry_on_hidden_labels(name, key):
-  task = tasks.get(name)
-  params = task.init(key)
-  inputs, _ = task.sample_batch(key, "valid")
-  io = {"input", "output", "vocab", "position"}
-  hidden = [label for label in task.space.labels if label not in io]
+  task, params, inputs = _task_params_inputs(name, key)
+  hidden = [label for label in task.space.labels if label not in IO_LABELS]
   assert hidden, task.space
   apply = jax.jit(task.apply)
   # float32 with the default tolerances, which follow the dtype (rounding in a permuted sum is ~1e-6 here).
@@ -181,12 +186,9 @@ def test_conv_as_matmul_equals_flax_conv(key):
 @pytest.mark.parametrize("name", PAPER_TASKS)
 def test_space_equals_the_space_read_from_the_computation(name, key):
   """The builders' space of every paper task, with its io labels fixed, is the one unf.infer_space finds."""
-  task = tasks.get(name)
-  params = task.init(key)
-  inputs, _ = task.sample_batch(key, "valid")
-  io = {"input", "output", "vocab", "position"}
+  task, params, inputs = _task_params_inputs(name, key)
   fixed_io = unf.WeightSpace(
-    task.space.unflatten([tuple(None if a in io else a for a in axes) for axes in task.space.axes])
+    task.space.unflatten([tuple(None if a in IO_LABELS else a for a in axes) for axes in task.space.axes])
   ).with_fixed_sizes(params)
   inferred = unf.infer_space(task.apply, params, inputs)
   assert inferred.match(fixed_io)  # a bijection of labels, leaf by leaf: the same partition
