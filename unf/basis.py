@@ -21,8 +21,9 @@ mixing, and an output *pattern* (how kept indices and broadcasts are written).
 For one output leaf, all terms whose kept indices carry the same multiset of
 labels (the *signature*) share one concatenated input and one matrix product
 that mixes channels on the small pooled tensors for every pattern at once;
-only then are results broadcast into the output, where XLA fuses the
-additions into one loop.
+output leaves whose groups read the same input share that product too (a
+*bundle*). Only then are results broadcast into the output, where XLA fuses
+the additions into one loop.
 """
 
 from __future__ import annotations
@@ -167,6 +168,9 @@ class Plan:
   reduction_order: tuple[int, ...]  # parents before children
   groups: tuple[Group, ...]
   num_terms: int
+  # Indices of groups that read the same pieces (the same concatenated input), in group order: one
+  # matrix product serves them all. On a 6-block transformer 407 groups read 98 distinct inputs.
+  bundles: tuple[tuple[int, ...], ...] = ()
 
 
 # --- enumeration -------------------------------------------------------------
@@ -279,7 +283,20 @@ def plan(space_in: WeightSpace, space_out: WeightSpace) -> Plan:
       )
     )
   order = tuple(sorted(range(len(reduction_list)), key=lambda r: len(reduction_list[r].pooled_labels)))
-  return Plan(space_in, space_out, layouts_in, layouts_out, tuple(reduction_list), order, tuple(built), num_terms)
+  bundles: dict[tuple[Piece, ...], list[int]] = {}
+  for k, group in enumerate(built):
+    bundles.setdefault(group.pieces, []).append(k)
+  return Plan(
+    space_in,
+    space_out,
+    layouts_in,
+    layouts_out,
+    tuple(reduction_list),
+    order,
+    tuple(built),
+    num_terms,
+    tuple(map(tuple, bundles.values())),
+  )
 
 
 def count_terms(space_in: WeightSpace, space_out: WeightSpace) -> int:

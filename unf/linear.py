@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from unf.basis import Group, LeafLayout, Pattern, Piece, Plan, Reduction, invariant_reductions, plan
 from unf.space import WeightSpace, path_str
@@ -76,19 +77,25 @@ def init(
   for g in p.groups:
     unpooled = sum(n for n, is_pooled in zip(_piece_rows(p, g, in_features), pooled[g.name]) if not is_pooled)
     fan[g.out_leaf] += unpooled * sum(pattern.singleton for pattern in g.patterns)
-  params: Params = {}
-  keys = jax.random.split(key, max(len(p.groups), 1))
-  for g, k in zip(p.groups, keys):
+  shapes = []
+  for g in p.groups:
     rows = _piece_rows(p, g, in_features)
-    c_in = sum(rows)
-    c_out = _channels(p.layouts_out[g.out_leaf], out_features)
-    std = 1.0 / math.sqrt(fan[g.out_leaf] or c_in)
-    scales = [_POOLED_SCALE if is_pooled else 1.0 for is_pooled in pooled[g.name]]
-    row_scale = jnp.concatenate([jnp.full(n, scale, dtype) for n, scale in zip(rows, scales)])
-    weight = jax.random.normal(k, (c_in, len(g.patterns) * c_out), dtype)
-    params[_weight_name(space_out, g)] = std * row_scale[:, None] * weight
+    std = 1.0 / math.sqrt(fan[g.out_leaf] or sum(rows))
+    row_scale = np.repeat([std * (_POOLED_SCALE if is_pooled else 1.0) for is_pooled in pooled[g.name]], rows)
+    shapes.append((sum(rows), len(g.patterns) * _channels(p.layouts_out[g.out_leaf], out_features), row_scale))
+  # One draw for every weight: a draw per group would compile a sampler per shape (seconds on large spaces).
+  flat = jax.random.normal(key, (sum(r * c for r, c, _ in shapes),), dtype)
+  concrete = not isinstance(flat, jax.core.Tracer)
+  if concrete:
+    flat = np.asarray(flat)  # slicing in numpy compiles nothing
+  params: Params = {}
+  start = 0
+  for g, (rows, columns, row_scale) in zip(p.groups, shapes):
+    weight = flat[start : start + rows * columns].reshape(rows, columns) * row_scale.astype(dtype)[:, None]
+    start += rows * columns
+    params[_weight_name(space_out, g)] = jnp.asarray(weight) if concrete else weight
     if g.has_bias:
-      params[_bias_name(space_out, g)] = jnp.zeros((len(g.patterns) * c_out,), dtype)
+      params[_bias_name(space_out, g)] = jnp.asarray(np.zeros(columns, dtype)) if concrete else jnp.zeros(columns, dtype)
   return params
 
 
@@ -233,22 +240,30 @@ def apply(
     else:
       reduced[index] = jnp.mean(reduced[r.parent], axis=r.parent_axis)
   acc: dict[int, jax.Array] = {}  # per output leaf, the sum of its terms
-  for g in p.groups:
-    labels = p.layouts_out[g.out_leaf].labels
+  for bundle in p.bundles:
+    groups = [p.groups[k] for k in bundle]
     parts = []
-    for piece in g.pieces:
+    for piece in groups[0].pieces:
       part = reduced[piece.reduction]
       if piece.transpose != tuple(range(len(piece.transpose))):
         part = jnp.transpose(part, (*piece.transpose, part.ndim - 1))
       parts.append(part)
     inputs = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
-    z = _mix_channels(inputs, params[_weight_name(space_out, g)], fuse=_writes_every_entry_once(g.patterns))
-    if g.has_bias:
-      z = z + params[_bias_name(space_out, g)]
-    z = z.reshape(z.shape[:-1] + (len(g.patterns), -1))
-    for k, pattern in enumerate(g.patterns):
-      term = _write(z[..., k, :], pattern, labels, sizes)
-      acc[g.out_leaf] = acc[g.out_leaf] + term if g.out_leaf in acc else term
+    weights = [params[_weight_name(space_out, g)] for g in groups]
+    fuse = all(_writes_every_entry_once(g.patterns) for g in groups)
+    z = _mix_channels(inputs, weights[0] if len(weights) == 1 else jnp.concatenate(weights, axis=1), fuse=fuse)
+    if groups[0].has_bias:  # signature () groups, and only they, have biases: a bundle has all or none
+      biases = [params[_bias_name(space_out, g)] for g in groups]
+      z = z + (biases[0] if len(biases) == 1 else jnp.concatenate(biases))
+    start = 0  # columns: the groups in bundle order, each its patterns in order
+    for g, weight in zip(groups, weights):
+      columns = weight.shape[1] // len(g.patterns)
+      labels = p.layouts_out[g.out_leaf].labels
+      for pattern in g.patterns:
+        term = z if columns == z.shape[-1] else lax.slice_in_dim(z, start, start + columns, axis=z.ndim - 1)
+        start += columns
+        term = _write(term, pattern, labels, sizes)
+        acc[g.out_leaf] = acc[g.out_leaf] + term if g.out_leaf in acc else term
   outputs = []
   # Every output leaf has terms, as a WeightSpace has at least one leaf: acc has every key.
   for o, layout in enumerate(p.layouts_out):
