@@ -95,7 +95,8 @@ def init(
     start += rows * columns
     params[_weight_name(space_out, g)] = jnp.asarray(weight) if concrete else weight
     if g.has_bias:
-      params[_bias_name(space_out, g)] = jnp.asarray(np.zeros(columns, dtype)) if concrete else jnp.zeros(columns, dtype)
+      zeros = np.zeros(columns, dtype)
+      params[_bias_name(space_out, g)] = jnp.asarray(zeros) if concrete else jnp.asarray(zeros, dtype)
   return params
 
 
