@@ -284,8 +284,8 @@ def plan(space_in: WeightSpace, space_out: WeightSpace) -> Plan:
     )
   order = tuple(sorted(range(len(reduction_list)), key=lambda r: len(reduction_list[r].pooled_labels)))
   bundles: dict[tuple[Piece, ...], list[int]] = {}
-  for k, group in enumerate(built):
-    bundles.setdefault(group.pieces, []).append(k)
+  for k, built_group in enumerate(built):
+    bundles.setdefault(built_group.pieces, []).append(k)
   return Plan(
     space_in,
     space_out,

@@ -84,15 +84,14 @@ def init(
     row_scale = np.repeat([std * (_POOLED_SCALE if is_pooled else 1.0) for is_pooled in pooled[g.name]], rows)
     shapes.append((sum(rows), len(g.patterns) * _channels(p.layouts_out[g.out_leaf], out_features), row_scale))
   # One draw for every weight: a draw per group would compile a sampler per shape (seconds on large spaces).
-  flat = jax.random.normal(key, (sum(r * c for r, c, _ in shapes),), dtype)
-  concrete = not isinstance(flat, jax.core.Tracer)
-  if concrete:
-    flat = np.asarray(flat)  # slicing in numpy compiles nothing
+  drawn = jax.random.normal(key, (sum(r * c for r, c, _ in shapes),), dtype)
+  concrete = not isinstance(drawn, jax.core.Tracer)
+  flat: Any = np.asarray(drawn) if concrete else drawn  # slicing in numpy compiles nothing
   params: Params = {}
   start = 0
-  for g, (rows, columns, row_scale) in zip(p.groups, shapes):
-    weight = flat[start : start + rows * columns].reshape(rows, columns) * row_scale.astype(dtype)[:, None]
-    start += rows * columns
+  for g, (num_rows, columns, row_scale) in zip(p.groups, shapes):
+    weight = flat[start : start + num_rows * columns].reshape(num_rows, columns) * row_scale.astype(dtype)[:, None]
+    start += num_rows * columns
     params[_weight_name(space_out, g)] = jnp.asarray(weight) if concrete else weight
     if g.has_bias:
       zeros = np.zeros(columns, dtype)
