@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--vocab", type=int, default=84, help="vocabulary (84: the Shakespeare task's)")
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args(argv)
-  model = TransformerLM(args.vocab, d_model=32, num_heads=4, mlp=128, num_blocks=args.blocks, max_len=8, rngs=nnx.Rngs(0))
+  model = TransformerLM(
+    args.vocab, d_model=32, num_heads=4, mlp=128, num_blocks=args.blocks, max_len=8, rngs=nnx.Rngs(0)
+  )
   graphdef, state = nnx.split(model, nnx.Param)
   params = nnx.to_pure_dict(state)
   tokens = jnp.zeros((8, 8), jnp.int32)
@@ -54,7 +56,10 @@ def main(argv: list[str] | None = None) -> None:
 
   rows.append(("UNF build + first call", statistics.median(_seconds(build_and_call) for _ in range(args.repeats))))
   leaves = len(space.paths)
-  print(f"{args.blocks}-block Transformer LM (d 32, 4 heads, MLP 128, vocabulary {args.vocab}): {leaves} leaves, {len(space.labels)} labels")
+  print(
+    f"{args.blocks}-block Transformer LM (d 32, 4 heads, MLP 128, vocabulary {args.vocab}): "
+    f"{leaves} leaves, {len(space.labels)} labels"
+  )
   print("| what | seconds (median) |\n|---|---|")
   for what, seconds in rows:
     print(f"| {what} | {seconds:.2f} |")
