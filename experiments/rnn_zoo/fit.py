@@ -1,4 +1,7 @@
-"""Training a predictor, the same way for all: MSE on the standardized accuracy, Adam, one budget.
+"""Training a predictor, the same way for all: one objective, Adam, one budget.
+
+Two objectives: ``"mse"``, the mean squared error on the standardized accuracy, and ``"bce"``, the paper's
+binary cross-entropy between the accuracy (a number in [0, 1]) and the sigmoid of the prediction.
 
 Training runs in chunks of ``eval_every`` steps, each one jitted ``lax.scan``;
 after every chunk the checkpoint is scored by Kendall's tau on the zoo's
@@ -41,6 +44,9 @@ from flax import nnx
 
 from experiments.rnn_zoo.stats import kendall_tau
 
+#: The training objectives of :class:`FitConfig`.
+OBJECTIVES = ("mse", "bce")
+
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
@@ -51,17 +57,32 @@ class FitConfig:
     batch_size: zoo models per step (drawn without replacement within a step).
     learning_rate: Adam's learning rate.
     eval_every: steps between validation checkpoints (the best one by validation tau is kept).
+    objective: ``"mse"`` (targets: standardized accuracies) or ``"bce"`` (targets: accuracies in [0, 1];
+      the prediction is a logit), the paper's.
   """
 
   steps: int = 1500
   batch_size: int = 32
   learning_rate: float = 1e-3
   eval_every: int = 100
+  objective: str = "mse"
 
   def __post_init__(self):
     for name in ("steps", "batch_size", "eval_every"):
       if getattr(self, name) < 1:
         raise ValueError(f"FitConfig.{name} must be at least 1, got {getattr(self, name)}.")
+    if self.objective not in OBJECTIVES:
+      raise ValueError(f"FitConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}.")
+
+  @classmethod
+  def paper(cls, num_train: int, *, epochs: int = 10, batch_size: int = 10) -> FitConfig:
+    """The paper's budget for a training split of ``num_train`` models: BCE, Adam 1e-3, batch 10, 10 epochs.
+
+    A checkpoint per epoch; the best by validation tau is kept (early stopping, without stopping early:
+    the selected checkpoint is the same).
+    """
+    epoch = max(1, -(-num_train // batch_size))
+    return cls(steps=epochs * epoch, batch_size=batch_size, learning_rate=1e-3, eval_every=epoch, objective="bce")
 
 
 def _split(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
@@ -75,12 +96,17 @@ def _predict(graphdef: nnx.GraphDef, params: Any, rest: Any, inputs: dict) -> ja
   return jax.vmap(model)(inputs)
 
 
-def _loss(params, graphdef, rest, inputs, targets):
-  return jnp.mean((_predict(graphdef, params, rest, inputs) - targets) ** 2)
+def _loss(params, graphdef, rest, inputs, targets, objective="mse"):
+  predictions = _predict(graphdef, params, rest, inputs)
+  if objective == "bce":
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(predictions, targets))
+  return jnp.mean((predictions - targets) ** 2)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "learning_rate", "batch_size", "num_steps"))
-def _train_steps(graphdef, params, rest, opt_state, inputs, targets, key, *, learning_rate, batch_size, num_steps):
+@functools.partial(jax.jit, static_argnames=("graphdef", "learning_rate", "batch_size", "num_steps", "objective"))
+def _train_steps(
+  graphdef, params, rest, opt_state, inputs, targets, key, *, learning_rate, batch_size, num_steps, objective
+):
   """``num_steps`` Adam steps on random batches of the training split: one ``lax.scan``."""
   optimizer = optax.adam(learning_rate)
   n = targets.shape[0]
@@ -90,7 +116,7 @@ def _train_steps(graphdef, params, rest, opt_state, inputs, targets, key, *, lea
     params, opt_state = carry
     index = jax.random.choice(k, n, (batch,), replace=False)
     x, y = jax.tree.map(lambda a: a[index], inputs), targets[index]
-    loss, grads = jax.value_and_grad(_loss)(params, graphdef, rest, x, y)
+    loss, grads = jax.value_and_grad(_loss)(params, graphdef, rest, x, y, objective)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), loss
 
@@ -100,7 +126,7 @@ def _train_steps(graphdef, params, rest, opt_state, inputs, targets, key, *, lea
 
 def _static(config: FitConfig) -> dict:
   # Only what shapes the training program: runs of different lengths share one compile.
-  return {"learning_rate": config.learning_rate, "batch_size": config.batch_size}
+  return {"learning_rate": config.learning_rate, "batch_size": config.batch_size, "objective": config.objective}
 
 
 _predict_jit = jax.jit(_predict, static_argnames="graphdef")
@@ -122,19 +148,21 @@ class FitResult(NamedTuple):
   history: list[dict]
 
 
-def loss(model: nnx.Module, inputs: dict, targets: Any) -> float:
-  """The mean squared error of the model's predictions, the training objective.
+def loss(model: nnx.Module, inputs: dict, targets: Any, objective: str = "mse") -> float:
+  """The training objective of the model's predictions.
 
   Args:
     model: a predictor.
     inputs: weights with a leading model axis.
     targets: (models,) targets.
+    objective: ``"mse"``, ``mean((predict(model, inputs) - targets) ** 2)``, or ``"bce"``, the mean binary
+      cross-entropy of ``sigmoid(predict(model, inputs))`` against targets in [0, 1].
 
   Returns:
-    ``mean((predict(model, inputs) - targets) ** 2)``.
+    The mean loss.
   """
   graphdef, params, rest = _split(model)
-  return float(_loss(params, graphdef, rest, inputs, jnp.asarray(targets)))
+  return float(_loss(params, graphdef, rest, inputs, jnp.asarray(targets), objective))
 
 
 def train_steps(
@@ -186,7 +214,7 @@ def fit(
   progress: bool = True,
   description: str = "fit",
 ) -> FitResult:
-  """Trains a predictor with MSE on targets; keeps the checkpoint with the best validation Kendall's tau.
+  """Trains a predictor on ``config.objective``; keeps the checkpoint with the best validation Kendall's tau.
 
   Args:
     model: the predictor; it is left at the selected checkpoint.

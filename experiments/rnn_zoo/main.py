@@ -37,10 +37,11 @@ import numpy as np
 from flax import nnx
 
 import unf
+from experiments.rnn_zoo import arithmetic
 from experiments.rnn_zoo import zoo as zoo_lib
 from experiments.rnn_zoo.fit import FitConfig, fit, predict
-from experiments.rnn_zoo.predictors import DISPLAY_NAMES, PAPER_TAU, PREDICTORS, make_predictor, prepare
-from experiments.rnn_zoo.stats import kendall_tau
+from experiments.rnn_zoo.predictors import DISPLAY_NAMES, PAPER_TAU, PREDICTORS, SIZES, make_predictor, prepare
+from experiments.rnn_zoo.stats import bootstrap_tau, kendall_tau, paired_tau_difference
 from metatrain.evaluation.stats import mean_se
 from tasks.data import write_atomically
 
@@ -48,7 +49,13 @@ from tasks.data import write_atomically
 
 
 def run_seed(
-  name: str, zoo: dict[str, zoo_lib.ZooSplit], seed: int, *, config: FitConfig, progress: bool = True
+  name: str,
+  zoo: dict[str, zoo_lib.ZooSplit],
+  seed: int,
+  *,
+  config: FitConfig,
+  sizes: str = "small",
+  progress: bool = True,
 ) -> dict:
   """Builds, trains and evaluates one predictor for one seed.
 
@@ -56,16 +63,19 @@ def run_seed(
     name: a key of :data:`~experiments.rnn_zoo.predictors.PREDICTORS`.
     zoo: the zoo's three splits (see :func:`experiments.rnn_zoo.zoo.load_zoo`).
     seed: seeds the predictor's initialization and its training batches.
-    config: the training budget.
+    config: the training budget (with ``objective="bce"`` the targets are the accuracies themselves).
+    sizes: the predictor's size preset (a key of :data:`~experiments.rnn_zoo.predictors.SIZES`).
     progress: show a progress bar.
 
   Returns:
     Its row of results: ``predictor``, ``seed``, ``test_tau`` (of the selected checkpoint), ``val_tau``,
-    ``best_step``, ``parameters`` and ``seconds``.
+    ``best_step``, ``parameters`` and ``seconds``; and ``test_predictions``, its (test models,) scores.
   """
   start = time.perf_counter()
   data = prepare(zoo)
-  model = make_predictor(name, zoo["train"].space, train_inputs=data["train"][0], rngs=nnx.Rngs(seed))
+  if config.objective == "bce":
+    data = {split: (inputs, zoo[split].accuracy.astype(np.float32)) for split, (inputs, _) in data.items()}
+  model = make_predictor(name, zoo["train"].space, train_inputs=data["train"][0], rngs=nnx.Rngs(seed), sizes=sizes)
   result = fit(
     model,
     data["train"],
@@ -75,15 +85,16 @@ def run_seed(
     progress=progress,
     description=f"{name} seed {seed}",
   )
-  test_tau = kendall_tau(predict(model, data["test"][0]), zoo["test"].accuracy)
+  test_predictions = predict(model, data["test"][0])
   return {
     "predictor": name,
     "seed": seed,
-    "test_tau": test_tau,
+    "test_tau": kendall_tau(test_predictions, zoo["test"].accuracy),
     "val_tau": result.val_tau,
     "best_step": result.step,
     "parameters": unf.num_parameters(model),
     "seconds": time.perf_counter() - start,
+    "test_predictions": test_predictions,
   }
 
 
@@ -119,6 +130,65 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
   return out
 
 
+#: The paired comparisons of the report: (a, b) for tau(a) - tau(b) on the same test models.
+COMPARISONS = (("unf", "statnn"), ("unf", "deep_sets"), ("statnn", "deep_sets"))
+
+
+def intervals(
+  rows: Sequence[dict], accuracy: np.ndarray, *, num_resamples: int = 2000, seed: int = 0
+) -> tuple[list[dict], list[dict]]:
+  """Bootstrap intervals over the test models: per predictor, and paired between predictors.
+
+  A predictor's statistic is its tau averaged over its seeds; the resamples are the same for every predictor
+  (:func:`~experiments.rnn_zoo.stats.bootstrap_indices` with ``seed``), so differences are paired.
+
+  Args:
+    rows: rows of :func:`run_seed`, with their ``test_predictions``.
+    accuracy: the test models' true accuracies.
+    num_resamples: bootstrap resamples.
+    seed: the resamples' seed.
+
+  Returns:
+    ``(per_predictor, paired)``: rows ``{"predictor", "tau", "low", "high", "se"}`` and, for each pair of
+    :data:`COMPARISONS` whose predictors both ran, ``{"a", "b", "difference", "low", "high", "se",
+    "p_two_sided"}``; with fewer than two test models every number is NaN (tau is undefined).
+  """
+  names = list(dict.fromkeys(row["predictor"] for row in rows))
+  if np.size(accuracy) < 2:
+    undefined = {"low": math.nan, "high": math.nan, "se": math.nan}
+    per_predictor = [{"predictor": name, "tau": math.nan, **undefined} for name in names]
+    pairs = [(a, b) for a, b in COMPARISONS if a in names and b in names]
+    return per_predictor, [
+      {"a": a, "b": b, "difference": math.nan, **undefined, "p_two_sided": math.nan} for a, b in pairs
+    ]
+  predictions = {
+    name: np.stack([row["test_predictions"] for row in rows if row["predictor"] == name]) for name in names
+  }
+  options = {"num_resamples": num_resamples, "seed": seed}
+  per_predictor = [{"predictor": name, **bootstrap_tau(predictions[name], accuracy, **options)} for name in names]
+  paired = [
+    {"a": a, "b": b, **paired_tau_difference(predictions[a], predictions[b], accuracy, **options)}
+    for a, b in COMPARISONS
+    if a in predictions and b in predictions
+  ]
+  return per_predictor, paired
+
+
+def intervals_table(per_predictor: Sequence[dict], paired: Sequence[dict]) -> str:
+  """The bootstrap intervals of :func:`intervals` as two markdown tables."""
+  lines = ["| predictor | test tau (seed mean) | bootstrap 95% interval | bootstrap s.e. |", "|---|---|---|---|"]
+  for row in per_predictor:
+    name = DISPLAY_NAMES.get(row["predictor"], row["predictor"])
+    lines.append(f"| {name} | {row['tau']:.4f} | [{row['low']:.4f}, {row['high']:.4f}] | {row['se']:.4f} |")
+  lines += ["", "| paired difference | tau(a) - tau(b) | bootstrap 95% interval | p (two-sided) |", "|---|---|---|---|"]
+  for row in paired:
+    a, b = (DISPLAY_NAMES.get(row[k], row[k]) for k in ("a", "b"))
+    lines.append(
+      f"| {a} - {b} | {row['difference']:+.4f} | [{row['low']:+.4f}, {row['high']:+.4f}] | {row['p_two_sided']:.4f} |"
+    )
+  return "\n".join(lines) + "\n"
+
+
 def markdown_table(summary: Sequence[dict]) -> str:
   """The results as a markdown table, one line per predictor.
 
@@ -142,6 +212,12 @@ def markdown_table(summary: Sequence[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _csv_text_union(rows: Sequence[dict]) -> str:
+  """Rows with different keys in one CSV (blank where a row lacks a column)."""
+  fields = list(dict.fromkeys(key for row in rows for key in row))
+  return _csv_text([{key: row.get(key, "") for key in fields} for row in rows])
+
+
 def _csv_text(rows: Sequence[dict]) -> str:
   buffer = io.StringIO()
   writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
@@ -157,10 +233,15 @@ def run_experiment(
   seeds: int = 3,
   predictors: Sequence[str] = PREDICTORS,
   config: FitConfig | None = None,
+  sizes: str = "small",
   progress: bool = True,
   log: Callable[[str], Any] = print,
 ) -> list[dict]:
-  """Trains every predictor with seeds ``0 .. seeds - 1`` and writes ``results.md``, ``results.csv`` and ``runs.csv``.
+  """Trains every predictor with seeds ``0 .. seeds - 1`` and writes its results to ``out_dir``.
+
+  The files: ``results.md`` (the table beside the paper's, then bootstrap intervals over the test models and
+  paired differences), ``results.csv`` (per predictor), ``runs.csv`` (per seed), ``intervals.csv`` and
+  ``predictions.npz`` (per predictor, the (seeds, test models) predictions, and the test accuracies).
 
   Args:
     zoo_dir: a zoo folder written by :func:`experiments.rnn_zoo.zoo.generate`.
@@ -168,6 +249,7 @@ def run_experiment(
     seeds: seeds per predictor.
     predictors: keys of :data:`~experiments.rnn_zoo.predictors.PREDICTORS`.
     config: the training budget, the same for every predictor (default: :class:`FitConfig`'s).
+    sizes: the predictors' size preset (a key of :data:`~experiments.rnn_zoo.predictors.SIZES`).
     progress: show progress bars.
     log: where the progress lines and the final table go.
 
@@ -176,30 +258,41 @@ def run_experiment(
   """
   config = FitConfig() if config is None else config
   zoo = zoo_lib.load_zoo(zoo_dir)
-  sizes = {split: len(part) for split, part in zoo.items()}
+  counts = {split: len(part) for split, part in zoo.items()}
   log(
-    f"zoo {zoo_dir}: {sizes} models; test accuracy {zoo['test'].accuracy.min():.3f}..{zoo['test'].accuracy.max():.3f}"
+    f"zoo {zoo_dir}: {counts} models; test accuracy {zoo['test'].accuracy.min():.3f}..{zoo['test'].accuracy.max():.3f}"
   )
   rows = []
   for name in predictors:
     for seed in range(seeds):
-      rows.append(run_seed(name, zoo, seed, config=config, progress=progress))
+      rows.append(run_seed(name, zoo, seed, config=config, sizes=sizes, progress=progress))
       log(
         f"  {name} seed {seed}: test tau {rows[-1]['test_tau']:.4f}, val tau {rows[-1]['val_tau']:.4f} "
         f"(step {rows[-1]['best_step']}), {rows[-1]['seconds']:.1f} s"
       )
   summary = summarize(rows)
-  table = markdown_table(summary)
+  per_predictor, paired = intervals(rows, zoo["test"].accuracy)
+  table = markdown_table(summary) + "\n" + intervals_table(per_predictor, paired)
   header = (
-    f"Zoo: {zoo_dir} ({sizes['train']} / {sizes['valid']} / {sizes['test']} models). Budget: {config.steps} steps, "
-    f"batch {config.batch_size}, Adam {config.learning_rate:g}, checkpoint every {config.eval_every} steps selected "
-    f"by validation tau. Seeds: {seeds}.\n\n"
+    f"Zoo: {zoo_dir} ({counts['train']} / {counts['valid']} / {counts['test']} models). Budget: {config.steps} "
+    f"steps, batch {config.batch_size}, Adam {config.learning_rate:g}, objective {config.objective}, checkpoint "
+    f"every {config.eval_every} steps selected by validation tau. Predictor sizes: {sizes}. Seeds: {seeds}.\n\n"
   )
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   write_atomically(out / "results.md", (header + table).encode())
   write_atomically(out / "results.csv", _csv_text(summary).encode())
-  write_atomically(out / "runs.csv", _csv_text(rows).encode())
+  runs = [{k: v for k, v in row.items() if k != "test_predictions"} for row in rows]
+  write_atomically(out / "runs.csv", _csv_text(runs).encode())
+  interval_rows = [{"kind": "predictor", **row} for row in per_predictor] + [
+    {"kind": "paired", **row} for row in paired
+  ]
+  write_atomically(out / "intervals.csv", _csv_text_union(interval_rows).encode())
+  buffer = io.BytesIO()
+  names = list(dict.fromkeys(row["predictor"] for row in rows))
+  arrays = {n: np.stack([r["test_predictions"] for r in rows if r["predictor"] == n]) for n in names}
+  np.savez(buffer, allow_pickle=False, test_accuracy=zoo["test"].accuracy, **arrays)
+  write_atomically(out / "predictions.npz", buffer.getvalue())
   log("")
   log(table)
   return summary
@@ -219,11 +312,22 @@ _GENERATE_FLAGS = {
   "eval_windows": ("eval_windows", "test windows for accuracy"),
   "chunk": ("chunk", "training steps per jitted call"),
 }
+_ARITHMETIC_FLAGS = {
+  "models": ("num_models", "models in the zoo, all splits"),
+  "seed": ("seed", "everything (hyper-parameters, initializations, batches, test problems, splits) follows from it"),
+  "hidden": ("hidden", "GRU state width (the paper's: 128)"),
+  "min_steps": ("min_steps", "fewest training steps of a model"),
+  "max_steps": ("max_steps", "most training steps of a model"),
+  "eval_size": ("eval_size", "test problems for accuracy"),
+  "shard_size": ("shard_size", "models trained together and written as one shard"),
+  "chunk": ("chunk", "training steps per jitted call"),
+}
 _PREDICT_FLAGS = {
   "steps": ("steps", "Adam steps per predictor and seed"),
   "batch_size": ("batch_size", "zoo models per step"),
   "learning_rate": ("learning_rate", "Adam's learning rate"),
   "eval_every": ("eval_every", "steps between validation checkpoints"),
+  "objective": ("objective", "mse (standardized accuracy) or bce (the paper's)"),
 }
 
 
@@ -248,11 +352,35 @@ def _generate(args: argparse.Namespace) -> int:
   return 0
 
 
+def _arithmetic(args: argparse.Namespace) -> int:
+  config = _config_from_flags(arithmetic.ArithmeticConfig, args, _ARITHMETIC_FLAGS)
+  summary = arithmetic.generate(config, args.out, progress=not args.no_progress)
+  acc, rate = summary["accuracy"], summary["training"]
+  print(f"zoo: {os.path.abspath(args.out)}")
+  print(f"  models: {summary['models']} ({summary['diverged']} diverged, left out)")
+  print(f"  test per-token accuracy: min {acc['min']:.4f}, mean {acc['mean']:.4f}, max {acc['max']:.4f}")
+  print(
+    f"  shards: {summary['shards']['total']} ({summary['shards']['reused']} reused); trained {rate['models']} models "
+    f"at {rate['models_per_second']:.2f} models/s, {rate['inner_steps_per_second']:.0f} inner steps/s"
+  )
+  print(f"  wall time: {summary['seconds']:.1f} s")
+  return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
-  config = _config_from_flags(FitConfig, args, _PREDICT_FLAGS)
+  if args.budget == "paper":
+    config = FitConfig.paper(len(zoo_lib.load_split(args.zoo, "train")))
+  else:
+    config = _config_from_flags(FitConfig, args, _PREDICT_FLAGS)
   start = time.perf_counter()
   run_experiment(
-    args.zoo, args.out, seeds=args.seeds, predictors=args.predictors, config=config, progress=not args.no_progress
+    args.zoo,
+    args.out,
+    seeds=args.seeds,
+    predictors=args.predictors,
+    config=config,
+    sizes=args.sizes,
+    progress=not args.no_progress,
   )
   print(f"results: {os.path.abspath(args.out)}/results.md (total {time.perf_counter() - start:.1f} s)")
   return 0
@@ -267,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m experiments.rnn_zoo", description="The Tiny RNN Zoo: predicting test accuracy from weights."
   )
-  commands = parser.add_subparsers(dest="command", required=True, metavar="{generate,predict}")
+  commands = parser.add_subparsers(dest="command", required=True, metavar="{generate,arithmetic,predict}")
   formatter = argparse.ArgumentDefaultsHelpFormatter
   generate_parser = commands.add_parser(
     "generate", help="train a zoo of tiny IRNNs and write its splits", formatter_class=formatter
@@ -275,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
   generate_parser.add_argument("--out", required=True, help="folder for {train,valid,test}.npz and zoo.json")
   _add_config_flags(generate_parser, zoo_lib.ZooConfig(), _GENERATE_FLAGS)
   generate_parser.set_defaults(handler=_generate)
+  arithmetic_parser = commands.add_parser(
+    "arithmetic",
+    help="train the paper's zoo of GRU seq2seq models on arithmetic (resumable)",
+    formatter_class=formatter,
+  )
+  arithmetic_parser.add_argument("--out", required=True, help="folder for shards/, {train,valid,test}.npz, zoo.json")
+  _add_config_flags(arithmetic_parser, arithmetic.ArithmeticConfig(), _ARITHMETIC_FLAGS)
+  arithmetic_parser.set_defaults(handler=_arithmetic)
   predict_parser = commands.add_parser(
     "predict", help="train and score every predictor on a zoo", formatter_class=formatter
   )
@@ -282,9 +418,16 @@ def build_parser() -> argparse.ArgumentParser:
   predict_parser.add_argument("--out", required=True, help="folder for results.md, results.csv and runs.csv")
   predict_parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per predictor")
   predict_parser.add_argument("--predictors", nargs="+", default=list(PREDICTORS), choices=PREDICTORS)
+  predict_parser.add_argument("--sizes", default="small", choices=list(SIZES), help="the predictors' size preset")
+  predict_parser.add_argument(
+    "--budget",
+    default="flags",
+    choices=["flags", "paper"],
+    help="paper: BCE, Adam 1e-3, batch 10, 10 epochs, a checkpoint per epoch (overrides the budget flags)",
+  )
   _add_config_flags(predict_parser, FitConfig(), _PREDICT_FLAGS)
   predict_parser.set_defaults(handler=_predict)
-  for command in (generate_parser, predict_parser):
+  for command in (generate_parser, arithmetic_parser, predict_parser):
     command.add_argument("--no_progress", action="store_true", help="no progress bars")
   return parser
 

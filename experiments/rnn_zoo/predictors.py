@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +45,17 @@ PREDICTORS = ("unf", "deep_sets", "statnn")
 # Test Kendall's tau on the Tiny RNN Zoo, Zhou et al. 2024, Table 2.
 PAPER_TAU = {"unf": 0.8968, "deep_sets": 0.8306, "statnn": 0.8839}
 DISPLAY_NAMES = {"unf": "UNF (invariant)", "deep_sets": "Deep Sets", "statnn": "StatNN"}
+#: Per size preset, each predictor's keyword arguments: ``"small"`` (this project's first zoo) and
+#: ``"paper"`` (the authors' code: 16-channel UNF and Deep Sets layers with an MLP head of 512, StatNN with
+#: three hidden layers of 600).
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+  "small": {"unf": {}, "deep_sets": {}, "statnn": {}},
+  "paper": {
+    "unf": {"hidden": (16, 16), "head_hidden": (512,)},
+    "deep_sets": {"width": 16, "head_hidden": (512,)},
+    "statnn": {"head_hidden": (600, 600, 600)},
+  },
+}
 #: The quantiles StatNN reads of every tensor.
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -215,8 +226,10 @@ class StatNNPredictor(nnx.Module):
     return _run_mlp(self.head, features)[0]
 
 
-def make_predictor(name: str, space: unf.WeightSpace, *, train_inputs: dict | None, rngs: nnx.Rngs) -> nnx.Module:
-  """One of :data:`PREDICTORS`, built for ``space`` with its default sizes.
+def make_predictor(
+  name: str, space: unf.WeightSpace, *, train_inputs: dict | None, rngs: nnx.Rngs, sizes: str = "small"
+) -> nnx.Module:
+  """One of :data:`PREDICTORS`, built for ``space`` with the sizes of a preset of :data:`SIZES`.
 
   Args:
     name: a key of :data:`PREDICTORS`.
@@ -224,19 +237,23 @@ def make_predictor(name: str, space: unf.WeightSpace, *, train_inputs: dict | No
     train_inputs: the normalized weights of the zoo's training split (leading model axis); StatNN fits its
       feature standardization on them, the others ignore them.
     rngs: flax random streams.
+    sizes: a key of :data:`SIZES`.
 
   Returns:
     The predictor, an ``nnx.Module`` mapping one model's weights to a scalar.
 
   Raises:
-    ValueError: an unknown name, or StatNN without ``train_inputs``.
+    ValueError: an unknown name or size preset, or StatNN without ``train_inputs``.
   """
+  if sizes not in SIZES:
+    raise ValueError(f"unknown size preset {sizes!r}; choose one of {tuple(SIZES)}.")
+  if name not in PREDICTORS:
+    raise ValueError(f"unknown predictor {name!r}; choose one of {PREDICTORS}.")
+  options = SIZES[sizes][name]
   if name == "unf":
-    return UNFPredictor(space, rngs=rngs)
+    return UNFPredictor(space, rngs=rngs, **options)
   if name == "deep_sets":
-    return DeepSetsPredictor(space, rngs=rngs)
-  if name == "statnn":
-    if train_inputs is None:
-      raise ValueError("make_predictor('statnn', ...) needs train_inputs: it standardizes features on them.")
-    return StatNNPredictor(space, train_inputs=train_inputs, rngs=rngs)
-  raise ValueError(f"unknown predictor {name!r}; choose one of {PREDICTORS}.")
+    return DeepSetsPredictor(space, rngs=rngs, **options)
+  if train_inputs is None:
+    raise ValueError("make_predictor('statnn', ...) needs train_inputs: it standardizes features on them.")
+  return StatNNPredictor(space, train_inputs=train_inputs, rngs=rngs, **options)

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments.rnn_zoo import fit, main
+from experiments.rnn_zoo import fit, main, stats
 
 
 def test_generate_flags_give_the_tiny_config(tiny, zoo_folder):
@@ -23,8 +23,17 @@ def test_generate_flags_give_the_tiny_config(tiny, zoo_folder):
 def test_predict_defaults_are_the_full_experiment():
   args = main.build_parser().parse_args(["predict", "--zoo", "z", "--out", "o"])
   defaults = fit.FitConfig()
-  assert (args.steps, args.batch_size, args.learning_rate, args.eval_every) == (1500, 32, 1e-3, 100)
-  assert (args.steps, args.batch_size, args.learning_rate, args.eval_every) == dataclasses.astuple(defaults)
+  assert (args.steps, args.batch_size, args.learning_rate, args.eval_every, args.objective) == (
+    1500,
+    32,
+    1e-3,
+    100,
+    "mse",
+  )
+  assert (args.steps, args.batch_size, args.learning_rate, args.eval_every, args.objective) == dataclasses.astuple(
+    defaults
+  )
+  assert args.sizes == "small" and args.budget == "flags"
   assert args.predictors == ["unf", "deep_sets", "statnn"] and args.seeds == 3 and not args.no_progress
 
 
@@ -32,7 +41,7 @@ def test_the_parser_refuses_a_missing_subcommand_and_the_old_predictor_key(capsy
   parser = main.build_parser()
   with pytest.raises(SystemExit):
     parser.parse_args([])
-  assert "{generate,predict}" in capsys.readouterr().err
+  assert "{generate,arithmetic,predict}" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     parser.parse_args(["predict", "--zoo", "z", "--out", "o", "--predictors", "deepsets"])
   assert "invalid choice: 'deepsets'" in capsys.readouterr().err
@@ -44,7 +53,15 @@ def test_experiment_driver_writes_results(zoo_folder, tmp_path, capsys):
   argv += ["--eval_every", "40", "--batch_size", "4", "--learning_rate", "0.003"]
   assert main.main([*argv, "--predictors", "statnn", "deep_sets", "--no_progress"]) == 0
   table = (out / "results.md").read_text()
-  assert "Budget: 40 steps, batch 4, Adam 0.003, checkpoint every 40 steps" in table and "Seeds: 2." in table
+  assert "Budget: 40 steps, batch 4, Adam 0.003, objective mse, checkpoint every 40 steps" in table
+  assert "Predictor sizes: small. Seeds: 2." in table
+  assert "| StatNN - Deep Sets |" in table and "bootstrap 95% interval" in table
+  saved = np.load(out / "predictions.npz")
+  assert saved["statnn"].shape == saved["deep_sets"].shape == (2, saved["test_accuracy"].size)
+  with open(out / "intervals.csv") as file:
+    interval_rows = list(csv.DictReader(file))
+  assert [row["kind"] for row in interval_rows] == ["predictor", "predictor", "paired"]
+  assert saved["test_accuracy"].size == 1 and all(math.isnan(float(row["low"])) for row in interval_rows)
   assert "| StatNN |" in table and "| Deep Sets |" in table and "0.8839" in table and "0.8306" in table
   with open(out / "runs.csv") as file:
     runs = list(csv.DictReader(file))
@@ -57,10 +74,35 @@ def test_experiment_driver_writes_results(zoo_folder, tmp_path, capsys):
     ("deep_sets", "1"),
   ]
   # the summary is the mean over the per-seed rows
+  for run in runs:  # the saved predictions are those scored
+    tau = stats.kendall_tau(saved[run["predictor"]][int(run["seed"])], saved["test_accuracy"])
+    assert float(run["test_tau"]) == pytest.approx(tau, nan_ok=True)
   for row in results:
     taus = [float(run["test_tau"]) for run in runs if run["predictor"] == row["predictor"]]
     assert float(row["test_tau"]) == pytest.approx(np.mean(taus), nan_ok=True)
   assert "| StatNN |" in capsys.readouterr().out
+
+
+def test_intervals_are_the_bootstrap_of_the_seeds_predictions():
+  rng = np.random.default_rng(0)
+  accuracy = rng.uniform(size=40)
+  rows = [
+    {"predictor": name, "seed": s, "test_predictions": accuracy + noise * rng.normal(size=40)}
+    for name, noise in (("unf", 0.05), ("statnn", 0.3), ("deep_sets", 1.0))
+    for s in range(3)
+  ]
+  per_predictor, paired = main.intervals(rows, accuracy, num_resamples=300, seed=4)
+  stacked = {n: np.stack([r["test_predictions"] for r in rows if r["predictor"] == n]) for n in ("unf", "statnn")}
+  assert per_predictor[0] == {
+    "predictor": "unf",
+    **stats.bootstrap_tau(stacked["unf"], accuracy, num_resamples=300, seed=4),
+  }
+  expected = stats.paired_tau_difference(stacked["unf"], stacked["statnn"], accuracy, num_resamples=300, seed=4)
+  assert paired[0] == {"a": "unf", "b": "statnn", **expected}
+  assert [(row["a"], row["b"]) for row in paired] == list(main.COMPARISONS)
+  assert paired[0]["low"] > 0  # 0.05 noise ranks better than 0.3 noise on 40 models
+  table = main.intervals_table(per_predictor, paired)
+  assert "| UNF (invariant) - StatNN | +" in table
 
 
 def test_summary_mean_and_standard_error():
