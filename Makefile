@@ -97,6 +97,7 @@ bench: $(STAMP) data
 	$(PY) -m benchmarks.scaling
 	$(PY) -m benchmarks.estimator_snr
 	$(PY) -m benchmarks.inference
+	$(PY) -m benchmarks.zoo_generation
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build/docs
