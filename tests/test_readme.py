@@ -129,7 +129,7 @@ def test_every_experiment_command_in_the_readme_parses():
   from experiments.rnn_zoo.main import build_parser
 
   commands = [argv for argv in _shell_commands() if argv[:3] == [".venv/bin/python", "-m", "experiments.rnn_zoo"]]
-  assert {argv[3] for argv in commands} == {"generate", "predict"}
+  assert {argv[3] for argv in commands} == {"generate", "arithmetic", "predict"}
   for argv in commands:
     build_parser().parse_args(argv[3:])
 
