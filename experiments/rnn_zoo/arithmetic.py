@@ -75,14 +75,14 @@ import unf
 from experiments.rnn_zoo import zoo as zoo_lib
 from tasks.data import write_atomically
 
-#: Characters: the ten digits, then ``+``, ``-``, the end (padding) token and the decoder's start token.
+#: The characters are the ten digits, then ``+``, ``-``, the end (padding) token and the decoder's start token.
 DIGITS = "0123456789"
 PLUS, MINUS, END, START = 10, 11, 12, 13
 VOCAB_SIZE = 14
 MAX_DIGITS = 5
 #: ``digits(a) op digits(b)``, padded with END.
 INPUT_LENGTH = 2 * MAX_DIGITS + 1
-#: ``str(a op b)``: at most 6 characters (``199998``, ``-99999``), then at least one END.
+#: ``str(a op b)``, at most 6 characters (``199998``, ``-99999``), then at least one END.
 OUTPUT_LENGTH = MAX_DIGITS + 2
 HYPERPARAMETERS = ("learning_rate", "batch_size", "init_scale", "num_steps", "label_noise")
 _GATES_IN, _GATES_H = ("ir", "iz", "in"), ("hr", "hz", "hn")

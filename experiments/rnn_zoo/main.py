@@ -130,7 +130,7 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
   return out
 
 
-#: The paired comparisons of the report: (a, b) for tau(a) - tau(b) on the same test models.
+#: The paired comparisons of the report, (a, b) for tau(a) - tau(b) on the same test models.
 COMPARISONS = (("unf", "statnn"), ("unf", "deep_sets"), ("statnn", "deep_sets"))
 
 

@@ -45,8 +45,8 @@ PREDICTORS = ("unf", "deep_sets", "statnn")
 # Test Kendall's tau on the Tiny RNN Zoo, Zhou et al. 2024, Table 2.
 PAPER_TAU = {"unf": 0.8968, "deep_sets": 0.8306, "statnn": 0.8839}
 DISPLAY_NAMES = {"unf": "UNF (invariant)", "deep_sets": "Deep Sets", "statnn": "StatNN"}
-#: Per size preset, each predictor's keyword arguments: ``"small"`` (this project's first zoo) and
-#: ``"paper"`` (the authors' code: 16-channel UNF and Deep Sets layers with an MLP head of 512, StatNN with
+#: Per size preset, each predictor's keyword arguments, ``"small"`` (this project's first zoo) and
+#: ``"paper"`` (the authors' code, 16-channel UNF and Deep Sets layers with an MLP head of 512, StatNN with
 #: three hidden layers of 600).
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
   "small": {"unf": {}, "deep_sets": {}, "statnn": {}},
