@@ -495,24 +495,25 @@ def _read_shard(path: pathlib.Path, config: ArithmeticConfig, indices: np.ndarra
     return None
   try:
     with np.load(path, allow_pickle=False) as file:
-      if str(file["fingerprint"]) != config.fingerprint():
-        raise ValueError(
-          f"{path} was written by another zoo configuration: generate into a new folder, or delete {path.parent}."
-        )
-      if not np.array_equal(file["indices"], indices):
-        raise ValueError(f"{path} holds other models than this configuration assigns to it.")
-      weights: dict = {}
-      for name in file.files:
-        if name.startswith("weights/"):
-          *parents, leaf = name.removeprefix("weights/").split("/")
-          node = weights
-          for part in parents:
-            node = node.setdefault(part, {})
-          node[leaf] = file[name]
-      return weights, file["accuracy"]
-  except (OSError, EOFError, KeyError, zipfile.BadZipFile) as error:
+      arrays = {name: file[name] for name in file.files}  # reads every array: a cut file fails here
+  except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
     warnings.warn(f"shard {path} does not read back ({type(error).__name__}): training its models again.", stacklevel=2)
     return None
+  if str(arrays.get("fingerprint")) != config.fingerprint():
+    raise ValueError(
+      f"{path} was written by another zoo configuration: generate into a new folder, or delete {path.parent}."
+    )
+  if "indices" not in arrays or "accuracy" not in arrays or not np.array_equal(arrays["indices"], indices):
+    raise ValueError(f"{path} holds other models than this configuration assigns to it.")
+  weights: dict = {}
+  for name, value in arrays.items():
+    if name.startswith("weights/"):
+      *parents, leaf = name.removeprefix("weights/").split("/")
+      node = weights
+      for part in parents:
+        node = node.setdefault(part, {})
+      node[leaf] = value
+  return weights, arrays["accuracy"]
 
 
 def generate(config: ArithmeticConfig, folder: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
