@@ -555,32 +555,10 @@ def generate(config: ArithmeticConfig, folder: str | os.PathLike, *, progress: b
   order = np.concatenate(shards)
   stacked = jax.tree.map(lambda *leaves: np.concatenate(leaves), *weights_parts)
   weights = jax.tree.map(lambda leaf: leaf[np.argsort(order)], stacked)  # zoo order
-  hyper["index"] = np.arange(config.num_models, dtype=np.int32)
-  space = weight_space(config.hidden)
-  finite = np.all([np.isfinite(leaf).reshape(config.num_models, -1).all(1) for leaf in jax.tree.leaves(weights)], 0)
-  counts = {}
-  for split, index in zoo_lib.split_indices(config).items():  # type: ignore[arg-type]
-    index = index[finite[index]]
-    part = zoo_lib.ZooSplit(
-      jax.tree.map(lambda leaf, index=index: leaf[index], weights),
-      accuracy[index],
-      {name: value[index] for name, value in hyper.items()},
-      space,
-    )
-    zoo_lib.save_split(folder / f"{split}.npz", part)
-    counts[split] = len(part)
   summary = {
     "kind": "gru_arithmetic",
     "config": dataclasses.asdict(config),
-    "models": counts,
-    "diverged": int(np.sum(~finite)),
-    "accuracy": {
-      "min": float(accuracy.min()),
-      "mean": float(accuracy.mean()),
-      "max": float(accuracy.max()),
-      "std": float(accuracy.std()),
-    },
-    "space": str(space),
+    **zoo_lib.write_splits(folder, config, weights, accuracy, hyper, weight_space(config.hidden)),
     "shards": {"total": len(shards), "reused": reused},
     "training": {
       "models": trained_models,

@@ -415,6 +415,37 @@ def split_indices(config: ZooConfig) -> dict[str, np.ndarray]:
   return {split: np.sort(part) for split, part in zip(SPLITS, parts)}
 
 
+def write_splits(
+  folder: pathlib.Path, config: Any, weights: dict, accuracy: np.ndarray, hyper: dict, space: unf.WeightSpace
+) -> dict[str, Any]:
+  """Writes a trained zoo's ``{train,valid,test}.npz`` (models in zoo order); diverged models are left out.
+
+  Args:
+    folder: where to write.
+    config: the zoo's configuration (its ``num_models``, ``seed`` and ``split_fractions``, see :func:`split_indices`).
+    weights: every model's params, leading model axis in zoo order.
+    accuracy: every model's test accuracy.
+    hyper: every model's hyper-parameters; ``index`` (the position in the zoo) is added.
+    space: one model's weight space.
+
+  Returns:
+    The summary's ``models`` (per split), ``diverged`` (models with a non-finite weight), ``accuracy``
+    (min, mean, max, std over the zoo) and ``space`` (as text).
+  """
+  hyper = {**hyper, "index": np.arange(config.num_models, dtype=np.int32)}
+  finite = np.all(
+    [np.isfinite(leaf).reshape(config.num_models, -1).all(axis=1) for leaf in jax.tree.leaves(weights)], 0
+  )
+  counts = {}
+  for split, index in split_indices(config).items():
+    index = index[finite[index]]  # a diverged model has no meaningful weights: leave it out (counted)
+    part = ZooSplit(_select(weights, index), accuracy[index], {k: v[index] for k, v in hyper.items()}, space)
+    save_split(folder / f"{split}.npz", part)
+    counts[split] = len(part)
+  statistics = {name: float(getattr(np, name)(accuracy)) for name in ("min", "mean", "max", "std")}
+  return {"models": counts, "diverged": int(np.sum(~finite)), "accuracy": statistics, "space": str(space)}
+
+
 def generate(config: ZooConfig, folder: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
   """Trains the zoo and writes ``{train,valid,test}.npz`` and ``zoo.json`` (a summary) to ``folder``.
 
@@ -433,34 +464,8 @@ def generate(config: ZooConfig, folder: str | os.PathLike, *, progress: bool = T
   folder.mkdir(parents=True, exist_ok=True)
   hyper = sample_hyperparameters(config)
   weights, test_accuracy = train_zoo(config, hyper, progress=progress)
-  hyper["index"] = np.arange(config.num_models, dtype=np.int32)
   space = unf.rnn_space(jax.tree.map(lambda leaf: leaf[0], weights))
-  finite = np.all(
-    [np.isfinite(leaf).reshape(config.num_models, -1).all(axis=1) for leaf in jax.tree.leaves(weights)], 0
-  )
-  counts = {}
-  for split, index in split_indices(config).items():
-    index = index[finite[index]]  # a diverged model has no meaningful weights: leave it out (counted)
-    part = ZooSplit(
-      _select(weights, index),
-      test_accuracy[index],
-      {name: value[index] for name, value in hyper.items()},
-      space,
-    )
-    save_split(folder / f"{split}.npz", part)
-    counts[split] = len(part)
-  summary = {
-    "config": dataclasses.asdict(config),
-    "models": counts,
-    "diverged": int(np.sum(~finite)),
-    "accuracy": {
-      "min": float(test_accuracy.min()),
-      "mean": float(test_accuracy.mean()),
-      "max": float(test_accuracy.max()),
-      "std": float(test_accuracy.std()),
-    },
-    "space": str(space),
-    "seconds": time.perf_counter() - start,
-  }
+  summary = {"config": dataclasses.asdict(config), **write_splits(folder, config, weights, test_accuracy, hyper, space)}
+  summary["seconds"] = time.perf_counter() - start
   write_atomically(folder / "zoo.json", (json.dumps(summary, indent=2) + "\n").encode())
   return summary
