@@ -94,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """Runs ``metatrain train``, ``eval`` or ``export``; returns the exit status (2 for bad input).
+  """Runs ``metatrain train``, ``eval`` or ``export``; returns the exit status.
+
+  0 when done, 2 for bad input, 75 (:data:`metatrain.runtime.train.PREEMPTED_EXIT_STATUS`) when
+  ``train`` was stopped by SIGTERM after writing its checkpoint (run it again to resume).
 
   Args:
     argv: the arguments (default: ``sys.argv[1:]``).
@@ -121,9 +124,13 @@ def main(argv: list[str] | None = None) -> int:
   print(f"workdir: {os.path.abspath(args.workdir)}")
   print(f"  checkpoints: {os.path.join(os.path.abspath(args.workdir), 'checkpoints')}")
   print(f"  TensorBoard: tensorboard --logdir {os.path.join(os.path.abspath(args.workdir), 'tensorboard')}")
-  from metatrain.runtime.train import train  # orbax, tensorboardX and tqdm only for this command
+  from metatrain.runtime.train import PREEMPTED_EXIT_STATUS, Preempted, train  # orbax, tensorboardX, tqdm
 
-  _, history = train(train_config, worker_config, args.workdir, operative_config=operative)
+  try:
+    _, history = train(train_config, worker_config, args.workdir, operative_config=operative)
+  except Preempted as stopped:
+    print(f"metatrain: {stopped}", file=sys.stderr)
+    return PREEMPTED_EXIT_STATUS
   if history:
     print(f"done: {len(history)} outer steps, last meta-loss {history[-1].get('meta_loss', float('nan')):.4f}")
   return 0

@@ -182,6 +182,12 @@ class TrainConfig:
     compilation_cache: folder of JAX's persistent compilation cache, shared by the learner and every
       worker (a second run with the same config compiles nothing); None turns it off. The environment
       variable ``JAX_COMPILATION_CACHE_DIR``, when set, takes precedence.
+    keep_particles: Ray workers return their inner runs with every estimate, kept in Ray's object store,
+      so that a restarted worker recomputes its lost estimate exactly and a preempted run checkpoints
+      the step it was on (:class:`metatrain.runtime.ray_pool.RayPool`); costs one copy of each
+      worker's inner runs per call.
+    worker_patience: seconds a down worker (restarting, or waiting for resources) is waited for before
+      the live workers compute the estimates it owes.
   """
 
   outer_steps: int = 100
@@ -200,13 +206,17 @@ class TrainConfig:
   worker_gpus: float = 0.0
   worker_resources: dict[str, float] | None = None
   compilation_cache: str | None = DEFAULT_COMPILATION_CACHE
+  keep_particles: bool = True
+  worker_patience: float = 60.0
 
   def __post_init__(self):
     check_types(self)
     if self.outer_steps < 1 or self.checkpoint_every < 1:
       raise ValueError("TrainConfig.outer_steps and checkpoint_every must be at least 1.")
-    if self.num_workers < 0 or self.estimates_per_step < 0 or self.staleness < 0:
-      raise ValueError("TrainConfig.num_workers, estimates_per_step and staleness must not be negative.")
+    if self.num_workers < 0 or self.estimates_per_step < 0 or self.staleness < 0 or self.worker_patience < 0:
+      raise ValueError(
+        "TrainConfig.num_workers, estimates_per_step, staleness and worker_patience must not be negative."
+      )
 
   @property
   def worker_count(self) -> int:

@@ -26,12 +26,29 @@ one (gather fewer than ``num_workers``) keeps every worker busy and gets
 estimates tagged with the older ``theta_step`` they were computed at. An
 estimate is returned at most once; estimates lost to dead workers are
 counted in ``lost`` and replaced by new calls on the latest theta.
+
+A worker that is down (its actor restarting, or waiting for resources) is
+waited for: while such a worker has not started on the current theta, the
+workers that have are not started on it again, for up to ``patience``
+seconds after it went down. So a synchronous learner whose worker was
+restarted gets that worker's estimate, computed on the inner runs it had
+(when the pool keeps them, see :class:`metatrain.runtime.ray_pool.RayPool`),
+and the run retraces the one without the fault; a worker down for longer
+(a lost node, a cluster without room for it) is given up on for this
+theta, and the live ones compute the estimates it owes.
+
+:meth:`WorkerPool.interrupt` (a SIGTERM handler calls it) makes a ``gather`` in
+progress return at once, with the estimates it has.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
+
+import jax
+import numpy as np
 
 from metatrain.runtime.config import WorkerConfig
 from metatrain.runtime.worker import Estimate, GradientWorker
@@ -52,19 +69,26 @@ class WorkerPool:
   ``_available(index)`` says whether a worker can take a call now (a
   restarting one cannot).
 
+  ``_down_since(index)`` says since when a worker has been down (None: it is up).
+
   Args:
     num_workers: the number of workers (at least 1).
+    patience: seconds a down worker is waited for before the others compute its estimates.
   """
 
-  def __init__(self, num_workers: int):
+  def __init__(self, num_workers: int, *, patience: float = 60.0):
     if num_workers < 1:
       raise ValueError(f"a pool needs at least one worker, got num_workers={num_workers}.")
-    self.num_workers = num_workers
+    if patience < 0:
+      raise ValueError(f"patience must not be negative, got {patience}.")
+    self.num_workers, self.patience = num_workers, patience
     self.lost = 0
     self._theta: Any = None
     self._step: int | None = None
     self._busy: dict[int, Any] = {}
+    self._started: set[int] = set()  # workers started on the current theta
     self._closed = False
+    self._interrupt = threading.Event()
 
   def publish(self, theta: Theta, step: int) -> None:
     """Makes ``theta`` (a numpy pytree) at outer step ``step`` the latest; idle workers start on it.
@@ -75,6 +99,8 @@ class WorkerPool:
     """
     self._check_open()
     self._theta, self._step = self._put(theta), int(step)
+    self._started = set()
+    self._published()
     self._start_idle(self.num_workers)
 
   def gather(self, count: int, timeout: float | None = None) -> list[Estimate]:
@@ -85,8 +111,8 @@ class WorkerPool:
       timeout: seconds to wait at most (``None``: no limit).
 
     Returns:
-      ``count`` estimates, or fewer when ``timeout`` passed first (the calls
-      still in flight deliver theirs to later gathers).
+      ``count`` estimates, or fewer when ``timeout`` passed first or the pool
+      was interrupted (the calls still in flight deliver theirs to later gathers).
     """
     self._check_open()
     if self._theta is None:
@@ -94,7 +120,7 @@ class WorkerPool:
     deadline = None if timeout is None else time.monotonic() + timeout
     self._start_idle(self.num_workers)
     estimates: list[Estimate] = []
-    while len(estimates) < count:
+    while len(estimates) < count and not self.interrupted:
       finished = self._next(deadline)
       if finished is None:
         break
@@ -103,6 +129,27 @@ class WorkerPool:
         estimates.append(estimate)
       self._start_idle(count - len(estimates))
     return estimates
+
+  def interrupt(self) -> None:
+    """Makes the ``gather`` in progress, and every later one, return at once (safe from a signal handler)."""
+    self._interrupt.set()
+
+  @property
+  def interrupted(self) -> bool:
+    """Whether :meth:`interrupt` was called."""
+    return self._interrupt.is_set()
+
+  def live_workers(self) -> int:
+    """The workers up now (not restarting, not waiting for resources)."""
+    return sum(self._down_since(index) is None for index in range(self.num_workers))
+
+  def published_particles(self) -> dict[str, dict]:
+    """Every worker's particles as they were at the latest ``publish``, ``{"worker_<i>": leaves}``.
+
+    What a checkpoint at the published step holds when the run stops in the
+    middle of a gather (a preemption); ``{}`` when the pool keeps no copies.
+    """
+    return {}
 
   def particles(self) -> dict[str, dict]:
     """The particle states of the workers not computing now, ``{"worker_<i>": leaves}``, for checkpoints.
@@ -143,12 +190,41 @@ class WorkerPool:
     self.close()
 
   def _start_idle(self, needed: int) -> None:
-    """Starts idle workers, lowest index first, until ``needed`` calls are in flight (or all are busy)."""
-    for index in range(self.num_workers):
+    """Starts idle workers until ``needed`` calls are in flight (or all are busy).
+
+    Workers not yet started on the current theta go first, lowest index first;
+    one already started on it goes again only when no worker that has not
+    been is down for less than ``patience`` seconds.
+    """
+    if len(self._busy) >= needed:
+      return
+    idle = [i for i in range(self.num_workers) if i not in self._busy and self._available(i)]
+    fresh = [i for i in idle if i not in self._started]
+    again = [i for i in idle if i in self._started]
+    if again and len(self._busy) + len(fresh) < needed and self._waiting():
+      again = []
+    for index in fresh + again:
       if len(self._busy) >= needed:
         return
-      if index not in self._busy and self._available(index):
-        self._busy[index] = self._start(index)
+      self._start_worker(index)
+
+  def _start_worker(self, index: int) -> None:
+    self._busy[index] = self._start(index)
+    self._started.add(index)
+
+  def _came_up(self, index: int) -> None:
+    """A worker that was down is up: it starts on the latest theta if it has not yet, as ``publish`` does."""
+    if self._theta is not None and index not in self._started and index not in self._busy and not self._closed:
+      self._start_worker(index)
+
+  def _waiting(self) -> bool:
+    """Whether a worker not started on the current theta is down, for less than ``patience`` seconds."""
+    now = time.monotonic()
+    for index in range(self.num_workers):
+      since = self._down_since(index) if index not in self._started else None
+      if since is not None and now - since < self.patience:
+        return True
+    return False
 
   def _check_open(self) -> None:
     if self._closed:
@@ -159,6 +235,12 @@ class WorkerPool:
 
   def _available(self, index: int) -> bool:
     return True
+
+  def _down_since(self, index: int) -> float | None:
+    return None
+
+  def _published(self) -> None:
+    """Called by ``publish`` before it starts the workers (a subclass may snapshot what it keeps)."""
 
   def _settled(self, index: int) -> bool:
     """Whether worker ``index``'s particles can be read now (no call computing on them)."""
@@ -202,9 +284,20 @@ class InProcessPool(WorkerPool):
   """
 
   def __init__(self, config: WorkerConfig, num_workers: int, seed: int = 0):
-    super().__init__(num_workers)
+    super().__init__(num_workers, patience=0.0)
     self.workers = [GradientWorker(config, index, seed) for index in range(num_workers)]
     self._cursor = 0
+    self._snapshot: list[Any] = [None] * num_workers
+
+  def _published(self) -> None:
+    self._snapshot = [worker.state for worker in self.workers]  # immutable jax arrays: no copy
+
+  def published_particles(self) -> dict[str, dict]:
+    saved = {}
+    for index, (worker, state) in enumerate(zip(self.workers, self._snapshot)):
+      if state is not None and worker.family is None:
+        saved[f"worker_{index}"] = {f"{i:04d}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(state))}
+    return saved
 
   def _start(self, index: int) -> tuple[Any, int]:
     assert self._step is not None  # publish() ran: gather() checks it
@@ -220,7 +313,7 @@ class InProcessPool(WorkerPool):
     return self.workers[index].load_particles(leaves)
 
   def _next(self, deadline: float | None) -> tuple[int, Estimate | None] | None:
-    if not self._busy or (deadline is not None and time.monotonic() >= deadline):
+    if not self._busy or self.interrupted or (deadline is not None and time.monotonic() >= deadline):
       return None
     index = next(
       i % self.num_workers

@@ -23,6 +23,7 @@ is pinned to the CPU (``JAX_PLATFORMS=cpu``).
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from typing import Any
@@ -37,6 +38,8 @@ from metatrain.runtime.pool import WorkerPool  # noqa: E402
 from metatrain.runtime.worker import Estimate, GradientWorker  # noqa: E402
 
 PROBE_SECONDS = 0.5  # how often a restarting actor is asked whether it is back
+WAIT_SECONDS = 0.5  # the longest a gather blocks in one ray.wait (an interrupt is seen within it)
+BACKUP_TIMEOUT = 30.0  # seconds to read the kept inner runs back for a checkpoint
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
@@ -52,6 +55,11 @@ class GradientWorkerActor:
   def compute(self, theta: Any, theta_step: int) -> Estimate:
     """One estimate at ``theta`` (Ray resolves a published ObjectRef to the numpy pytree)."""
     return self.worker.compute(theta, theta_step)
+
+  def compute_and_keep(self, theta: Any, theta_step: int) -> tuple[Estimate, dict | None]:
+    """:meth:`compute`, and the inner runs after it (call with ``num_returns=2``: the pool keeps the second)."""
+    estimate = self.worker.compute(theta, theta_step)
+    return estimate, self.worker.particles()
 
   def initial_theta(self, seed: int) -> Any:
     """The learned optimizer's initial meta-parameters for ``seed``, as numpy."""
@@ -114,6 +122,19 @@ class RayPool(WorkerPool):
   ``address="auto"`` joins the cluster this process runs on (``ray start``,
   ``ray up``, a Ray job, Slurm).
 
+  A worker is down from the moment its actor is created (or restarted) until
+  it answers a probe: an actor waiting for resources (a cluster without room
+  for it, until a node joins) is not live, and takes no calls.
+
+  With ``keep_particles``, every call also returns the worker's inner runs
+  after it, kept in Ray's object store (the latest per worker, never fetched
+  by the learner on the way): a restarted or replaced actor is given them
+  back before its next call, so its lost estimate is recomputed exactly,
+  and a checkpoint reads them instead of asking the actors. They cost one
+  copy of the inner runs per worker in the object store of the worker's node
+  (or, when small, in the learner's memory); a node's loss loses the copies
+  it held, and those workers start fresh inner runs.
+
   Args:
     config: the workers' configuration (plain values: it travels to the actors).
     num_workers: the number of actors; actor ``i`` has ``worker_id=i``.
@@ -123,9 +144,12 @@ class RayPool(WorkerPool):
     num_gpus: GPUs per actor (a worker uses the devices it is given).
     resources: custom resources per actor (``{"TPU": 4}`` on a TPU VM).
     max_restarts: Ray restarts of a dead actor (-1: unlimited); once dead for good it is replaced.
-    max_failures: consecutive lost calls of one worker, without an estimate in between, before
-      ``gather`` gives up with a ``RuntimeError`` (a worker that cannot even start).
+    max_failures: consecutive failures of one worker (lost calls, or its actor dead at creation),
+      without an estimate in between, before ``gather`` gives up with a ``RuntimeError`` (a worker
+      that cannot even start).
     env_vars: extra environment variables for the actors (see :func:`worker_env`).
+    keep_particles: keep every worker's latest inner runs in the object store (see above).
+    patience: seconds a down worker is waited for (see :class:`metatrain.runtime.pool.WorkerPool`).
 
   Example::
 
@@ -147,12 +171,15 @@ class RayPool(WorkerPool):
     max_restarts: int = -1,
     max_failures: int = 3,
     env_vars: dict[str, str] | None = None,
+    keep_particles: bool = False,
+    patience: float = 60.0,
   ):
-    super().__init__(num_workers)
+    super().__init__(num_workers, patience=patience)
     self._owns_ray = not ray.is_initialized()
     if self._owns_ray:
       ray.init(address=address or None)
     self.config, self.seed, self.max_failures = config, seed, max_failures
+    self.keep_particles = keep_particles
     self._options = dict(
       num_cpus=num_cpus,
       num_gpus=num_gpus,
@@ -161,78 +188,168 @@ class RayPool(WorkerPool):
       max_task_retries=0,
       runtime_env={"env_vars": worker_env(num_gpus=num_gpus, resources=resources, env_vars=env_vars)},
     )
-    self.actors = [self._new_actor(index) for index in range(num_workers)]
     self._failures = [0] * num_workers
-    # Workers whose actor Ray is restarting: index -> (probe call or None, when to probe next).
-    self._restarting: dict[int, tuple[ray.ObjectRef | None, float]] = {}
+    # Down workers: index -> (probe call or None, when to probe next, down since).
+    self._restarting: dict[int, tuple[ray.ObjectRef | None, float, float]] = {}
+    self._calls: dict[ray.ObjectRef, int] = {}  # the calls in flight, by reference
+    self._events: collections.deque[tuple[int, Estimate | None]] = collections.deque()
+    self._kept: dict[int, ray.ObjectRef] = {}  # each worker's inner runs after its latest call
+    self._in_flight_kept: dict[int, ray.ObjectRef] = {}
+    self._snapshot: dict[int, ray.ObjectRef] = {}  # self._kept at the latest publish
+    self._restore: set[int] = set()  # workers to give their kept inner runs before their next call
+    self.actors: list[Any] = []
+    for index in range(num_workers):
+      self.actors.append(self._new_actor(index))
+      self._went_down(index)
 
   def _new_actor(self, index: int) -> Any:
     actor_class: Any = GradientWorkerActor  # ray.remote made it an ActorClass (typed as the class it wraps)
     return actor_class.options(**self._options).remote(self.config, index, self.seed)
 
+  def _went_down(self, index: int, probe_at: float | None = None) -> None:
+    now = time.monotonic()
+    since = self._restarting[index][2] if index in self._restarting else now
+    self._restarting[index] = (None, now if probe_at is None else probe_at, since)
+    if index in self._kept:
+      self._restore.add(index)
+
   def _put(self, theta: Any) -> ray.ObjectRef:
     return ray.put(theta)
+
+  def _published(self) -> None:
+    self._snapshot = dict(self._kept)
 
   def _available(self, index: int) -> bool:
     return index not in self._restarting
 
+  def _down_since(self, index: int) -> float | None:
+    down = self._restarting.get(index)
+    return None if down is None else down[2]
+
   def _start(self, index: int) -> ray.ObjectRef:
-    return self.actors[index].compute.remote(self._theta, self._step)
+    actor = self.actors[index]
+    if index in self._restore:
+      self._restore.discard(index)
+      actor.load_particles.remote(self._kept[index])  # runs before the call below (one caller: in order)
+    if self.keep_particles:
+      ref, kept = actor.compute_and_keep.options(num_returns=2).remote(self._theta, self._step)
+      self._in_flight_kept[index] = kept
+    else:
+      ref = actor.compute.remote(self._theta, self._step)
+    self._calls[ref] = index
+    return ref
 
   def _next(self, deadline: float | None) -> tuple[int, Estimate | None] | None:
-    while self._busy or self._restarting:
-      now = time.monotonic()
-      # Calls to a restarting actor fail at once (with max_task_retries=0): probe it every PROBE_SECONDS.
-      for index, (probe, when) in list(self._restarting.items()):
-        if probe is None and now >= when:
-          self._restarting[index] = (self.actors[index].pid.remote(), when)
-      calls = {ref: index for index, ref in self._busy.items()}
-      probes = {probe: index for index, (probe, _) in self._restarting.items() if probe is not None}
-      waits = [deadline - now] if deadline is not None else []
-      waits += [when - now for probe, when in self._restarting.values() if probe is None]
-      ready, _ = ray.wait([*calls, *probes], num_returns=1, timeout=max(0.0, min(waits)) if waits else None)
-      if ready and ready[0] in probes:
-        index = probes[ready[0]]
-        try:
-          ray.get(ready[0])
-        except RayActorError as error:
-          if isinstance(error, ActorDiedError):  # restarts exhausted: replace it
-            self._replace(index)
-            return index, None
-          self._restarting[index] = (None, time.monotonic() + PROBE_SECONDS)
-          continue
-        del self._restarting[index]
-        return index, None
-      if ready:
-        return self._finish(calls[ready[0]], ready[0])
-      if deadline is not None and time.monotonic() >= deadline:
+    """The next event: an ended call, a worker back up, or (-1, None) after ``WAIT_SECONDS`` of nothing."""
+    if not self._events and (self._busy or self._restarting):
+      if self.interrupted or (deadline is not None and time.monotonic() >= deadline):
         return None
-    return None
+      self._pump(deadline)
+      if not self._events:
+        return -1, None  # a tick: the caller looks again at who can start (a patience may have run out)
+    return self._events.popleft() if self._events else None
 
-  def _finish(self, index: int, ref: ray.ObjectRef) -> tuple[int, Estimate | None]:
-    """Collects worker ``index``'s ended call: its estimate, or ``None`` when its actor died during it."""
-    del self._busy[index]
+  def wait_for_workers(self, count: int | None = None, timeout: float | None = None) -> int:
+    """Waits until ``count`` workers (default: all) are up, or ``timeout`` seconds; returns how many are.
+
+    Nothing is lost meanwhile: calls that end are kept for the next ``gather``.
+    """
+    count = self.num_workers if count is None else count
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while self.live_workers() < count and self._restarting and not self.interrupted:
+      if deadline is not None and time.monotonic() >= deadline:
+        break
+      self._pump(deadline)
+    return self.live_workers()
+
+  def _pump(self, deadline: float | None) -> bool:
+    """Waits up to ``WAIT_SECONDS`` for calls and probes; queues what ended in ``self._events``.
+
+    Returns:
+      Whether anything ended.
+    """
+    now = time.monotonic()
+    # Calls to a restarting actor fail at once (with max_task_retries=0): probe it every PROBE_SECONDS.
+    for index, (probe, when, since) in list(self._restarting.items()):
+      if probe is None and now >= when:
+        self._restarting[index] = (self.actors[index].pid.remote(), when, since)
+    probes = {probe: index for index, (probe, _, _) in self._restarting.items() if probe is not None}
+    refs = [*self._calls, *probes]
+    waits = [WAIT_SECONDS] + ([deadline - now] if deadline is not None else [])
+    waits += [when - now for probe, when, _ in self._restarting.values() if probe is None]
+    # Everything that is ready, in one ray.wait when something is (a batch, not one call per estimate).
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
+    if not ready and refs:
+      ready, _ = ray.wait(refs, num_returns=1, timeout=max(0.0, min(waits)))
+    elif not refs:
+      time.sleep(max(0.0, min(waits)))
+    for ref in ready:
+      if ref in probes:
+        self._probed(probes[ref], ref)
+    self._finish_all([ref for ref in ready if ref in self._calls])
+    return bool(ready)
+
+  def _probed(self, index: int, probe: ray.ObjectRef) -> None:
     try:
-      estimate = ray.get(ref)
+      ray.get(probe)
     except RayActorError as error:
-      self.lost += 1
-      self._failures[index] += 1
-      if self._failures[index] >= self.max_failures:
-        raise RuntimeError(
-          f"worker {index} lost {self._failures[index]} calls in a row without an estimate; last error: {error}"
-        ) from error
-      if isinstance(error, ActorDiedError):  # dead for good (restarts exhausted or disabled)
+      if isinstance(error, ActorDiedError):  # restarts exhausted (or its constructor raised): replace it
+        self._failed(index, error)
         self._replace(index)
-      else:  # ActorUnavailableError: Ray is restarting it (or lost touch with it for a while)
-        self._restarting[index] = (None, time.monotonic())
-      return index, None
-    self._failures[index] = 0
-    return index, estimate
+        self._events.append((index, None))
+      else:
+        self._went_down(index, probe_at=time.monotonic() + PROBE_SECONDS)
+      return
+    del self._restarting[index]
+    self._came_up(index)
+    self._events.append((index, None))
+
+  def _finish_all(self, refs: list[ray.ObjectRef]) -> None:
+    """Collects ended calls: estimates in one ``ray.get``; a call whose actor died, one at a time."""
+    try:
+      values = ray.get(refs)
+    except RayActorError:
+      values = [None] * len(refs)
+    for ref, value in zip(refs, values):
+      index = self._calls.pop(ref)
+      del self._busy[index]
+      kept = self._in_flight_kept.pop(index, None)
+      if value is None:
+        try:
+          value = ray.get(ref)
+        except RayActorError as error:
+          self._lost(index, error)
+          continue
+      self._failures[index] = 0
+      if kept is not None:
+        self._kept[index] = kept
+      self._events.append((index, value))
+
+  def _lost(self, index: int, error: RayActorError) -> None:
+    self.lost += 1
+    self._started.discard(index)  # it owes its estimate on this theta: it is waited for (patience)
+    self._failed(index, error)
+    if isinstance(error, ActorDiedError):  # dead for good (restarts exhausted or disabled)
+      self._replace(index)
+    else:  # ActorUnavailableError: Ray is restarting it (or lost touch with it for a while)
+      self._went_down(index)
+    self._events.append((index, None))
+
+  def _failed(self, index: int, error: RayActorError) -> None:
+    """Counts a lost call or a dead actor of worker ``index``; gives up after ``max_failures`` in a row."""
+    self._failures[index] += 1
+    if self._failures[index] >= self.max_failures:
+      raise RuntimeError(
+        f"worker {index} failed {self._failures[index]} times in a row (calls lost or its actor dead) without "
+        f"an estimate; last error: {error}"
+      ) from error
 
   def _settled(self, index: int) -> bool:
     return index not in self._busy and index not in self._restarting
 
   def _get_particles(self, indices: list[int]) -> list[dict | None]:
+    if self.keep_particles:
+      return self._read_kept({index: self._kept[index] for index in indices if index in self._kept}, indices)
     refs = [self.actors[index].particles.remote() for index in indices]
     particles = []
     for ref in refs:
@@ -242,22 +359,44 @@ class RayPool(WorkerPool):
         particles.append(None)
     return particles
 
+  def published_particles(self) -> dict[str, dict]:
+    indices = sorted(self._snapshot)
+    saved = zip(indices, self._read_kept(self._snapshot, indices))
+    return {f"worker_{index}": leaves for index, leaves in saved if leaves}
+
+  def _read_kept(self, kept: dict[int, ray.ObjectRef], indices: list[int]) -> list[dict | None]:
+    """The kept inner runs of ``indices`` (None where none is kept or its copy was lost with its node)."""
+    values: list[dict | None] = []
+    for index in indices:
+      try:
+        values.append(ray.get(kept[index], timeout=BACKUP_TIMEOUT) if index in kept else None)
+      except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+        values.append(None)
+    return values
+
   def _set_particles(self, index: int, leaves: dict) -> bool:
     try:
-      return ray.get(self.actors[index].load_particles.remote(leaves))
+      loaded = ray.get(self.actors[index].load_particles.remote(leaves))
     except RayActorError:
       return False
+    if loaded and self.keep_particles:
+      self._kept[index] = ray.put(leaves)
+    return loaded
 
   def _replace(self, index: int) -> None:
-    """A new actor for worker ``index``; calls to it wait until it is created."""
+    """A new actor for worker ``index``; it is down until it answers a probe."""
     ray.kill(self.actors[index], no_restart=True)
     self.actors[index] = self._new_actor(index)
     self._restarting.pop(index, None)
+    self._went_down(index)
 
   def _stop(self) -> None:
     for actor in self.actors:
       ray.kill(actor, no_restart=True)
     self.actors = []
     self._restarting.clear()
+    self._calls.clear()
+    self._kept.clear()
+    self._snapshot.clear()
     if self._owns_ray:
       ray.shutdown()

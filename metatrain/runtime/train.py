@@ -4,6 +4,16 @@
 from small pieces: :func:`resume` (from the workdir's checkpoints),
 :func:`make_pool` (workers in Ray or in this process), and :class:`Run` (the
 loop of outer steps, its checkpoints, summaries and progress bar).
+
+Preemption: SIGTERM (what Slurm, Kubernetes and preemptible TPU hosts send
+before they reclaim a host) stops the run at once: the gather in progress
+returns within half a second (an in-process pool finishes the estimate it is
+computing), a checkpoint of the step the learner is on is written, with the
+workers' inner runs as they were at that step when the pool keeps them
+(:attr:`TrainConfig.keep_particles`), and :func:`train` raises
+:class:`Preempted`; ``metatrain train`` then exits with status
+:data:`PREEMPTED_EXIT_STATUS` (75). Run it again and it resumes from that
+step, in a synchronous run exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -12,6 +22,8 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import signal
+import threading
 import time
 from typing import Any
 
@@ -30,6 +42,18 @@ from metatrain.types import Theta
 
 # Fields of the worker config that a checkpoint must agree with to be resumed.
 _COMPATIBLE = ("task", "learned_optimizer", "width", "preset", "options")
+
+#: The exit status of ``metatrain train`` stopped by SIGTERM once its checkpoint is written (EX_TEMPFAIL:
+#: run it again to resume; launch/slurm.sbatch requeues the job on it).
+PREEMPTED_EXIT_STATUS = 75
+
+
+class Preempted(Exception):
+  """The run was stopped by SIGTERM; a checkpoint of ``step`` is written (run again to resume)."""
+
+  def __init__(self, workdir: str, step: int):
+    super().__init__(f"stopped by SIGTERM at outer step {step}; checkpoint written in {workdir}: run again to resume.")
+    self.workdir, self.step = workdir, step
 
 
 def train(
@@ -71,8 +95,24 @@ def train(
         "learned_optimizer": learned_optimizer.to_json(),
       }
       run = Run(config, worker, learner, pool, checkpoints, summaries, saved)
-      history = run.loop()
+      with _on_sigterm(pool.interrupt):
+        history = run.loop()
+      if pool.interrupted:
+        raise Preempted(str(workdir), learner.step)
   return learner.theta, history
+
+
+@contextlib.contextmanager
+def _on_sigterm(handler):
+  """Calls ``handler()`` on SIGTERM while the block runs (in the main thread only; elsewhere, nothing)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: handler())
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def _writable(workdir: pathlib.Path) -> pathlib.Path:
@@ -177,6 +217,8 @@ def make_pool(config: TrainConfig, worker: WorkerConfig, *, cache: str | None = 
     num_gpus=config.worker_gpus,
     resources=dict(config.worker_resources or {}),
     env_vars=cache_env(cache),
+    keep_particles=config.keep_particles,
+    patience=config.worker_patience,
   )
 
 
@@ -212,6 +254,7 @@ class Run:
       config.learning_rate, total_steps=config.outer_steps, warmup_steps=config.warmup_steps
     )
     self.last_saved = learner.step
+    self.stopped = False  # a gather was interrupted: the workers' particles are not at the learner's step
 
   def loop(self) -> list[dict[str, float]]:
     """Runs outer steps until ``config.outer_steps``; returns the metrics of each."""
@@ -226,6 +269,8 @@ class Run:
       self.pool.publish(jax.tree.map(np.asarray, self.learner.theta), self.learner.step)
       while self.learner.step < self.config.outer_steps:
         metrics = self.step()
+        if metrics is None:  # interrupted (SIGTERM): the finally below checkpoints the step the learner is on
+          break
         history.append(metrics)
         self.summaries.scalars(metrics, self.learner.step)
         if progress is None:  # started after the first step, so that compiling does not count in its rate
@@ -241,10 +286,17 @@ class Run:
         progress.close()
     return history
 
-  def step(self) -> dict[str, float]:
-    """One outer step: gather estimates, apply them, checkpoint when due, publish the new theta."""
+  def step(self) -> dict[str, float] | None:
+    """One outer step: gather estimates, apply them, checkpoint when due, publish the new theta.
+
+    Returns:
+      The step's metrics, or None when the pool was interrupted (nothing applied).
+    """
     start = time.perf_counter()
     estimates = self.pool.gather(self.config.estimates_per_outer_step)
+    if self.pool.interrupted:
+      self.stopped = True
+      return None
     metrics = self.learner.apply(estimates)
     if self.learner.step - self.last_saved >= self.config.checkpoint_every:
       self.save()
@@ -256,14 +308,23 @@ class Run:
       inner_steps_per_second=len(estimates) * self.worker.inner_steps_per_estimate / seconds,
       learning_rate=float(np.asarray(self.schedule(self.learner.step))),
       lost_estimates=float(self.pool.lost),
-      live_workers=float(self.pool.num_workers),
+      live_workers=float(self.pool.live_workers()),
     )
     return metrics
 
   def save(self) -> None:
-    """A checkpoint at the learner's step, with the idle workers' particles when configured."""
+    """A checkpoint at the learner's step, with the idle workers' particles when configured.
+
+    After an interrupt, the particles are the ones the pool kept at the latest publish (the learner's
+    step): the workers may have moved on, or be gone.
+    """
     try:
-      particles = self.pool.particles() if self.config.checkpoint_particles else {}
+      if not self.config.checkpoint_particles:
+        particles = {}
+      elif self.stopped:
+        particles = self.pool.published_particles()
+      else:
+        particles = self.pool.particles()
     except Exception as error:  # noqa: BLE001 - the learner state is what must be saved
       tqdm.tqdm.write(f"warning: the workers' inner runs are not saved ({error}); a resume restarts them.")
       particles = {}

@@ -200,7 +200,9 @@ def test_worker_accelerators_reach_the_ray_actors(monkeypatch):
   monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)  # the workers cache everything
   made = {}
   monkeypatch.setattr(ray_pool, "RayPool", lambda *args, **kwargs: made.update(kwargs))
-  config = TrainConfig(num_workers=2, worker_cpus=8, worker_gpus=0.5, worker_resources={"TPU": 4}, address="auto")
+  config = TrainConfig(
+    num_workers=2, worker_cpus=8, worker_gpus=0.5, worker_resources={"TPU": 4}, address="auto", worker_patience=7.0
+  )
   train_module.make_pool(config, WorkerConfig(), cache="/cache")
   assert made == {
     "address": "auto",
@@ -208,6 +210,8 @@ def test_worker_accelerators_reach_the_ray_actors(monkeypatch):
     "num_gpus": 0.5,
     "resources": {"TPU": 4},
     "env_vars": {"JAX_COMPILATION_CACHE_DIR": "/cache", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"},
+    "keep_particles": True,
+    "patience": 7.0,
   }
   env = ray_pool.worker_env(num_gpus=0, resources={"TPU": 4})
   assert "JAX_PLATFORMS" not in env  # a TPU worker must see its TPU

@@ -1,0 +1,49 @@
+"""``metatrain train`` that also records every estimate it applies: ``python -m ... LOG metatrain-args...``.
+
+Each applied outer step appends one JSON line to LOG: the learner's step after
+it, and ``[worker_id, theta_step, digest of the gradient]`` for each estimate
+used, so that a test run in another process can see which estimates were
+applied, how often, and when (the fault tests act on it mid-run).
+"""
+
+import hashlib
+import json
+import sys
+
+import numpy as np
+
+from metatrain import cli
+from metatrain.runtime.learner import Learner
+
+
+def _digest(grad) -> str:
+  import jax
+
+  hasher = hashlib.sha1()
+  for leaf in jax.tree.leaves(grad):
+    hasher.update(np.ascontiguousarray(leaf).tobytes())
+  return hasher.hexdigest()[:16]
+
+
+def main(log_path: str, argv: list[str]) -> int:
+  apply = Learner.apply
+  log = open(log_path, "a")  # noqa: SIM115 - open for the whole run
+
+  def recorded(self, estimates):
+    step = self.step
+    metrics = apply(self, estimates)
+    if self.step > step:
+      origins = [[e.worker_id, e.theta_step, _digest(e.grad)] for e in estimates]
+      log.write(json.dumps({"step": self.step, "estimates": origins}) + "\n")
+      log.flush()
+    return metrics
+
+  Learner.apply = recorded
+  try:
+    return cli.main(argv)
+  finally:
+    log.close()
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1], sys.argv[2:]))
