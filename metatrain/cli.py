@@ -93,11 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+#: The exit status of ``metatrain train`` when a checkpoint could not be written (EX_IOERR).
+SAVE_FAILED_EXIT_STATUS = 74
+
+
 def main(argv: list[str] | None = None) -> int:
   """Runs ``metatrain train``, ``eval`` or ``export``; returns the exit status.
 
-  0 when done, 2 for bad input, 75 (:data:`metatrain.runtime.train.PREEMPTED_EXIT_STATUS`) when
-  ``train`` was stopped by SIGTERM after writing its checkpoint (run it again to resume).
+  0 when done, 2 for bad input (a configuration, or checkpoints that do not resume), 75
+  (:data:`metatrain.runtime.train.PREEMPTED_EXIT_STATUS`) when ``train`` was stopped by SIGTERM after
+  writing its checkpoint (run it again to resume), 74 (:data:`SAVE_FAILED_EXIT_STATUS`) when a checkpoint
+  could not be written (the earlier ones are intact: make room and run it again).
 
   Args:
     argv: the arguments (default: ``sys.argv[1:]``).
@@ -121,16 +127,24 @@ def main(argv: list[str] | None = None) -> int:
   except (ValueError, TypeError, FileNotFoundError) as error:
     print(f"metatrain: bad configuration: {error}", file=sys.stderr)
     return 2
-  print(f"workdir: {os.path.abspath(args.workdir)}")
-  print(f"  checkpoints: {os.path.join(os.path.abspath(args.workdir), 'checkpoints')}")
-  print(f"  TensorBoard: tensorboard --logdir {os.path.join(os.path.abspath(args.workdir), 'tensorboard')}")
-  from metatrain.runtime.train import PREEMPTED_EXIT_STATUS, Preempted, train  # orbax, tensorboardX, tqdm
+  from metatrain.runtime.checkpoint import CheckpointError, SaveFailed, as_path  # orbax
+  from metatrain.runtime.train import PREEMPTED_EXIT_STATUS, Preempted, train  # tensorboardX, tqdm
 
+  workdir = as_path(args.workdir)
+  print(f"workdir: {workdir}")
+  print(f"  checkpoints: {workdir / 'checkpoints'}")
+  print(f"  TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")
   try:
-    _, history = train(train_config, worker_config, args.workdir, operative_config=operative)
+    _, history = train(train_config, worker_config, workdir, operative_config=operative)
   except Preempted as stopped:
     print(f"metatrain: {stopped}", file=sys.stderr)
     return PREEMPTED_EXIT_STATUS
+  except CheckpointError as error:
+    print(f"metatrain: {error}", file=sys.stderr)
+    return 2
+  except SaveFailed as error:
+    print(f"metatrain: {error}", file=sys.stderr)
+    return SAVE_FAILED_EXIT_STATUS
   if history:
     print(f"done: {len(history)} outer steps, last meta-loss {history[-1].get('meta_loss', float('nan')):.4f}")
   return 0

@@ -8,19 +8,41 @@ A checkpoint (``workdir/checkpoints/<step>``) holds four items:
   (:meth:`metatrain.LearnedOptimizer.to_json`);
 - ``particles`` (optional): the workers' inner runs (PES particles), for an exact resume.
 
+Beside them, ``FILES.json`` lists every file of the checkpoint with its size
+once the save is complete, so that a damaged checkpoint (a file cut short or
+removed) is named by the file that is wrong. A checkpoint that does not
+restore is moved aside to ``<step>.corrupt`` (never deleted) when an older one
+restores, and the run resumes from that one; when none restores, nothing is
+moved and the run stops with an error naming each checkpoint's damage. A save
+that fails (disk full, quota, permissions) removes its partial folder and
+raises :class:`SaveFailed`: the checkpoints already written are untouched.
+
+Paths are ``etils.epath`` paths: a workdir may be a local folder or, with
+the filesystem package of its scheme installed, ``gs://...`` or ``s3://...``
+(``launch/README.md``, "Checkpoints on cloud storage").
+
 :func:`load_learned_optimizer` turns a workdir or one of its checkpoint folders
 back into ``(learned_optimizer, theta)``, with no dataset and no learner.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import pathlib
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 import tasks
 import unf
@@ -33,22 +55,138 @@ log = logging.getLogger(__name__)
 
 #: The items of a checkpoint.
 ITEMS = ("state", "config", "learned_optimizer", "particles")
+#: The file in each checkpoint folder that lists its files and their sizes (``{"state/_METADATA": 444, ...}``).
+FILES = "FILES.json"
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+  """``path`` as an ``epath.Path``: absolute when local (orbax reads absolute paths only), as given for a URL."""
+  if "://" in str(path):
+    return epath.Path(path)
+  return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+class CheckpointError(ValueError):
+  """The checkpoints of a workdir cannot be resumed: none restores, or they belong to another run."""
+
+
+class SaveFailed(OSError):
+  """A checkpoint could not be written (disk full, quota, permissions); the ones already written are intact."""
+
+
+class _Captured(logging.Handler):
+  """Keeps the records orbax logs (to absl) while a save runs: whole tracebacks, repeated for each thread."""
+
+  def __init__(self):
+    super().__init__(logging.ERROR)
+    self.records: list[logging.LogRecord] = []
+
+  def emit(self, record: logging.LogRecord) -> None:
+    self.records.append(record)
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[_Captured]:
+  """Holds back orbax's error logs, and the "Event loop is closed" of its threads, while a save or restore runs.
+
+  A failed save is then reported once, by :class:`SaveFailed`, instead of by a traceback per thread.
+  """
+  logger = logging.getLogger("absl")
+  captured, propagate, handlers = _Captured(), logger.propagate, logger.handlers[:]
+  hook = sys.unraisablehook
+
+  def unraisable(info):
+    if not (isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed"):
+      hook(info)
+
+  logger.handlers, logger.propagate, sys.unraisablehook = [captured], False, unraisable
+  try:
+    yield captured
+  finally:
+    logger.handlers, logger.propagate, sys.unraisablehook = handlers, propagate, hook
+
+
+def _wait_for_threads(before: set[threading.Thread], timeout: float = 30.0) -> None:
+  """Waits (at most ``timeout`` seconds) for the threads started since ``before`` to end: orbax's writers
+  go on after the first of them fails."""
+  deadline = time.monotonic() + timeout
+  for thread in set(threading.enumerate()) - before:
+    if thread is not threading.current_thread() and (not thread.daemon or type(thread).__module__.startswith("orbax")):
+      with contextlib.suppress(Exception):  # orbax's threads raise their error again from join()
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _files(folder: epath.Path) -> dict[str, int]:
+  """Every file under ``folder`` (its path relative to ``folder``) with its size in bytes."""
+  found: dict[str, int] = {}
+  pending = [folder]
+  while pending:
+    for entry in pending.pop().iterdir():
+      if entry.is_dir():
+        pending.append(entry)
+      elif entry.name != FILES:
+        found[os.path.relpath(os.fspath(entry), os.fspath(folder))] = entry.stat().length
+  return found
+
+
+def _system_error(error: BaseException | None) -> str | None:
+  """The operating system's words for the error behind ``error`` ("No space left on device"), if any."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno:
+      return os.strerror(error.errno)
+    if found := re.search(r"os_error_code='(\d+)'", str(error)):
+      return os.strerror(int(found.group(1)))
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _reason(error: BaseException) -> str:
+  """The first line of an error without tensorstore's spec (kilobytes of JSON), at most 200 characters."""
+  text = str(error).split(" [tensorstore_spec=")[0].splitlines()[0] if str(error) else ""
+  text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+  return text if len(text) <= 200 else text[:197] + "..."
+
+
+def damage(folder: epath.Path, error: BaseException) -> str:
+  """What is wrong with the checkpoint ``folder`` that raised ``error`` when read: the file, in a few words.
+
+  The file cut short or removed, by the sizes :data:`FILES` recorded at save time; else the first file of
+  the folder the error names; else the error's first line.
+  """
+  listed = folder / FILES
+  if listed.exists():
+    try:
+      recorded = json.loads(listed.read_text())
+    except (ValueError, OSError):
+      return f"{FILES} does not read"
+    for name, size in sorted(recorded.items()):
+      if not (folder / name).exists():
+        return f"{name} is missing"
+      if (actual := (folder / name).stat().length) != size:
+        return f"{name} is cut short ({actual} of {size} bytes)"
+  for named in re.findall(r"(?:file://)?(/[^\s\"']+)", str(error)):
+    if named.startswith(os.fspath(folder) + "/"):
+      return f"{os.path.relpath(named, os.fspath(folder))}: {_reason(error)}"
+  return _reason(error)
 
 
 class Checkpoints:
   """Saves and restores the learner state under ``workdir/checkpoints``, keeping the last ``keep``.
 
   Orbax writes to a temporary folder and renames it when complete, so a crash
-  never leaves a checkpoint that looks whole; a checkpoint that still fails
-  to restore is skipped with a warning for the one before it.
+  never leaves a checkpoint that looks whole. A checkpoint that is damaged
+  all the same (a file cut short or removed afterwards) is moved aside by
+  :meth:`restore_latest` when an older one restores, with a one-line warning
+  naming the folder and the file.
 
   Args:
-    workdir: the run's folder (checkpoints go to ``workdir/checkpoints``).
+    workdir: the run's folder (checkpoints go to ``workdir/checkpoints``): a local path or an
+      ``epath`` URL (``gs://bucket/run``).
     keep: the number of checkpoints kept (older ones are deleted).
   """
 
-  def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3):
-    self.directory = pathlib.Path(workdir).resolve() / "checkpoints"
+  def __init__(self, workdir: str | os.PathLike, *, keep: int = 3):
+    self.directory = as_path(workdir) / "checkpoints"
     self.manager = ocp.CheckpointManager(
       self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True), item_names=ITEMS
     )
@@ -61,7 +199,7 @@ class Checkpoints:
     learned_optimizer: dict[str, Any],
     particles: dict | None = None,
   ) -> None:
-    """Saves checkpoint ``step`` and waits until it is complete.
+    """Saves checkpoint ``step`` and waits until it is complete, then lists its files in :data:`FILES`.
 
     Args:
       step: the outer step.
@@ -69,6 +207,10 @@ class Checkpoints:
       config: JSON-ready configuration (gin text, worker and train configs).
       learned_optimizer: JSON-ready description of the learned optimizer (kind, width, weight space).
       particles: the workers' particle states (left out when empty).
+
+    Raises:
+      SaveFailed: the checkpoint could not be written; its partial folder is removed, the older
+        checkpoints are intact.
     """
     items = dict(
       state=ocp.args.StandardSave(state),
@@ -77,46 +219,126 @@ class Checkpoints:
     )
     if particles:
       items["particles"] = ocp.args.StandardSave(particles)
-    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
-    self.manager.wait_until_finished()
+    threads = set(threading.enumerate())
+    with _quiet_orbax():
+      try:
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self.manager.wait_until_finished()
+        folder = self.directory / str(step)
+        (folder / FILES).write_text(json.dumps(_files(folder), indent=0, sort_keys=True))
+      except Exception as error:  # noqa: BLE001 - orbax and tensorstore raise many kinds
+        _wait_for_threads(threads)  # the other writers of this save, before its folder is removed
+        self._discard(step)
+        kept = self.steps()
+        previous = f"the checkpoint of step {kept[-1]} is intact" if kept else "there is no earlier checkpoint"
+        raise SaveFailed(
+          f"checkpoint {step} could not be written in {self.directory}: {_system_error(error) or _reason(error)}; "
+          f"{previous}. Make room (or fix the folder's permissions) and run again: it resumes from the latest "
+          "checkpoint."
+        ) from error
+
+  def _discard(self, step: int) -> None:
+    """Removes what a failed save of ``step`` left (its temporary or incomplete folder) and re-reads the steps."""
+    for folder in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+      with contextlib.suppress(OSError):
+        folder.rmtree()
+    folder = self.directory / str(step)
+    if folder.exists() and not (folder / FILES).exists():  # orbax finished it, but it was not listed
+      with contextlib.suppress(OSError):
+        folder.rmtree()
+    self.manager.reload()
 
   def steps(self) -> list[int]:
     """The steps of the checkpoints present, oldest first."""
     return sorted(self.manager.all_steps())
+
+  def _restore(self, step: int, **items: Any) -> dict:
+    with _quiet_orbax():
+      return self.manager.restore(step, args=ocp.args.Composite(**items))
 
   def restore_particles(self, step: int) -> dict:
     """The workers' particles saved with checkpoint ``step`` (``{}`` when it has none or they do not restore)."""
     if not (self.directory / str(step) / "particles").exists():
       return {}
     try:
-      return self.manager.restore(step, args=ocp.args.Composite(particles=ocp.args.StandardRestore()))["particles"]
+      return self._restore(step, particles=ocp.args.StandardRestore())["particles"]
     except Exception as error:  # noqa: BLE001 - particles are an optimisation of resuming: start fresh runs
-      log.warning(
-        "the particles of checkpoint %d in %s do not restore (%s); fresh inner runs.", step, self.directory, error
-      )
+      folder = self.directory / str(step)
+      log.warning("the inner runs saved in %s do not restore (%s); fresh inner runs.", folder, damage(folder, error))
       return {}
 
-  def restore_latest(self, target: PyTree) -> tuple[int, PyTree, dict] | None:
-    """The newest checkpoint that restores into ``target``'s structure: ``(step, state, config)``, or None."""
+  def restore_latest(
+    self, target: PyTree, check: Callable[[dict], None] | None = None
+  ) -> tuple[int, PyTree, dict] | None:
+    """The newest checkpoint that restores into ``target``'s structure: ``(step, state, config)``.
+
+    The damaged checkpoints newer than it are moved aside to ``<step>.corrupt``, each with a one-line
+    warning naming the folder and the file.
+
+    Args:
+      target: a pytree of the learner's state (its structure, shapes and dtypes are restored).
+      check: called with each checkpoint's config before its state is restored; raises
+        (:class:`CheckpointError`) to stop at a checkpoint that belongs to another run.
+
+    Returns:
+      ``(step, state, config)``, or None when there is no checkpoint.
+
+    Raises:
+      CheckpointError: there are checkpoints, but none restores (nothing is moved: each one's damage is named).
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    damaged: list[tuple[int, str]] = []
     for step in reversed(self.steps()):
+      folder = self.directory / str(step)
       try:
-        restored = self.manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), config=ocp.args.JsonRestore())
-        )
+        config = self._restore(step, config=ocp.args.JsonRestore())["config"]
+        if not isinstance(config, dict):
+          raise ValueError(f"config/ holds {type(config).__name__}, not a JSON object")
       except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is skipped, loudly
-        log.warning("checkpoint %d in %s does not restore (%s); trying the previous one.", step, self.directory, error)
+        damaged.append((step, damage(folder, error)))
         continue
-      return step, restored["state"], restored["config"]
+      if check is not None:
+        check(config)
+      try:
+        state = self._restore(step, state=ocp.args.StandardRestore(abstract))["state"]
+      except Exception as error:  # noqa: BLE001
+        damaged.append((step, damage(folder, error)))
+        continue
+      for bad, what in damaged:
+        moved = self._move_aside(bad)
+        log.warning(
+          "checkpoint %s is damaged (%s): moved to %s; resuming from step %d.",
+          self.directory / str(bad),
+          what,
+          moved.name,
+          step,
+        )
+      return step, state, config
+    if damaged:
+      listed = "; ".join(f"{self.directory / str(step)}: {what}" for step, what in damaged)
+      raise CheckpointError(
+        f"no checkpoint in {self.directory} restores ({listed}). Nothing was changed: move the folder away "
+        "(or repair it) and run again, or use a new --workdir."
+      )
     return None
+
+  def _move_aside(self, step: int) -> epath.Path:
+    """Renames checkpoint ``step`` to ``<step>.corrupt`` (``<step>.corrupt.<n>`` if taken); never deletes it."""
+    target, n = self.directory / f"{step}.corrupt", 1
+    while target.exists():
+      target, n = self.directory / f"{step}.corrupt.{n}", n + 1
+    (self.directory / str(step)).rename(target)
+    self.manager.reload()
+    return target
 
   def latest_config(self) -> dict | None:
     """The JSON config of the newest checkpoint that has a readable one (None if there is none)."""
     for step in reversed(self.steps()):
       try:
-        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        return self._restore(step, config=ocp.args.JsonRestore())["config"]
       except Exception as error:  # noqa: BLE001
-        log.warning("checkpoint %d in %s has no readable config (%s).", step, self.directory, error)
+        folder = self.directory / str(step)
+        log.warning("checkpoint %s has no readable config (%s).", folder, damage(folder, error))
     return None
 
   def close(self) -> None:
@@ -140,10 +362,10 @@ class LoadedOptimizer(NamedTuple):
   learned_optimizer: LearnedOptimizer
   theta: Theta
   step: int
-  path: pathlib.Path
+  path: epath.Path
 
 
-def _checkpoint_folders(source: pathlib.Path) -> tuple[pathlib.Path, list[int]]:
+def _checkpoint_folders(source: epath.Path) -> tuple[epath.Path, list[int]]:
   """``(checkpoints folder, steps to try, newest first)`` for a workdir, its checkpoints folder or a step folder."""
   if not source.is_dir():
     raise FileNotFoundError(f"{source} is not a folder: pass the workdir of a `metatrain train` run.")
@@ -162,7 +384,7 @@ def _checkpoint_folders(source: pathlib.Path) -> tuple[pathlib.Path, list[int]]:
   return directory, steps
 
 
-def _described_optimizer(manager: ocp.CheckpointManager, step: int, folder: pathlib.Path) -> LearnedOptimizer:
+def _described_optimizer(manager: ocp.CheckpointManager, step: int, folder: epath.Path) -> LearnedOptimizer:
   """The learned optimizer a checkpoint was written for: its own description, else (older runs) its task's."""
   if (folder / "learned_optimizer").is_dir():
     values = manager.restore(step, args=ocp.args.Composite(learned_optimizer=ocp.args.JsonRestore()))
@@ -173,7 +395,7 @@ def _described_optimizer(manager: ocp.CheckpointManager, step: int, folder: path
   return worker.build_learned_optimizer()
 
 
-def _read(directory: pathlib.Path, step: int) -> tuple[LearnedOptimizer, Theta]:
+def _read(directory: epath.Path, step: int) -> tuple[LearnedOptimizer, Theta]:
   folder = directory / str(step)
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False), item_names=ITEMS)
   try:
@@ -218,18 +440,20 @@ def load(source: str | pathlib.Path, *, space: unf.WeightSpace | None = None) ->
   if isinstance(source, str) and not pathlib.Path(source).exists() and source in pretrained.pretrained_names():
     learned_optimizer, theta = pretrained.load(source)
     return _for_space(
-      LoadedOptimizer(learned_optimizer, theta, pretrained.info(source)["outer_steps"], pretrained.FOLDER / source),
+      LoadedOptimizer(
+        learned_optimizer, theta, pretrained.info(source)["outer_steps"], epath.Path(pretrained.FOLDER / source)
+      ),
       space,
     )
-  source = pathlib.Path(source).absolute()  # orbax reads absolute paths only
+  source = as_path(source)
   directory, steps = _checkpoint_folders(source)
   errors = []
   for step in steps:
     try:
       learned_optimizer, theta = _read(directory, step)
     except Exception as error:  # noqa: BLE001 - orbax raises many kinds: report them all, by checkpoint
-      errors.append(f"checkpoint {step}: {type(error).__name__}: {error}")
-      log.warning("checkpoint %d in %s does not read (%s).", step, directory, error)
+      errors.append(f"{directory / str(step)}: {damage(directory / str(step), error)}")
+      log.warning("checkpoint %s does not read (%s).", directory / str(step), errors[-1].split(": ", 1)[1])
       continue
     break
   else:

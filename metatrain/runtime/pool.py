@@ -87,6 +87,7 @@ class WorkerPool:
     self._step: int | None = None
     self._busy: dict[int, Any] = {}
     self._started: set[int] = set()  # workers started on the current theta
+    self._needed = num_workers  # the calls in flight that the latest publish or gather wants
     self._closed = False
     self._interrupt = threading.Event()
 
@@ -196,6 +197,7 @@ class WorkerPool:
     one already started on it goes again only when no worker that has not
     been is down for less than ``patience`` seconds.
     """
+    self._needed = needed
     if len(self._busy) >= needed:
       return
     idle = [i for i in range(self.num_workers) if i not in self._busy and self._available(i)]
@@ -213,8 +215,10 @@ class WorkerPool:
     self._started.add(index)
 
   def _came_up(self, index: int) -> None:
-    """A worker that was down is up: it starts on the latest theta if it has not yet, as ``publish`` does."""
-    if self._theta is not None and index not in self._started and index not in self._busy and not self._closed:
+    """A worker that was down is up: it starts on the latest theta if it has not yet and is needed."""
+    if self._theta is None or self._closed or index in self._started or index in self._busy:
+      return
+    if len(self._busy) < self._needed:
       self._start_worker(index)
 
   def _waiting(self) -> bool:

@@ -1,12 +1,49 @@
-"""TensorBoard event files (tensorboardX): the scalars of meta-training and of evaluation curves."""
+"""TensorBoard event files (tensorboardX): the scalars of meta-training and of evaluation curves.
+
+A run's folder (``workdir/tensorboard``) holds the training loop's metrics
+(sections ``meta/``, ``throughput/``, ``faults/``) and its evaluations
+(``eval/``, :meth:`Summaries.evaluation`); its subfolder :data:`REFERENCE_RUN`
+holds the tuned Adam's values under the same ``eval/`` tags, so that
+TensorBoard draws them as a second run in the same charts.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import pathlib
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import tensorboardX
+
+if TYPE_CHECKING:
+  from metatrain.runtime.evaluator import Evaluation
+
+#: TensorBoard tags of the training loop's metrics, by section (a metric not listed keeps its name).
+TAGS = {
+  "meta_loss": "meta/loss",
+  "grad_norm": "meta/grad_norm",
+  "learning_rate": "meta/learning_rate",
+  "staleness": "meta/staleness",
+  "used_estimates": "meta/used_estimates",
+  "skipped_step": "meta/skipped_step",
+  "inner_steps_per_second": "throughput/inner_steps_per_second",
+  "outer_steps_per_second": "throughput/outer_steps_per_second",
+  "stale_estimates": "faults/stale_estimates",
+  "nan_estimates": "faults/nan_estimates",
+  "nan_pairs": "faults/nan_pairs",
+  "lost_estimates": "faults/lost_estimates",
+  "live_workers": "faults/live_workers",
+  "skipped_evals": "faults/skipped_evals",
+  "lost_evals": "faults/lost_evals",
+  "final_train_loss": "eval/final_train_loss",
+  "mean_train_loss": "eval/mean_train_loss",
+  "valid_loss": "eval/valid_loss",
+}
+
+#: The subfolder of the tuned Adam's evaluation values (a run of its own in TensorBoard).
+REFERENCE_RUN = "adam_reference"
 
 
 class Summaries:
@@ -17,20 +54,67 @@ class Summaries:
   """
 
   def __init__(self, folder: str | pathlib.Path):
+    self.folder = pathlib.Path(folder)
     self.writer = tensorboardX.SummaryWriter(str(folder))
+    self.reference_writer: Any = None  # REFERENCE_RUN's, opened at the first evaluation with a reference
 
   def text(self, tag: str, text: str, step: int) -> None:
     """A text summary (shown as markdown in TensorBoard's Text tab)."""
     self.writer.add_text(tag, text, step)
 
   def scalars(self, metrics: Mapping[str, float], step: int) -> None:
-    """One scalar per metric, tagged by its name, at ``step``."""
+    """One scalar per metric at ``step``, tagged by section (:data:`TAGS`: ``meta/loss``, ``faults/...``)."""
     for name, value in metrics.items():
-      self.writer.add_scalar(name, value, step)
+      self.writer.add_scalar(TAGS.get(name, name), value, step)
+
+  def evaluation(self, evaluation: Evaluation) -> None:
+    """An evaluation of theta, at the outer step of the theta evaluated.
+
+    Writes ``eval/final_train_loss``, ``eval/mean_train_loss`` and ``eval/valid_loss``; the same tags
+    for the Adam reference in the :data:`REFERENCE_RUN` run (at every evaluation's step: a flat line);
+    and the image ``eval/curve``, the mean training loss of every inner step, learned against Adam.
+    """
+    step = evaluation.step
+    self.scalars(evaluation.losses.scalars(), step)
+    if evaluation.reference is not None:
+      if self.reference_writer is None:
+        self.reference_writer = tensorboardX.SummaryWriter(str(self.folder / REFERENCE_RUN))
+      for name, value in evaluation.reference.losses.scalars().items():
+        self.reference_writer.add_scalar(TAGS[name], value, step)
+      self.reference_writer.flush()
+    self.writer.add_figure("eval/curve", curve_figure(evaluation), step, close=True)
+    self.writer.flush()
 
   def close(self) -> None:
-    """Flushes and closes the event file (``with contextlib.closing(Summaries(...))``)."""
+    """Flushes and closes the event files (``with contextlib.closing(Summaries(...))``)."""
     self.writer.close()
+    if self.reference_writer is not None:
+      self.reference_writer.close()
+
+
+def curve_figure(evaluation: Evaluation) -> Any:
+  """A matplotlib figure of the evaluation's mean training curve (log-scale loss), with Adam's when known."""
+  import matplotlib
+
+  matplotlib.use("Agg")  # no display: the figure is rendered to pixels for TensorBoard
+  from matplotlib.figure import Figure
+
+  figure = Figure(figsize=(6, 4), dpi=100)
+  axes = figure.subplots()
+  steps = np.arange(1, len(evaluation.losses.curve) + 1)
+  axes.plot(steps, evaluation.losses.curve, label="learned optimizer", color="C0")
+  reference = evaluation.reference
+  if reference is not None:
+    label = f"Adam, warm-up + cosine, peak {reference.learning_rate:.3g}"
+    axes.plot(steps, reference.losses.curve, label=label, color="C1")
+  axes.set_yscale("log")
+  axes.set_xlabel("inner step")
+  axes.set_ylabel("training batch loss (mean over seeds)")
+  axes.set_title(f"outer step {evaluation.step}")
+  axes.grid(True, which="both", alpha=0.3)
+  axes.legend()
+  figure.tight_layout()
+  return figure
 
 
 def write_series(folder: str | pathlib.Path, series: Mapping[str, Iterable[tuple[int, float]]]) -> None:

@@ -14,6 +14,12 @@ workers' inner runs as they were at that step when the pool keeps them
 :class:`Preempted`; ``metatrain train`` then exits with status
 :data:`PREEMPTED_EXIT_STATUS` (75). Run it again and it resumes from that
 step, in a synchronous run exactly where it stopped.
+
+Checkpoints that cannot be written (a full disk, a quota, lost permissions)
+stop the run with :class:`metatrain.runtime.checkpoint.SaveFailed` rather
+than go on without them: the failed save leaves nothing behind, the earlier
+checkpoints are intact, and ``metatrain train`` exits with status 74
+(EX_IOERR) and a one-line message; run it again once there is room.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import pathlib
 import signal
 import threading
 import time
@@ -30,10 +35,11 @@ from typing import Any
 import jax
 import numpy as np
 import tqdm
+from etils import epath
 
 from metatrain.learned_optimizers import LearnedOptimizer
 from metatrain.outer import outer_optimizer, outer_schedule
-from metatrain.runtime.checkpoint import Checkpoints
+from metatrain.runtime.checkpoint import CheckpointError, Checkpoints, SaveFailed, as_path
 from metatrain.runtime.config import TrainConfig, WorkerConfig
 from metatrain.runtime.learner import Learner
 from metatrain.runtime.pool import InProcessPool, WorkerPool
@@ -70,22 +76,23 @@ def train(
   Args:
     config: the run (outer steps, workers, checkpoints...).
     worker: what the workers compute (task, learned optimizer, estimator...).
-    workdir: the run's folder.
+    workdir: the run's folder: a local path, or a URL that ``etils.epath`` and orbax understand
+      (``gs://bucket/run``; ``launch/README.md``).
     operative_config: the gin config text, saved in checkpoints and TensorBoard.
 
   Returns:
     ``(theta, history)``: final meta-parameters and the metrics of every outer step run.
   """
-  workdir = _writable(pathlib.Path(workdir))
+  folder = _writable(as_path(workdir))  # an epath: local, or gs://... and s3://... with their filesystems
   cache = enable_compilation_cache(config.compilation_cache_dir())
   learned_optimizer = worker.build_learned_optimizer()
   learner = make_learner(config, learned_optimizer)
-  with contextlib.closing(Checkpoints(workdir, keep=config.keep_checkpoints)) as checkpoints:
+  with contextlib.closing(Checkpoints(folder, keep=config.keep_checkpoints)) as checkpoints:
     particles = resume(learner, checkpoints, worker)
     if learner.step >= config.outer_steps:  # nothing to do: no workers to start
-      tqdm.tqdm.write(f"the run in {workdir} is done: step {learner.step} of {config.outer_steps}")
+      tqdm.tqdm.write(f"the run in {folder} is done: step {learner.step} of {config.outer_steps}")
       return learner.theta, []
-    events = contextlib.closing(Summaries(workdir / "tensorboard"))
+    events = contextlib.closing(Summaries(folder / "tensorboard"))
     with events as summaries, make_pool(config, worker, cache=cache) as pool:
       summaries.text("operative_config", f"```\n{operative_config}\n```", learner.step)
       if particles:
@@ -98,7 +105,7 @@ def train(
       with _on_sigterm(pool.interrupt):
         history = run.loop()
       if pool.interrupted:
-        raise Preempted(str(workdir), learner.step)
+        raise Preempted(str(folder), learner.step)
   return learner.theta, history
 
 
@@ -115,7 +122,7 @@ def _on_sigterm(handler):
     signal.signal(signal.SIGTERM, previous)
 
 
-def _writable(workdir: pathlib.Path) -> pathlib.Path:
+def _writable(workdir: epath.Path) -> epath.Path:
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe = workdir / ".write-test"
@@ -168,27 +175,29 @@ def make_learner(config: TrainConfig, learned_optimizer: LearnedOptimizer) -> Le
 def resume(learner: Learner, checkpoints: Checkpoints, worker: WorkerConfig) -> dict:
   """Loads the newest checkpoint that restores into ``learner``; returns the workers' saved particles.
 
+  Damaged checkpoints newer than it are moved aside (:meth:`Checkpoints.restore_latest`).
+
   Returns:
     ``{"worker_<i>": leaves}`` (empty when there is no checkpoint or it holds no particles).
 
   Raises:
-    ValueError: the checkpoints are for another task or learned optimizer, or none of them restores.
+    CheckpointError: the checkpoints are for another task or learned optimizer, or none of them restores.
   """
-  old = checkpoints.latest_config()
-  if old is None:
-    return {}
-  saved = WorkerConfig.from_json(old["worker"])
-  mismatched = {
-    k: (getattr(saved, k), getattr(worker, k)) for k in _COMPATIBLE if getattr(saved, k) != getattr(worker, k)
-  }
-  if mismatched:
-    raise ValueError(
-      f"the checkpoint in {checkpoints.directory} is for a different learned optimizer or task "
-      f"(checkpoint vs config: {mismatched}); use a new --workdir."
-    )
-  restored = checkpoints.restore_latest(learner.state())
+
+  def compatible(old: dict) -> None:
+    saved = WorkerConfig.from_json(old["worker"])
+    mismatched = {
+      k: (getattr(saved, k), getattr(worker, k)) for k in _COMPATIBLE if getattr(saved, k) != getattr(worker, k)
+    }
+    if mismatched:
+      raise CheckpointError(
+        f"the checkpoint in {checkpoints.directory} is for a different learned optimizer or task "
+        f"(checkpoint vs config: {mismatched}); use a new --workdir."
+      )
+
+  restored = checkpoints.restore_latest(learner.state(), check=compatible)
   if restored is None:
-    raise ValueError(f"no checkpoint in {checkpoints.directory} restores; move it away or use a new --workdir.")
+    return {}
   step, state, _ = restored
   learner.load(state)
   particles = checkpoints.restore_particles(step)
@@ -255,6 +264,7 @@ class Run:
     )
     self.last_saved = learner.step
     self.stopped = False  # a gather was interrupted: the workers' particles are not at the learner's step
+    self.save_failed = False  # a checkpoint could not be written (disk full): the exit does not try again
 
   def loop(self) -> list[dict[str, float]]:
     """Runs outer steps until ``config.outer_steps``; returns the metrics of each."""
@@ -280,7 +290,7 @@ class Run:
         progress.update(self.learner.step - progress.n)
         progress.set_postfix(meta_loss=f"{metrics.get('meta_loss', float('nan')):.4f}")
     finally:
-      if self.learner.step > self.last_saved or not self.checkpoints.steps():
+      if not self.save_failed and (self.learner.step > self.last_saved or not self.checkpoints.steps()):
         self.save()
       if progress is not None:
         progress.close()
@@ -317,6 +327,10 @@ class Run:
 
     After an interrupt, the particles are the ones the pool kept at the latest publish (the learner's
     step): the workers may have moved on, or be gone.
+
+    Raises:
+      SaveFailed: the checkpoint could not be written (disk full...): the run stops there, and its exit
+        tries no other save; the checkpoints already written are intact, and a rerun resumes from the latest.
     """
     try:
       if not self.config.checkpoint_particles:
@@ -328,5 +342,9 @@ class Run:
     except Exception as error:  # noqa: BLE001 - the learner state is what must be saved
       tqdm.tqdm.write(f"warning: the workers' inner runs are not saved ({error}); a resume restarts them.")
       particles = {}
-    self.checkpoints.save(self.learner.step, self.learner.state(), particles=particles, **self.saved)
+    try:
+      self.checkpoints.save(self.learner.step, self.learner.state(), particles=particles, **self.saved)
+    except SaveFailed:
+      self.save_failed = True
+      raise
     self.last_saved = self.learner.step

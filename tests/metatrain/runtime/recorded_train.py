@@ -1,8 +1,8 @@
 """``metatrain train`` that also records every estimate it applies: ``python -m ... LOG metatrain-args...``.
 
 Each applied outer step appends one JSON line to LOG: the learner's step after
-it, and ``[worker_id, theta_step, digest of the gradient]`` for each estimate
-used, so that a test run in another process can see which estimates were
+it, ``[worker_id, theta_step, digest of the gradient]`` for each estimate
+used, and the count of stale ones dropped (and the same for each of them under ``dropped``), so that a test run in another process can see which estimates were
 applied, how often, and when (the fault tests act on it mid-run).
 """
 
@@ -31,10 +31,12 @@ def main(log_path: str, argv: list[str]) -> int:
 
   def recorded(self, estimates):
     step = self.step
+    used = [e for e in estimates if step - e.theta_step <= self.staleness]
     metrics = apply(self, estimates)
     if self.step > step:
-      origins = [[e.worker_id, e.theta_step, _digest(e.grad)] for e in estimates]
-      log.write(json.dumps({"step": self.step, "estimates": origins}) + "\n")
+      origins = [[e.worker_id, e.theta_step, _digest(e.grad)] for e in used]
+      stale = [[e.worker_id, e.theta_step, _digest(e.grad)] for e in estimates if e not in used]
+      log.write(json.dumps({"step": self.step, "estimates": origins, "stale": len(stale), "dropped": stale}) + "\n")
       log.flush()
     return metrics
 
