@@ -188,6 +188,13 @@ class TrainConfig:
       worker's inner runs per call.
     worker_patience: seconds a down worker (restarting, or waiting for resources) is waited for before
       the live workers compute the estimates it owes.
+    eval_every: outer steps between evaluations of theta (0: none): ``eval_seeds`` fresh inner runs over
+      the whole horizon, beside a tuned Adam (:mod:`metatrain.runtime.evaluator`), under ``eval/`` in
+      TensorBoard. An evaluation runs in the background; one due while another runs is skipped.
+    eval_seeds: fresh inner runs per evaluation (seeds ``EVAL_SEED + i``, never used in meta-training).
+    eval_cpus: CPUs reserved for the Ray evaluation actor (``use_ray``); 0 shares the workers' CPUs (a
+      local Ray has as many CPUs as the machine, and ``num_workers = 0`` gives them all to workers, so
+      an actor asking for one would never start).
   """
 
   outer_steps: int = 100
@@ -208,9 +215,14 @@ class TrainConfig:
   compilation_cache: str | None = DEFAULT_COMPILATION_CACHE
   keep_particles: bool = True
   worker_patience: float = 60.0
+  eval_every: int = 0
+  eval_seeds: int = 4
+  eval_cpus: float = 1.0
 
   def __post_init__(self):
     check_types(self)
+    if self.eval_every < 0 or self.eval_cpus < 0 or self.eval_seeds < 1:
+      raise ValueError("TrainConfig.eval_every and eval_cpus must not be negative, and eval_seeds must be at least 1.")
     if self.outer_steps < 1 or self.checkpoint_every < 1:
       raise ValueError("TrainConfig.outer_steps and checkpoint_every must be at least 1.")
     if self.num_workers < 0 or self.estimates_per_step < 0 or self.staleness < 0 or self.worker_patience < 0:

@@ -20,6 +20,22 @@ stop the run with :class:`metatrain.runtime.checkpoint.SaveFailed` rather
 than go on without them: the failed save leaves nothing behind, the earlier
 checkpoints are intact, and ``metatrain train`` exits with status 74
 (EX_IOERR) and a one-line message; run it again once there is room.
+
+Evaluation (:attr:`TrainConfig.eval_every` > 0): an evaluator
+(:func:`make_evaluator`, :mod:`metatrain.runtime.evaluator`; a Ray actor with
+``use_ray``, else a thread of this process) trains fresh inner runs with the
+theta of every outer step that is a multiple of ``eval_every`` (step 0, or
+the step a run resumes at, included), in the background: a theta due while
+the previous one is still being evaluated is skipped (``faults/skipped_evals``),
+an evaluation whose actor died is lost (``faults/lost_evals``), and neither
+delays an outer step. Results are written under ``eval/`` at the step of the
+theta evaluated as they arrive. At the end of a run that did every outer step,
+after its last checkpoint, the evaluation running is waited for and the final
+theta is evaluated (unless it was the one running), both within
+:data:`FINAL_EVALUATION_TIMEOUT` seconds; what has not ended then is abandoned.
+A run stopped early (SIGTERM, Ctrl-C, an error) waits for no evaluation.
+Evaluations draw no randomness of the learner or the workers: a resumed run
+computes the same thetas with or without them.
 """
 
 from __future__ import annotations
@@ -41,6 +57,7 @@ from metatrain.learned_optimizers import LearnedOptimizer
 from metatrain.outer import outer_optimizer, outer_schedule
 from metatrain.runtime.checkpoint import CheckpointError, Checkpoints, SaveFailed, as_path
 from metatrain.runtime.config import TrainConfig, WorkerConfig
+from metatrain.runtime.evaluator import Evaluation, Evaluator, InProcessEvaluator
 from metatrain.runtime.learner import Learner
 from metatrain.runtime.pool import InProcessPool, WorkerPool
 from metatrain.runtime.summaries import Summaries
@@ -52,6 +69,9 @@ _COMPATIBLE = ("task", "learned_optimizer", "width", "preset", "options")
 #: The exit status of ``metatrain train`` stopped by SIGTERM once its checkpoint is written (EX_TEMPFAIL:
 #: run it again to resume; launch/slurm.sbatch requeues the job on it).
 PREEMPTED_EXIT_STATUS = 75
+
+#: The longest the end of a run waits for its final evaluation (seconds).
+FINAL_EVALUATION_TIMEOUT = 120.0
 
 
 class Preempted(Exception):
@@ -93,7 +113,11 @@ def train(
       tqdm.tqdm.write(f"the run in {folder} is done: step {learner.step} of {config.outer_steps}")
       return learner.theta, []
     events = contextlib.closing(Summaries(folder / "tensorboard"))
-    with events as summaries, make_pool(config, worker, cache=cache) as pool:
+    with (
+      events as summaries,
+      make_pool(config, worker, cache=cache) as pool,  # first: it starts Ray, where the evaluator runs
+      _closing(make_evaluator(config, worker, cache=cache)) as evaluator,
+    ):
       summaries.text("operative_config", f"```\n{operative_config}\n```", learner.step)
       if particles:
         pool.load_particles(particles)
@@ -101,12 +125,22 @@ def train(
         "config": {"gin": operative_config, "worker": worker.to_json(), "train": dataclasses.asdict(config)},
         "learned_optimizer": learned_optimizer.to_json(),
       }
-      run = Run(config, worker, learner, pool, checkpoints, summaries, saved)
+      run = Run(config, worker, learner, pool, checkpoints, summaries, saved, evaluator=evaluator)
       with _on_sigterm(pool.interrupt):
         history = run.loop()
       if pool.interrupted:
         raise Preempted(str(folder), learner.step)
   return learner.theta, history
+
+
+@contextlib.contextmanager
+def _closing(thing):
+  """``contextlib.closing`` that also takes None."""
+  try:
+    yield thing
+  finally:
+    if thing is not None:
+      thing.close()
 
 
 @contextlib.contextmanager
@@ -231,6 +265,23 @@ def make_pool(config: TrainConfig, worker: WorkerConfig, *, cache: str | None = 
   )
 
 
+def make_evaluator(config: TrainConfig, worker: WorkerConfig, *, cache: str | None = None) -> Evaluator | None:
+  """The run's evaluator: None without evaluations, a Ray actor with ``config.use_ray``, else a thread.
+
+  Args:
+    config: the run's configuration (``eval_every``, ``eval_seeds``, ``eval_cpus``).
+    worker: the task, learned optimizer and horizon evaluated.
+    cache: the persistent compilation cache folder of the Ray actor (None: its cache is off).
+  """
+  if not config.eval_every:
+    return None
+  if not config.use_ray:
+    return InProcessEvaluator(worker, config.eval_seeds)
+  from metatrain.runtime.evaluator import RayEvaluator
+
+  return RayEvaluator(worker, config.eval_seeds, num_cpus=config.eval_cpus, env_vars=cache_env(cache))
+
+
 class Run:
   """The loop of one meta-training run: gather, apply, checkpoint, publish, log.
 
@@ -245,6 +296,8 @@ class Run:
     checkpoints: where checkpoints go.
     summaries: where TensorBoard scalars go.
     saved: the JSON items every checkpoint carries (``config``, ``learned_optimizer``).
+    evaluator: evaluates theta every ``config.eval_every`` steps (None: no evaluations).
+    final_timeout: the longest the end of the run waits for evaluations (seconds).
   """
 
   def __init__(
@@ -256,9 +309,13 @@ class Run:
     checkpoints: Checkpoints,
     summaries: Summaries,
     saved: dict[str, Any],
+    *,
+    evaluator: Evaluator | None = None,
+    final_timeout: float = FINAL_EVALUATION_TIMEOUT,
   ):
     self.config, self.worker, self.learner, self.pool = config, worker, learner, pool
     self.checkpoints, self.summaries, self.saved = checkpoints, summaries, saved
+    self.evaluator, self.final_timeout = evaluator, final_timeout
     self.schedule = outer_schedule(
       config.learning_rate, total_steps=config.outer_steps, warmup_steps=config.warmup_steps
     )
@@ -277,12 +334,14 @@ class Run:
           "(a minute on 2 cores; seconds when the compilation cache has it)"
         )
       self.pool.publish(jax.tree.map(np.asarray, self.learner.theta), self.learner.step)
+      self.evaluate_if_due()
       while self.learner.step < self.config.outer_steps:
         metrics = self.step()
         if metrics is None:  # interrupted (SIGTERM): the finally below checkpoints the step the learner is on
           break
         history.append(metrics)
         self.summaries.scalars(metrics, self.learner.step)
+        self.write(self.evaluator.poll() if self.evaluator is not None else [])
         if progress is None:  # started after the first step, so that compiling does not count in its rate
           progress = tqdm.tqdm(
             total=self.config.outer_steps, initial=self.learner.step, desc="meta-training", unit="step"
@@ -294,7 +353,34 @@ class Run:
         self.save()
       if progress is not None:
         progress.close()
+    if self.evaluator is not None and not self.stopped and self.learner.step >= self.config.outer_steps:
+      self.finish_evaluations()
     return history
+
+  def evaluate_if_due(self) -> None:
+    """Submits the learner's theta to the evaluator when its step is a multiple of ``eval_every``."""
+    if self.evaluator is not None and self.learner.step % self.config.eval_every == 0:
+      self.evaluator.submit(jax.tree.map(np.asarray, self.learner.theta), self.learner.step)
+
+  def write(self, evaluations: list[Evaluation]) -> None:
+    """Writes evaluations to TensorBoard (:meth:`Summaries.evaluation`)."""
+    for evaluation in evaluations:
+      self.summaries.evaluation(evaluation)
+
+  def finish_evaluations(self) -> None:
+    """The end of the run: waits for the running evaluation and one of the final theta (bounded)."""
+    assert self.evaluator is not None
+    tqdm.tqdm.write(f"evaluating the final theta (waiting {self.final_timeout:.0f} s at most)")
+    self.write(
+      self.evaluator.finish(
+        jax.tree.map(np.asarray, self.learner.theta),
+        self.learner.step,
+        timeout=self.final_timeout,
+        stop=lambda: self.pool.interrupted,
+      )
+    )
+    if self.evaluator.running():
+      tqdm.tqdm.write("warning: an evaluation did not end in time; it is abandoned.")
 
   def step(self) -> dict[str, float] | None:
     """One outer step: gather estimates, apply them, checkpoint when due, publish the new theta.
@@ -312,6 +398,7 @@ class Run:
       self.save()
     if self.learner.step < self.config.outer_steps:
       self.pool.publish(jax.tree.map(np.asarray, self.learner.theta), self.learner.step)
+    self.evaluate_if_due()  # after the publish: the workers are busy on the new theta already
     seconds = time.perf_counter() - start
     metrics.update(
       outer_steps_per_second=1.0 / seconds,
@@ -320,6 +407,8 @@ class Run:
       lost_estimates=float(self.pool.lost),
       live_workers=float(self.pool.live_workers()),
     )
+    if self.evaluator is not None:
+      metrics.update(skipped_evals=float(self.evaluator.skipped), lost_evals=float(self.evaluator.lost))
     return metrics
 
   def save(self) -> None:
