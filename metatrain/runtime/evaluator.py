@@ -363,8 +363,8 @@ class EvaluationActor:
   Args: as :class:`EvaluationRuns`.
   """
 
-  def __init__(self, worker: WorkerConfig, seeds: int):
-    self.runs = EvaluationRuns(worker, seeds)
+  def __init__(self, worker: WorkerConfig, seeds: int, *, reference_rates: Sequence[float] = REFERENCE_RATES):
+    self.runs = EvaluationRuns(worker, seeds, reference_rates=reference_rates)
 
   def evaluate(self, theta: Theta, step: int, reference: bool) -> Evaluation:
     """:meth:`EvaluationRuns.evaluate`."""
@@ -390,23 +390,35 @@ class RayEvaluator(Evaluator):
     seeds: evaluation runs per theta.
     num_cpus: the actor's CPUs (0: scheduled even where the workers take every CPU).
     env_vars: extra environment variables of the actor (as the workers').
+    reference_rates: the Adam reference's initial grid of peak rates.
   """
 
-  def __init__(self, worker: WorkerConfig, seeds: int, *, num_cpus: float = 1.0, env_vars: dict | None = None):
+  def __init__(
+    self,
+    worker: WorkerConfig,
+    seeds: int,
+    *,
+    num_cpus: float = 1.0,
+    env_vars: dict | None = None,
+    reference_rates: Sequence[float] = REFERENCE_RATES,
+  ):
     super().__init__()
     import ray  # Ray only where it is used
 
     from metatrain.runtime.ray_pool import worker_env
 
-    self.worker, self.seeds = worker, seeds
+    self.worker, self.seeds, self.reference_rates = worker, seeds, tuple(reference_rates)
     self._actor_class = ray.remote(EvaluationActor).options(
       num_cpus=num_cpus,
       max_restarts=0,  # a dead actor is replaced: a new one starts clean
       max_task_retries=0,
       runtime_env={"env_vars": worker_env(env_vars=env_vars)},
     )
-    self.actor = self._actor_class.remote(worker, seeds)
+    self.actor = self._new_actor()
     self._call: Any = None
+
+  def _new_actor(self) -> Any:
+    return self._actor_class.remote(self.worker, self.seeds, reference_rates=self.reference_rates)
 
   def running(self) -> bool:
     """Whether a call to the actor has not ended yet."""
@@ -432,7 +444,7 @@ class RayEvaluator(Evaluator):
     except RayActorError as error:
       tqdm.tqdm.write(f"warning: the evaluation actor died ({error}); starting a new one.")
       ray.kill(self.actor, no_restart=True)
-      self.actor = self._actor_class.remote(self.worker, self.seeds)
+      self.actor = self._new_actor()
     except RayError as error:
       tqdm.tqdm.write(f"warning: an evaluation failed: {error}")
     return [None]

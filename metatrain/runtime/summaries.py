@@ -10,6 +10,7 @@ TensorBoard draws them as a second run in the same charts.
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -53,8 +54,8 @@ class Summaries:
     folder: the event files' folder (``workdir/tensorboard``).
   """
 
-  def __init__(self, folder: str | pathlib.Path):
-    self.folder = pathlib.Path(folder)
+  def __init__(self, folder: str | os.PathLike):
+    self.folder = str(folder)  # not a pathlib.Path: that would turn gs://bucket/run into gs:/bucket/run
     self.writer = tensorboardX.SummaryWriter(str(folder))
     self.reference_writer: Any = None  # REFERENCE_RUN's, opened at the first evaluation with a reference
 
@@ -78,7 +79,7 @@ class Summaries:
     self.scalars(evaluation.losses.scalars(), step)
     if evaluation.reference is not None:
       if self.reference_writer is None:
-        self.reference_writer = tensorboardX.SummaryWriter(str(self.folder / REFERENCE_RUN))
+        self.reference_writer = tensorboardX.SummaryWriter(os.path.join(self.folder, REFERENCE_RUN))
       for name, value in evaluation.reference.losses.scalars().items():
         self.reference_writer.add_scalar(TAGS[name], value, step)
       self.reference_writer.flush()

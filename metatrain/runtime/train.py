@@ -297,7 +297,8 @@ class Run:
     summaries: where TensorBoard scalars go.
     saved: the JSON items every checkpoint carries (``config``, ``learned_optimizer``).
     evaluator: evaluates theta every ``config.eval_every`` steps (None: no evaluations).
-    final_timeout: the longest the end of the run waits for evaluations (seconds).
+    final_timeout: the longest the end of the run waits for evaluations (seconds; None:
+      :data:`FINAL_EVALUATION_TIMEOUT`).
   """
 
   def __init__(
@@ -311,11 +312,12 @@ class Run:
     saved: dict[str, Any],
     *,
     evaluator: Evaluator | None = None,
-    final_timeout: float = FINAL_EVALUATION_TIMEOUT,
+    final_timeout: float | None = None,
   ):
     self.config, self.worker, self.learner, self.pool = config, worker, learner, pool
     self.checkpoints, self.summaries, self.saved = checkpoints, summaries, saved
-    self.evaluator, self.final_timeout = evaluator, final_timeout
+    self.evaluator = evaluator
+    self.final_timeout = FINAL_EVALUATION_TIMEOUT if final_timeout is None else final_timeout
     self.schedule = outer_schedule(
       config.learning_rate, total_steps=config.outer_steps, warmup_steps=config.warmup_steps
     )
