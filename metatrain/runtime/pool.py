@@ -198,17 +198,21 @@ class WorkerPool:
     been is down for less than ``patience`` seconds.
     """
     self._needed = needed
-    if len(self._busy) >= needed:
+    if self._in_flight() >= needed:
       return
     idle = [i for i in range(self.num_workers) if i not in self._busy and self._available(i)]
     fresh = [i for i in idle if i not in self._started]
     again = [i for i in idle if i in self._started]
-    if again and len(self._busy) + len(fresh) < needed and self._waiting():
+    if again and self._in_flight() + len(fresh) < needed and self._waiting():
       again = []
     for index in fresh + again:
-      if len(self._busy) >= needed:
+      if self._in_flight() >= needed:
         return
       self._start_worker(index)
+
+  def _in_flight(self) -> int:
+    """Estimates on their way: the calls computing, and those ended but not yet handed to ``gather``."""
+    return len(self._busy) + self._queued()
 
   def _start_worker(self, index: int) -> None:
     self._busy[index] = self._start(index)
@@ -218,7 +222,7 @@ class WorkerPool:
     """A worker that was down is up: it starts on the latest theta if it has not yet and is needed."""
     if self._theta is None or self._closed or index in self._started or index in self._busy:
       return
-    if len(self._busy) < self._needed:
+    if self._in_flight() < self._needed:
       self._start_worker(index)
 
   def _waiting(self) -> bool:
@@ -239,6 +243,10 @@ class WorkerPool:
 
   def _available(self, index: int) -> bool:
     return True
+
+  def _queued(self) -> int:
+    """Estimates that ended and wait to be handed out by ``gather`` (a subclass that batches them)."""
+    return 0
 
   def _down_since(self, index: int) -> float | None:
     return None

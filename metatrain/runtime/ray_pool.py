@@ -193,6 +193,7 @@ class RayPool(WorkerPool):
     self._restarting: dict[int, tuple[ray.ObjectRef | None, float, float]] = {}
     self._calls: dict[ray.ObjectRef, int] = {}  # the calls in flight, by reference
     self._events: collections.deque[tuple[int, Estimate | None]] = collections.deque()
+    self._queued_estimates = 0  # the events above that carry an estimate
     self._kept: dict[int, ray.ObjectRef] = {}  # each worker's inner runs after its latest call
     self._in_flight_kept: dict[int, ray.ObjectRef] = {}
     self._snapshot: dict[int, ray.ObjectRef] = {}  # self._kept at the latest publish
@@ -222,6 +223,9 @@ class RayPool(WorkerPool):
   def _available(self, index: int) -> bool:
     return index not in self._restarting
 
+  def _queued(self) -> int:
+    return self._queued_estimates
+
   def _down_since(self, index: int) -> float | None:
     down = self._restarting.get(index)
     return None if down is None else down[2]
@@ -247,7 +251,11 @@ class RayPool(WorkerPool):
       self._pump(deadline)
       if not self._events:
         return -1, None  # a tick: the caller looks again at who can start (a patience may have run out)
-    return self._events.popleft() if self._events else None
+    if not self._events:
+      return None
+    event = self._events.popleft()
+    self._queued_estimates -= event[1] is not None
+    return event
 
   def wait_for_workers(self, count: int | None = None, timeout: float | None = None) -> int:
     """Waits until ``count`` workers (default: all) are up, or ``timeout`` seconds; returns how many are.
@@ -324,6 +332,7 @@ class RayPool(WorkerPool):
       if kept is not None:
         self._kept[index] = kept
       self._events.append((index, value))
+      self._queued_estimates += 1
 
   def _lost(self, index: int, error: RayActorError) -> None:
     self.lost += 1
@@ -396,6 +405,8 @@ class RayPool(WorkerPool):
     self.actors = []
     self._restarting.clear()
     self._calls.clear()
+    self._events.clear()
+    self._queued_estimates = 0
     self._kept.clear()
     self._snapshot.clear()
     if self._owns_ray:

@@ -2,8 +2,9 @@
 
 Each applied outer step appends one JSON line to LOG: the learner's step after
 it, ``[worker_id, theta_step, digest of the gradient]`` for each estimate
-used, and the count of stale ones dropped (and the same for each of them under ``dropped``), so that a test run in another process can see which estimates were
-applied, how often, and when (the fault tests act on it mid-run).
+used, and the count of stale ones dropped (each of them under ``dropped``), so
+that a test run in another process can see which estimates were applied, how
+often, and when (the fault tests act on it mid-run).
 """
 
 import hashlib
@@ -31,11 +32,12 @@ def main(log_path: str, argv: list[str]) -> int:
 
   def recorded(self, estimates):
     step = self.step
-    used = [e for e in estimates if step - e.theta_step <= self.staleness]
+    fresh = [step - e.theta_step <= self.staleness for e in estimates]
+    used = [e for e, ok in zip(estimates, fresh) if ok]
     metrics = apply(self, estimates)
     if self.step > step:
       origins = [[e.worker_id, e.theta_step, _digest(e.grad)] for e in used]
-      stale = [[e.worker_id, e.theta_step, _digest(e.grad)] for e in estimates if e not in used]
+      stale = [[e.worker_id, e.theta_step, _digest(e.grad)] for e, ok in zip(estimates, fresh) if not ok]
       log.write(json.dumps({"step": self.step, "estimates": origins, "stale": len(stale), "dropped": stale}) + "\n")
       log.flush()
     return metrics

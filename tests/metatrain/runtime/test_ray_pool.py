@@ -109,21 +109,37 @@ def test_ray_pool_gives_the_in_process_pool_estimates(ray_session, thetas):
   assert not np.allclose(other[(0, 0)].meta_loss, expected[(0, 0)].meta_loss, rtol=0, atol=1e-7)
 
 
+def test_calls_that_end_together_start_no_repeat_on_the_same_theta(ray_session, thetas):
+  """Calls that end in one batch stay in flight until gather hands them out: no worker goes again on the
+  same theta (it did: the next step then found the repeat, stale, among its estimates)."""
+  from metatrain.runtime.ray_pool import RayPool
+
+  with RayPool(CONFIG, 2, SEED) as pool:
+    assert pool.wait_for_workers(timeout=TIMEOUT) == 2
+    for step, theta in enumerate(thetas):
+      pool.publish(theta, step)
+      ray_session.wait(list(pool._calls), num_returns=2, timeout=TIMEOUT)  # both end before the gather
+      batch = pool.gather(2, timeout=TIMEOUT)
+      assert sorted(e.worker_id for e in batch) == [0, 1] and all(e.theta_step == step for e in batch)
+
+
 def test_asynchronous_estimates_carry_the_step_they_were_computed_at(ray_session, thetas):
   from metatrain.runtime.ray_pool import RayPool
 
   with RayPool(CONFIG, 2, SEED) as pool:
+    assert pool.wait_for_workers(timeout=TIMEOUT) == 2  # both start on theta 0 when it is published
     pool.publish(thetas[0], 0)
     (first,) = pool.gather(1, timeout=TIMEOUT)
-    pool.publish(thetas[1], 1)  # the other worker is still on (or done with) step 0; the idle one starts on 1
+    # An idle worker starts on 1; the other is still on 0, or done with it and its estimate not handed out.
+    pool.publish(thetas[1], 1)
     rest = pool.gather(2, timeout=TIMEOUT)
-  other = 1 - first.worker_id
   got = _by_origin([first, *rest])
-  assert set(got) == {(first.worker_id, 0), (other, 0), (first.worker_id, 1)}
+  assert first.theta_step == 0 and {origin for origin in got if origin[1] == 0} == {(0, 0), (1, 0)}
+  assert len(got) == 3  # and one at theta 1
   # Each estimate is the one its worker computes on that theta, in that order.
-  for worker_id, history in [(first.worker_id, [0, 1]), (other, [0])]:
+  for worker_id in (0, 1):
     reference = GradientWorker(CONFIG, worker_id, SEED)
-    for step in history:
+    for step in sorted(step for w, step in got if w == worker_id):
       _assert_same(got[(worker_id, step)], reference.compute(thetas[step], step))
 
 
