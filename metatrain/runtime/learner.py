@@ -88,14 +88,38 @@ class Learner:
     self.step = 0
     devices = self.mesh.devices.size
 
-    @jax.jit
-    def update(theta, opt_state, stacked, count):
-      grad = sharded_mean(stacked, count, self.mesh)
+    leaves = jax.tree.leaves(self.theta)
+    self._treedef = jax.tree.structure(self.theta)
+    self._shapes = [leaf.shape for leaf in leaves]
+    self._size = sum(leaf.size for leaf in leaves)
+    bounds = np.cumsum([0] + [leaf.size for leaf in leaves])
+
+    def step(theta, opt_state, grad):
       updates, opt_state = outer.update(grad, opt_state, theta)
       return optax.apply_updates(theta, updates), opt_state, optax.tree.norm(grad)
 
-    self._update = update
+    @jax.jit
+    def update(theta, opt_state, stacked, count):
+      return step(theta, opt_state, sharded_mean(stacked, count, self.mesh))
+
+    @jax.jit
+    def update_flat(theta, opt_state, stacked, count):  # stacked: (rows, parameters), packed estimates
+      # Split into theta's leaves before the sum: the same reductions as unpacked estimates, bit for bit.
+      rows = stacked.shape[0]
+      parts = [stacked[:, a:b].reshape(rows, *shape) for a, b, shape in zip(bounds[:-1], bounds[1:], self._shapes)]
+      return step(theta, opt_state, sharded_mean(jax.tree.unflatten(self._treedef, parts), count, self.mesh))
+
+    self._update, self._update_flat = update, update_flat
     self._devices = devices
+
+  def _stack_flat(self, flats: list[Any], rows: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """Packed gradients as the rows of one ``(rows, parameters)`` buffer, and which rows are finite."""
+    if not flats:
+      return None, np.ones(0, bool)
+    stacked = np.zeros((rows, self._size), flats[0].dtype)
+    for row, flat in enumerate(flats):
+      stacked[row] = flat
+    return stacked, np.asarray(np.isfinite(stacked[: len(flats)]).all(axis=1))
 
   def state(self) -> dict:
     """What a checkpoint holds of the learner."""
@@ -109,12 +133,15 @@ class Learner:
     fresh = [e for e in estimates if self.step - e.theta_step <= self.staleness]
     stale = len(estimates) - len(fresh)
     fresh.sort(key=lambda e: (e.theta_step, e.worker_id))  # a fixed summation order: reproducible means
+    # Packed estimates (from Ray workers: metatrain.runtime.estimate) stack as one row each.
+    packed = all(e.flat is not None and e.flat.size == self._size for e in fresh)
+    stack = self._stack_flat if packed else _stack
     padded = math.ceil(len(fresh) / self._devices) * self._devices
-    stacked, finite = _stack([e.grad for e in fresh], padded)
+    stacked, finite = stack([e.flat if packed else e.grad for e in fresh], padded)
     usable = [e for e, ok in zip(fresh, finite) if ok]
     if len(usable) < len(fresh):  # rare: restack without the non-finite ones
       padded = math.ceil(len(usable) / self._devices) * self._devices
-      stacked, _ = _stack([e.grad for e in usable], padded)
+      stacked, _ = stack([e.flat if packed else e.grad for e in usable], padded)
     metrics = {
       "stale_estimates": float(stale),
       "nan_estimates": float(len(fresh) - len(usable)),
@@ -124,7 +151,8 @@ class Learner:
     if not usable:
       metrics["skipped_step"] = 1.0
       return metrics
-    self.theta, self.opt_state, grad_norm = self._update(self.theta, self.opt_state, stacked, len(usable))
+    update = self._update_flat if packed else self._update
+    self.theta, self.opt_state, grad_norm = update(self.theta, self.opt_state, stacked, len(usable))
     self.step += 1
     metrics["grad_norm"] = float(grad_norm)
     metrics["meta_loss"] = float(np.mean([e.meta_loss for e in usable]))

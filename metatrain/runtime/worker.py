@@ -18,18 +18,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import tasks
 from metatrain.problem import LearnedOptimizerProblem
 from metatrain.runtime.config import WorkerConfig
+from metatrain.runtime.estimate import Estimate
 from metatrain.types import PyTree, Theta
-
-
-@dataclasses.dataclass
-class Estimate:
-  """One gradient estimate, as numpy, and where it came from."""
-
-  grad: Theta
-  meta_loss: float
-  theta_step: int
-  worker_id: int
-  metrics: dict[str, float]
 
 
 def pairs_mesh(num_pairs: int, devices: list | None = None) -> Mesh | None:

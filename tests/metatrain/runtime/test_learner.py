@@ -64,3 +64,69 @@ def test_learner_is_jitted_once(monkeypatch):
   for step in range(3):
     learner.apply([_estimate([1.0, 0.0], step)])
   assert learner._update._cache_size() == 1
+
+
+def _theta():
+  return {"a": np.zeros((3, 4), np.float32), "b": {"c": np.zeros(5, np.float32), "d": np.zeros((2, 1), np.float32)}}
+
+
+def _random_grads(count, seed=0):
+  rng = np.random.default_rng(seed)
+  return [_tree_like(_theta(), rng) for _ in range(count)]
+
+
+def _tree_like(tree, rng):
+  if isinstance(tree, dict):
+    return {key: _tree_like(value, rng) for key, value in tree.items()}
+  return rng.normal(size=tree.shape).astype(tree.dtype)
+
+
+def test_an_estimate_travels_as_one_buffer_and_comes_back_equal():
+  import pickle
+
+  grad = _random_grads(1)[0]
+  estimate = Estimate(grad, 1.5, 3, 2, {"nan_pairs": 0.0})
+  back = pickle.loads(pickle.dumps(estimate, protocol=5))
+  assert (back.meta_loss, back.theta_step, back.worker_id, back.metrics) == (1.5, 3, 2, {"nan_pairs": 0.0})
+  assert back.flat is not None and back.flat.size == 12 + 5 + 2
+  for leaf, original in zip(_leaves(back.grad), _leaves(grad)):
+    np.testing.assert_array_equal(leaf, original)
+    assert np.shares_memory(leaf, back.flat)  # views into the one buffer, no copy per leaf
+  mixed = Estimate({"w": np.zeros(2, np.float32), "n": np.zeros(2, np.int32)}, 0.0, 0, 0, {})
+  assert pickle.loads(pickle.dumps(mixed)).flat is None  # leaves of two dtypes travel as they are
+
+
+def _leaves(tree):
+  import jax
+
+  return jax.tree.leaves(tree)
+
+
+def test_packed_estimates_give_the_same_step_as_unpacked_ones_bit_for_bit():
+  import pickle
+
+  grads = _random_grads(7)
+  grads[4]["b"]["c"][2] = np.nan  # dropped in both forms
+  estimates = [Estimate(g, float(i), 0, i, {}) for i, g in enumerate(grads)]
+  packed = [pickle.loads(pickle.dumps(e, protocol=5)) for e in estimates]
+  assert all(e.flat is not None for e in packed) and all(e.flat is None for e in estimates)
+  results = []
+  for batch in (estimates, packed):
+    learner = Learner(optax.adam(0.1), _theta(), staleness=3)  # the same estimates, three steps
+    for _ in range(3):
+      metrics = learner.apply(batch)
+    assert metrics["nan_estimates"] == 1 and metrics["used_estimates"] == 6
+    results.append((learner.theta, metrics["grad_norm"]))
+  for a, b in zip(_leaves(results[0][0]), _leaves(results[1][0])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert results[0][1] == results[1][1]
+  # And both are optax on the mean of the finite ones (an independent computation).
+  usable = [g for i, g in enumerate(grads) if i != 4]
+  mean = {"a": np.mean([g["a"] for g in usable], 0), "b": {k: np.mean([g["b"][k] for g in usable], 0) for k in "cd"}}
+  outer = optax.adam(0.1)
+  theta, state = _theta(), outer.init(_theta())
+  for _ in range(3):
+    updates, state = outer.update(mean, state, theta)
+    theta = optax.apply_updates(theta, updates)
+  for a, b in zip(_leaves(results[1][0]), _leaves(theta)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
