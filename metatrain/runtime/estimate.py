@@ -96,3 +96,38 @@ class _Packed(Estimate):
       leaves.append(flat[start : start + size].reshape(shape))
       start += size
     return jax.tree.unflatten(jax.tree.structure(self._skeleton), leaves)
+
+
+class _View:
+  """A leaf of a packed tree: pickles to ``numpy.ndarray(shape, dtype, buffer, offset)`` over a shared buffer.
+
+  Pickle writes the buffer once (its memo), out of band with protocol 5 (Ray's object store), and each
+  leaf as a call to numpy's own constructor: the other side needs numpy only, not this module.
+  """
+
+  __slots__ = ("buffer", "offset", "shape", "dtype")
+
+  def __init__(self, buffer: np.ndarray, offset: int, shape: tuple, dtype: np.dtype):
+    self.buffer, self.offset, self.shape, self.dtype = buffer, offset, shape, dtype
+
+  def __reduce__(self):
+    return np.ndarray, (self.shape, self.dtype, self.buffer, self.offset)
+
+
+def packed_tree(tree: Any) -> Any:
+  """``tree`` (a pytree of numpy arrays of one dtype) for pickling as one buffer; unpickles to the same tree
+  of arrays (read-only views into that buffer). Trees of several dtypes are returned as they are.
+
+  What the pool publishes: theta reaches every worker as one buffer, not one per leaf.
+  """
+  import jax
+
+  leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+  if not leaves or len({leaf.dtype for leaf in leaves}) > 1:
+    return tree
+  flat = np.concatenate([leaf.ravel() for leaf in leaves])
+  views, offset = [], 0
+  for leaf in leaves:
+    views.append(_View(flat, offset, leaf.shape, leaf.dtype))
+    offset += leaf.nbytes
+  return jax.tree.unflatten(jax.tree.structure(tree), views)

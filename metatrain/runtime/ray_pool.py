@@ -34,6 +34,7 @@ import ray  # noqa: E402
 from ray.exceptions import ActorDiedError, RayActorError  # noqa: E402
 
 from metatrain.runtime.config import WorkerConfig  # noqa: E402
+from metatrain.runtime.estimate import packed_tree  # noqa: E402
 from metatrain.runtime.pool import WorkerPool  # noqa: E402
 from metatrain.runtime.worker import Estimate, GradientWorker  # noqa: E402
 
@@ -215,7 +216,7 @@ class RayPool(WorkerPool):
       self._restore.add(index)
 
   def _put(self, theta: Any) -> ray.ObjectRef:
-    return ray.put(theta)
+    return ray.put(packed_tree(theta))  # one buffer, not one per leaf, for every worker to read
 
   def _published(self) -> None:
     self._snapshot = dict(self._kept)

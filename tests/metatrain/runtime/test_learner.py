@@ -130,3 +130,25 @@ def test_packed_estimates_give_the_same_step_as_unpacked_ones_bit_for_bit():
     theta = optax.apply_updates(theta, updates)
   for a, b in zip(_leaves(results[1][0]), _leaves(theta)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_a_published_theta_travels_as_one_buffer_and_needs_only_numpy_to_read():
+  import pickle
+  import subprocess
+  import sys
+
+  from metatrain.runtime.estimate import packed_tree
+
+  theta = _random_grads(1, seed=3)[0]
+  buffers = []
+  data = pickle.dumps(packed_tree(theta), protocol=5, buffer_callback=buffers.append)
+  assert len(buffers) == 1  # one out-of-band buffer for the whole tree (Ray: one object-store read)
+  back = pickle.loads(data, buffers=buffers)
+  for a, b in zip(_leaves(back), _leaves(theta), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # A process without JAX or this package reads it (the simulated workers of the cluster benchmark).
+  code = "import pickle, sys; t = pickle.load(sys.stdin.buffer); import sys; print(sorted(t), 'jax' in sys.modules)"
+  out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(packed_tree(theta)), capture_output=True)
+  assert out.stdout.decode().split("]")[-1].strip() == "False", out.stderr
+  mixed = {"w": np.zeros(2, np.float32), "n": np.zeros(2, np.int32)}
+  assert packed_tree(mixed) is mixed
