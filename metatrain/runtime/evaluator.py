@@ -86,7 +86,7 @@ class Losses:
 
   @classmethod
   def of(cls, batch: Any, evals: Any) -> Losses:
-    """From :func:`metatrain.evaluation_curves`' ``(batch_losses, evals)`` with ``every=horizon``.
+    """From :func:`metatrain.evaluation.curves.evaluation_curves`' ``(batch_losses, evals)`` with ``every=horizon``.
 
     Args:
       batch: training batch losses, shape ``(seeds, horizon)``.
@@ -146,7 +146,7 @@ class Evaluation:
 class EvaluationRuns:
   """The computations of an evaluation in one process (no thread, no Ray).
 
-  Every evaluation is one jitted program (:func:`metatrain.evaluation_curves`:
+  Every evaluation is one jitted program (:func:`metatrain.evaluation.curves.evaluation_curves`:
   a ``lax.scan`` over the horizon, vmapped over seeds) with theta an argument:
   it compiles on the first evaluation only.
 
@@ -216,8 +216,8 @@ class EvaluationRuns:
 class Evaluator:
   """Evaluates thetas in the background, one at a time, without ever blocking the caller.
 
-  Subclasses start an evaluation (:meth:`_start`), say whether one is running
-  (:meth:`running`) and collect the ended ones (:meth:`_collect`); this class
+  Subclasses start an evaluation (``_start``), say whether one is running
+  (:meth:`running`) and collect the ended ones (``_collect``); this class
   counts the skipped and lost ones and carries the Adam reference, computed
   by the first evaluation, into every later one.
 
@@ -382,7 +382,7 @@ class RayEvaluator(Evaluator):
   while the workers start) with the environment of the workers
   (:func:`metatrain.runtime.ray_pool.worker_env`: the compilation cache, CPU-only JAX).
   An evaluation whose actor dies, or that raises, is lost (counted in
-  :attr:`lost`); the actor is then replaced by a new one, which evaluates the
+  :attr:`Evaluator.lost`); the actor is then replaced by a new one, which evaluates the
   next theta submitted.
 
   Args:

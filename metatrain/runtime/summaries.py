@@ -31,6 +31,7 @@ TAGS = {
   "skipped_step": "meta/skipped_step",
   "inner_steps_per_second": "throughput/inner_steps_per_second",
   "outer_steps_per_second": "throughput/outer_steps_per_second",
+  "eval_seconds": "throughput/eval_seconds",
   "stale_estimates": "faults/stale_estimates",
   "nan_estimates": "faults/nan_estimates",
   "nan_pairs": "faults/nan_pairs",
@@ -73,10 +74,11 @@ class Summaries:
 
     Writes ``eval/final_train_loss``, ``eval/mean_train_loss`` and ``eval/valid_loss``; the same tags
     for the Adam reference in the :data:`REFERENCE_RUN` run (at every evaluation's step: a flat line);
-    and the image ``eval/curve``, the mean training loss of every inner step, learned against Adam.
+    and the image ``eval/curve``, the mean training loss of every inner step, learned against Adam; and
+    the evaluation's wall time as ``throughput/eval_seconds``.
     """
     step = evaluation.step
-    self.scalars(evaluation.losses.scalars(), step)
+    self.scalars({**evaluation.losses.scalars(), "eval_seconds": evaluation.seconds}, step)
     if evaluation.reference is not None:
       if self.reference_writer is None:
         self.reference_writer = tensorboardX.SummaryWriter(os.path.join(self.folder, REFERENCE_RUN))

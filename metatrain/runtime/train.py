@@ -317,6 +317,7 @@ class Run:
     self.config, self.worker, self.learner, self.pool = config, worker, learner, pool
     self.checkpoints, self.summaries, self.saved = checkpoints, summaries, saved
     self.evaluator = evaluator
+    self.reference_reported = False
     self.final_timeout = FINAL_EVALUATION_TIMEOUT if final_timeout is None else final_timeout
     self.schedule = outer_schedule(
       config.learning_rate, total_steps=config.outer_steps, warmup_steps=config.warmup_steps
@@ -367,6 +368,13 @@ class Run:
   def write(self, evaluations: list[Evaluation]) -> None:
     """Writes evaluations to TensorBoard (:meth:`Summaries.evaluation`)."""
     for evaluation in evaluations:
+      reference = evaluation.reference
+      if reference is not None and not self.reference_reported:
+        self.reference_reported = True
+        tqdm.tqdm.write(
+          f"evaluation: Adam-cosine reference at peak rate {reference.learning_rate:.3g} "
+          f"(tuned and run in {reference.seconds:.1f} s); theta of step {evaluation.step} in {evaluation.seconds:.1f} s"
+        )
       self.summaries.evaluation(evaluation)
 
   def finish_evaluations(self) -> None:
