@@ -44,7 +44,7 @@ napoleon_use_rtype = False
 
 nitpicky = True
 UNLINKED = [*sorted(sys.stdlib_module_names), "jax", "jaxlib", "flax", "nnx", "optax", "numpy", "np", "ray", "gin"]
-UNLINKED += ["orbax", "tensorboardX", "scipy"]
+UNLINKED += ["orbax", "tensorboardX", "scipy", "etils", "epath"]
 nitpick_ignore_regex = [(r"py:.*", rf"({'|'.join(UNLINKED)})(\..*)?")]
 
 
