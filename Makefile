@@ -98,6 +98,7 @@ bench: $(STAMP) data
 	$(PY) -m benchmarks.estimator_snr
 	$(PY) -m benchmarks.inference
 	$(PY) -m benchmarks.zoo_generation
+	$(PY) -m benchmarks.cluster_scale
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build/docs
