@@ -48,7 +48,7 @@ def _imports(path):
 
 # Each framework is imported by exactly these files (the thin layers around it).
 ALLOWED = {
-  "ray": {"metatrain/runtime/ray_pool.py", "metatrain/runtime/evaluator.py"},  # the evaluator's actor, lazily
+  "ray": {"metatrain/runtime/ray_pool.py"},
   "orbax": {"metatrain/runtime/checkpoint.py"},
   "tensorboardX": {"metatrain/runtime/summaries.py"},
   "gin": {"metatrain/cli.py"},

@@ -1,8 +1,7 @@
 """The main job's runtime: workers, pools (in this process or as Ray actors), the learner, checkpoints, TensorBoard.
 
 The only package of :mod:`metatrain` that imports ray, orbax or tensorboardX,
-each in the module that needs it (:mod:`~metatrain.runtime.ray_pool`, and the
-evaluation actor of :mod:`~metatrain.runtime.evaluator` when it starts;
+each in the one module that needs it (:mod:`~metatrain.runtime.ray_pool`,
 :mod:`~metatrain.runtime.checkpoint`, :mod:`~metatrain.runtime.summaries`);
 importing this package loads none of them. :mod:`~metatrain.runtime.config`
 holds the run's configuration as plain values.

@@ -74,34 +74,23 @@ class SaveFailed(OSError):
   """A checkpoint could not be written (disk full, quota, permissions); the ones already written are intact."""
 
 
-class _Captured(logging.Handler):
-  """Keeps the records orbax logs (to absl) while a save runs: whole tracebacks, repeated for each thread."""
-
-  def __init__(self):
-    super().__init__(logging.ERROR)
-    self.records: list[logging.LogRecord] = []
-
-  def emit(self, record: logging.LogRecord) -> None:
-    self.records.append(record)
-
-
 @contextlib.contextmanager
-def _quiet_orbax() -> Iterator[_Captured]:
+def _quiet_orbax() -> Iterator[None]:
   """Holds back orbax's error logs, and the "Event loop is closed" of its threads, while a save or restore runs.
 
   A failed save is then reported once, by :class:`SaveFailed`, instead of by a traceback per thread.
   """
   logger = logging.getLogger("absl")
-  captured, propagate, handlers = _Captured(), logger.propagate, logger.handlers[:]
+  propagate, handlers = logger.propagate, logger.handlers[:]
   hook = sys.unraisablehook
 
   def unraisable(info):
     if not (isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed"):
       hook(info)
 
-  logger.handlers, logger.propagate, sys.unraisablehook = [captured], False, unraisable
+  logger.handlers, logger.propagate, sys.unraisablehook = [logging.NullHandler()], False, unraisable
   try:
-    yield captured
+    yield
   finally:
     logger.handlers, logger.propagate, sys.unraisablehook = handlers, propagate, hook
 

@@ -21,7 +21,7 @@ tuning seeds (``TUNE_SEED + i``, never the evaluation seeds, never the test
 split), then trained on the evaluation seeds (:class:`Reference`).
 
 Two evaluators share one interface (:class:`Evaluator`): :class:`InProcessEvaluator`
-computes on a background thread of this process, :class:`RayEvaluator` in a Ray
+computes on a background thread of this process, :class:`metatrain.runtime.ray_pool.RayEvaluator` in a Ray
 actor. Neither ever blocks the training loop: :meth:`Evaluator.submit`
 refuses a theta while an evaluation is running (counted in
 :attr:`Evaluator.skipped`), :meth:`Evaluator.poll` returns the evaluations
@@ -358,7 +358,7 @@ class InProcessEvaluator(Evaluator):
 
 
 class EvaluationActor:
-  """An :class:`EvaluationRuns` in its own process (:class:`RayEvaluator` makes it a Ray actor).
+  """An :class:`EvaluationRuns` in its own process (``ray_pool.RayEvaluator`` makes it a Ray actor).
 
   Args: as :class:`EvaluationRuns`.
   """
@@ -373,86 +373,3 @@ class EvaluationActor:
   def pid(self) -> int:
     """The actor process's id (for tests)."""
     return os.getpid()
-
-
-class RayEvaluator(Evaluator):
-  """Evaluates in a Ray actor (``num_cpus`` CPUs), in the Ray this process is connected to.
-
-  The actor is created at once (it builds the task and the learned optimizer
-  while the workers start) with the environment of the workers
-  (:func:`metatrain.runtime.ray_pool.worker_env`: the compilation cache, CPU-only JAX).
-  An evaluation whose actor dies, or that raises, is lost (counted in
-  :attr:`Evaluator.lost`); the actor is then replaced by a new one, which evaluates the
-  next theta submitted.
-
-  Args:
-    worker: the run's worker config.
-    seeds: evaluation runs per theta.
-    num_cpus: the actor's CPUs (0: scheduled even where the workers take every CPU).
-    env_vars: extra environment variables of the actor (as the workers').
-    reference_rates: the Adam reference's initial grid of peak rates.
-  """
-
-  def __init__(
-    self,
-    worker: WorkerConfig,
-    seeds: int,
-    *,
-    num_cpus: float = 1.0,
-    env_vars: dict | None = None,
-    reference_rates: Sequence[float] = REFERENCE_RATES,
-  ):
-    super().__init__()
-    import ray  # Ray only where it is used
-
-    from metatrain.runtime.ray_pool import worker_env
-
-    self.worker, self.seeds, self.reference_rates = worker, seeds, tuple(reference_rates)
-    self._actor_class = ray.remote(EvaluationActor).options(
-      num_cpus=num_cpus,
-      max_restarts=0,  # a dead actor is replaced: a new one starts clean
-      max_task_retries=0,
-      runtime_env={"env_vars": worker_env(env_vars=env_vars)},
-    )
-    self.actor = self._new_actor()
-    self._call: Any = None
-
-  def _new_actor(self) -> Any:
-    return self._actor_class.remote(self.worker, self.seeds, reference_rates=self.reference_rates)
-
-  def running(self) -> bool:
-    """Whether a call to the actor has not ended yet."""
-    if self._call is None:
-      return False
-    import ray
-
-    ready, _ = ray.wait([self._call], timeout=0)
-    return not ready
-
-  def _start(self, theta: Theta, step: int, *, reference: bool) -> None:
-    self._call = self.actor.evaluate.remote(theta, step, reference)
-
-  def _collect(self) -> list[Evaluation | None]:
-    if self._call is None or self.running():
-      return []
-    import ray
-    from ray.exceptions import RayActorError, RayError
-
-    call, self._call = self._call, None
-    try:
-      return [ray.get(call)]
-    except RayActorError as error:
-      tqdm.tqdm.write(f"warning: the evaluation actor died ({error}); starting a new one.")
-      ray.kill(self.actor, no_restart=True)
-      self.actor = self._new_actor()
-    except RayError as error:
-      tqdm.tqdm.write(f"warning: an evaluation failed: {error}")
-    return [None]
-
-  def close(self) -> None:
-    """Kills the actor (a running evaluation is abandoned)."""
-    import ray
-
-    if ray.is_initialized():
-      ray.kill(self.actor, no_restart=True)
-    self._call = None

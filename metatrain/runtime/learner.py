@@ -40,27 +40,6 @@ def sharded_mean(stacked: Any, count: int, mesh: Mesh) -> Any:
   return jax.tree.map(lambda s: s / count, summed)
 
 
-def _stack(grads: list[Any], rows: int) -> tuple[Any, np.ndarray]:
-  """The gradients stacked along a new leading axis of ``rows`` (zeros below them), and which are finite.
-
-  One copy of each gradient into a buffer per leaf, and one vectorised finiteness test per leaf: the
-  learner's cost per estimate at hundreds of workers (measured in ``benchmarks/cluster_scale.py``).
-  """
-  finite = np.ones(len(grads), bool)
-  if not grads:
-    return None, finite
-  leaves = [jax.tree.leaves(grad) for grad in grads]
-  stacked = []
-  for i, first in enumerate(leaves[0]):
-    first = np.asarray(first)
-    buffer = np.zeros((rows, *first.shape), first.dtype)
-    for row, grad in enumerate(leaves):
-      buffer[row] = grad[i]
-    finite &= np.isfinite(buffer[: len(grads)].reshape(len(grads), -1)).all(axis=1)
-    stacked.append(buffer)
-  return jax.tree.unflatten(jax.tree.structure(grads[0]), stacked), finite
-
-
 class Learner:
   """Holds theta and the outer optimizer state; turns batches of estimates into outer steps.
 
@@ -88,38 +67,40 @@ class Learner:
     self.step = 0
     devices = self.mesh.devices.size
 
+    # Every batch is stacked into one (rows, parameters) buffer (one copy per estimate; a packed estimate
+    # from a Ray worker is one buffer already: metatrain.runtime.estimate), split into theta's leaves in jit.
     leaves = jax.tree.leaves(self.theta)
     self._treedef = jax.tree.structure(self.theta)
     self._shapes = [leaf.shape for leaf in leaves]
-    self._size = sum(leaf.size for leaf in leaves)
-    bounds = np.cumsum([0] + [leaf.size for leaf in leaves])
-
-    def step(theta, opt_state, grad):
-      updates, opt_state = outer.update(grad, opt_state, theta)
-      return optax.apply_updates(theta, updates), opt_state, optax.tree.norm(grad)
+    self._dtype = np.result_type(*leaves)
+    self._bounds = np.cumsum([0] + [leaf.size for leaf in leaves])
+    bounds, dtypes = self._bounds, [leaf.dtype for leaf in leaves]
 
     @jax.jit
     def update(theta, opt_state, stacked, count):
-      return step(theta, opt_state, sharded_mean(stacked, count, self.mesh))
-
-    @jax.jit
-    def update_flat(theta, opt_state, stacked, count):  # stacked: (rows, parameters), packed estimates
-      # Split into theta's leaves before the sum: the same reductions as unpacked estimates, bit for bit.
+      # Split before the sum: the reductions are per leaf, as a tree of stacked leaves would give.
       rows = stacked.shape[0]
-      parts = [stacked[:, a:b].reshape(rows, *shape) for a, b, shape in zip(bounds[:-1], bounds[1:], self._shapes)]
-      return step(theta, opt_state, sharded_mean(jax.tree.unflatten(self._treedef, parts), count, self.mesh))
+      parts = [
+        stacked[:, a:b].reshape(rows, *shape).astype(dtype)
+        for a, b, shape, dtype in zip(bounds[:-1], bounds[1:], self._shapes, dtypes)
+      ]
+      grad = sharded_mean(jax.tree.unflatten(self._treedef, parts), count, self.mesh)
+      updates, opt_state = outer.update(grad, opt_state, theta)
+      return optax.apply_updates(theta, updates), opt_state, optax.tree.norm(grad)
 
-    self._update, self._update_flat = update, update_flat
+    self._update = update
     self._devices = devices
 
-  def _stack_flat(self, flats: list[Any], rows: int) -> tuple[np.ndarray | None, np.ndarray]:
-    """Packed gradients as the rows of one ``(rows, parameters)`` buffer, and which rows are finite."""
-    if not flats:
-      return None, np.ones(0, bool)
-    stacked = np.zeros((rows, self._size), flats[0].dtype)
-    for row, flat in enumerate(flats):
-      stacked[row] = flat
-    return stacked, np.asarray(np.isfinite(stacked[: len(flats)]).all(axis=1))
+  def _stack(self, estimates: list[Estimate], rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The gradients as the rows of one ``(rows, parameters)`` buffer (zeros below), and which are finite."""
+    stacked = np.zeros((rows, int(self._bounds[-1])), self._dtype)
+    for row, estimate in enumerate(estimates):
+      if estimate.flat is not None and estimate.flat.size == stacked.shape[1]:
+        stacked[row] = estimate.flat
+      else:
+        for a, b, leaf in zip(self._bounds[:-1], self._bounds[1:], jax.tree.leaves(estimate.grad)):
+          stacked[row, a:b] = np.ravel(leaf)
+    return stacked, np.asarray(np.isfinite(stacked[: len(estimates)]).all(axis=1))
 
   def state(self) -> dict:
     """What a checkpoint holds of the learner."""
@@ -133,15 +114,12 @@ class Learner:
     fresh = [e for e in estimates if self.step - e.theta_step <= self.staleness]
     stale = len(estimates) - len(fresh)
     fresh.sort(key=lambda e: (e.theta_step, e.worker_id))  # a fixed summation order: reproducible means
-    # Packed estimates (from Ray workers: metatrain.runtime.estimate) stack as one row each.
-    packed = all(e.flat is not None and e.flat.size == self._size for e in fresh)
-    stack = self._stack_flat if packed else _stack
     padded = math.ceil(len(fresh) / self._devices) * self._devices
-    stacked, finite = stack([e.flat if packed else e.grad for e in fresh], padded)
+    stacked, finite = self._stack(fresh, padded)
     usable = [e for e, ok in zip(fresh, finite) if ok]
     if len(usable) < len(fresh):  # rare: restack without the non-finite ones
       padded = math.ceil(len(usable) / self._devices) * self._devices
-      stacked, _ = stack([e.flat if packed else e.grad for e in usable], padded)
+      stacked, _ = self._stack(usable, padded)
     metrics = {
       "stale_estimates": float(stale),
       "nan_estimates": float(len(fresh) - len(usable)),
@@ -151,8 +129,7 @@ class Learner:
     if not usable:
       metrics["skipped_step"] = 1.0
       return metrics
-    update = self._update_flat if packed else self._update
-    self.theta, self.opt_state, grad_norm = update(self.theta, self.opt_state, stacked, len(usable))
+    self.theta, self.opt_state, grad_norm = self._update(self.theta, self.opt_state, stacked, len(usable))
     self.step += 1
     metrics["grad_norm"] = float(grad_norm)
     metrics["meta_loss"] = float(np.mean([e.meta_loss for e in usable]))

@@ -26,17 +26,21 @@ from __future__ import annotations
 import collections
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
-from ray.exceptions import ActorDiedError, RayActorError  # noqa: E402
+import tqdm  # noqa: E402
+from ray.exceptions import ActorDiedError, RayActorError, RayError  # noqa: E402
 
 from metatrain.runtime.config import WorkerConfig  # noqa: E402
 from metatrain.runtime.estimate import packed_tree  # noqa: E402
+from metatrain.runtime.evaluator import REFERENCE_RATES, Evaluation, EvaluationActor, Evaluator  # noqa: E402
 from metatrain.runtime.pool import WorkerPool  # noqa: E402
 from metatrain.runtime.worker import Estimate, GradientWorker  # noqa: E402
+from metatrain.types import Theta  # noqa: E402
 
 PROBE_SECONDS = 0.5  # how often a restarting actor is asked whether it is back
 WAIT_SECONDS = 0.5  # the longest a gather blocks in one ray.wait (an interrupt is seen within it)
@@ -412,3 +416,78 @@ class RayPool(WorkerPool):
     self._snapshot.clear()
     if self._owns_ray:
       ray.shutdown()
+
+
+# --- the evaluation actor (metatrain.runtime.evaluator computes; this places it in Ray) -----------------
+
+
+class RayEvaluator(Evaluator):
+  """Evaluates in a Ray actor (``num_cpus`` CPUs), in the Ray this process is connected to.
+
+  The actor is created at once (it builds the task and the learned optimizer
+  while the workers start) with the environment of the workers
+  (:func:`worker_env`: the compilation cache, CPU-only JAX).
+  An evaluation whose actor dies, or that raises, is lost (counted in
+  :attr:`metatrain.runtime.evaluator.Evaluator.lost`); the actor is then replaced by a new one, which evaluates the
+  next theta submitted.
+
+  Args:
+    worker: the run's worker config.
+    seeds: evaluation runs per theta.
+    num_cpus: the actor's CPUs (0: scheduled even where the workers take every CPU).
+    env_vars: extra environment variables of the actor (as the workers').
+    reference_rates: the Adam reference's initial grid of peak rates.
+  """
+
+  def __init__(
+    self,
+    worker: WorkerConfig,
+    seeds: int,
+    *,
+    num_cpus: float = 1.0,
+    env_vars: dict | None = None,
+    reference_rates: Sequence[float] = REFERENCE_RATES,
+  ):
+    super().__init__()
+    self.worker, self.seeds, self.reference_rates = worker, seeds, tuple(reference_rates)
+    self._actor_class = ray.remote(EvaluationActor).options(
+      num_cpus=num_cpus,
+      max_restarts=0,  # a dead actor is replaced: a new one starts clean
+      max_task_retries=0,
+      runtime_env={"env_vars": worker_env(env_vars=env_vars)},
+    )
+    self.actor = self._new_actor()
+    self._call: Any = None
+
+  def _new_actor(self) -> Any:
+    return self._actor_class.remote(self.worker, self.seeds, reference_rates=self.reference_rates)
+
+  def running(self) -> bool:
+    """Whether a call to the actor has not ended yet."""
+    if self._call is None:
+      return False
+    ready, _ = ray.wait([self._call], timeout=0)
+    return not ready
+
+  def _start(self, theta: Theta, step: int, *, reference: bool) -> None:
+    self._call = self.actor.evaluate.remote(theta, step, reference)
+
+  def _collect(self) -> list[Evaluation | None]:
+    if self._call is None or self.running():
+      return []
+    call, self._call = self._call, None
+    try:
+      return [ray.get(call)]
+    except RayActorError as error:
+      tqdm.tqdm.write(f"warning: the evaluation actor died ({error}); starting a new one.")
+      ray.kill(self.actor, no_restart=True)
+      self.actor = self._new_actor()
+    except RayError as error:
+      tqdm.tqdm.write(f"warning: an evaluation failed: {error}")
+    return [None]
+
+  def close(self) -> None:
+    """Kills the actor (a running evaluation is abandoned)."""
+    if ray.is_initialized():
+      ray.kill(self.actor, no_restart=True)
+    self._call = None

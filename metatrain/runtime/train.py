@@ -277,7 +277,7 @@ def make_evaluator(config: TrainConfig, worker: WorkerConfig, *, cache: str | No
     return None
   if not config.use_ray:
     return InProcessEvaluator(worker, config.eval_seeds)
-  from metatrain.runtime.evaluator import RayEvaluator
+  from metatrain.runtime.ray_pool import RayEvaluator  # Ray only where it is used
 
   return RayEvaluator(worker, config.eval_seeds, num_cpus=config.eval_cpus, env_vars=cache_env(cache))
 

@@ -20,7 +20,8 @@ from metatrain.evaluation.baselines import adam_cosine
 from metatrain.evaluation.curves import evaluation_curves, train_run
 from metatrain.runtime import evaluator as evaluator_module
 from metatrain.runtime import train as train_module
-from metatrain.runtime.evaluator import Evaluation, InProcessEvaluator, Losses, RayEvaluator
+from metatrain.runtime.evaluator import Evaluation, InProcessEvaluator, Losses
+from metatrain.runtime.ray_pool import RayEvaluator
 from metatrain.runtime.summaries import REFERENCE_RUN
 from metatrain.runtime.worker import GradientWorker
 
