@@ -71,17 +71,21 @@ class LearnedOptimizerProblem:
     if self.meta_objective not in META_OBJECTIVES:
       raise ValueError(f"meta_objective must be one of {META_OBJECTIVES}, got {self.meta_objective!r}.")
 
+  def optimizer(self, theta: Theta) -> optax.GradientTransformation:
+    """The learned optimizer at ``theta`` for runs of ``horizon`` steps (its ``total_steps``)."""
+    return self.learned_optimizer.optimizer(theta, total_steps=self.horizon)
+
   def init(self, theta: Theta, key: jax.Array) -> InnerState:
     """A fresh inner run: the task's params initialised from ``key`` and the optimizer's initial state."""
     params = self.task.init(key)
-    return InnerState(params, self.learned_optimizer.optimizer(theta).init(params))
+    return InnerState(params, self.optimizer(theta).init(params))
 
   def step(self, theta: Theta, state: InnerState, key: jax.Array) -> tuple[InnerState, jax.Array]:
     """One inner step on a batch drawn with ``key``: ``(state, normalised meta-loss of the step)``."""
     loss, grads = jax.value_and_grad(self.task.loss)(state.params, self.task.sample_batch(key, "train"))
     if self.meta_loss_split == "valid":
       loss = self.task.loss(state.params, self.task.sample_batch(key, "valid"))
-    updates, opt_state = self.learned_optimizer.optimizer(theta).update(grads, state.opt_state, state.params)
+    updates, opt_state = self.optimizer(theta).update(grads, state.opt_state, state.params)
     meta_loss = self.task.normalized(loss)
     if self.meta_objective == "final":
       start = self.horizon - max(1, round(FINAL_FRACTION * self.horizon))

@@ -39,6 +39,21 @@ def fashion_mnist_data(size: int) -> ClassificationData:
 
 
 @functools.cache
+def fashion_mnist_subset(size: int, num_train: int) -> ClassificationData:
+  """:func:`fashion_mnist_data` with only its first ``num_train`` training examples (valid and test whole).
+
+  A small-data task in the overfitting regime: 2,000 steps of 128 are 256 passes over 1,000 examples. The
+  examples are the first of the training split's fixed shuffle, so the subset is the same on every machine.
+  """
+  full = fashion_mnist_data(size)
+  if not 0 < num_train <= full.labels["train"].shape[0]:
+    raise ValueError(f"num_train={num_train} must be in [1, {full.labels['train'].shape[0]}].")
+  inputs = {**full.inputs, "train": full.inputs["train"][:num_train]}
+  labels = {**full.labels, "train": full.labels["train"][:num_train]}
+  return ClassificationData(inputs=inputs, labels=labels, num_classes=full.num_classes)
+
+
+@functools.cache
 def cifar10_data(size: int) -> ClassificationData:
   """CIFAR-10 at ``size x size``: 45k train, 5k valid, 10k test, on the device."""
   return ClassificationData(**_image_splits(cifar10.load, size, 5000), num_classes=10)
@@ -62,13 +77,16 @@ ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jax.nn.tanh, "gelu": jax.nn.gelu}
 
 
 @functools.cache
-def mlp_fashion(size: int, hidden: tuple[int, ...], activation: str = "relu", *, name: str | None = None) -> Task:
-  """An MLP on Fashion-MNIST resized to ``size x size``."""
+def mlp_fashion(
+  size: int, hidden: tuple[int, ...], activation: str = "relu", *, num_train: int = 0, name: str | None = None
+) -> Task:
+  """An MLP on Fashion-MNIST resized to ``size x size`` (on its first ``num_train`` training examples, if not 0)."""
   sizes = (size * size, *hidden, 10)
+  subset = f"_n{num_train}" if num_train else ""
   return Task(
-    name=name or f"mlp_fashion{size}_{'-'.join(map(str, hidden))}_{activation}",
+    name=name or f"mlp_fashion{size}_{'-'.join(map(str, hidden))}_{activation}{subset}",
     make_model=lambda rngs: MLP(sizes, activation=ACTIVATIONS[activation], rngs=rngs),
-    data=fashion_mnist_data(size),
+    data=fashion_mnist_subset(size, num_train) if num_train else fashion_mnist_data(size),
     batch_size=128,
     space_builder=unf.mlp_space,
   )
@@ -118,10 +136,16 @@ def transformer_lm(*, name: str = "transformer_lm") -> Task:
   )
 
 
+#: Training examples of the small-data task ``mlp_fashion8_small``.
+SMALL_TRAIN = 1000
+
 _TASKS: dict[str, Callable[[], Task]] = {
   "mlp_fashion8": lambda: mlp_fashion(8, (32,), name="mlp_fashion8"),
   # Held out from meta-training: the same architecture at 16x16 inputs and 4x the width (generalisation).
   "mlp_fashion16_wide": lambda: mlp_fashion(16, (128,), name="mlp_fashion16_wide"),
+  # Held out from meta-training: mlp_fashion8 on 1,000 training examples, the overfitting regime of a
+  # user's small dataset (validation and test as mlp_fashion8's).
+  "mlp_fashion8_small": lambda: mlp_fashion(8, (32,), num_train=SMALL_TRAIN, name="mlp_fashion8_small"),
   "cnn_fashion16": lambda: cnn("fashion", 16, name="cnn_fashion16"),
   "cnn_cifar16": lambda: cnn("cifar", 16, name="cnn_cifar16"),
   "rnn_lm": lambda: rnn_lm("irnn", name="rnn_lm"),
@@ -135,8 +159,10 @@ def names() -> list[str]:
 
   Example:
     >>> import tasks
-    >>> tasks.names()
-    ['cnn_cifar16', 'cnn_fashion16', 'lstm_lm', 'mlp_fashion16_wide', 'mlp_fashion8', 'rnn_lm', 'transformer_lm']
+    >>> tasks.names()[:4]
+    ['cnn_cifar16', 'cnn_fashion16', 'lstm_lm', 'mlp_fashion16_wide']
+    >>> "mlp_fashion8_small" in tasks.names()
+    True
   """
   return sorted(_TASKS)
 
@@ -186,6 +212,19 @@ def _mlp8_width_variant(rng: np.random.Generator) -> Task:
 MLP_FASHION8_WIDTHS = TaskFamily("mlp_fashion8_widths", _mlp8_width_variant)
 
 
+#: The training-set sizes of the family ``mlp_fashion8_sizes`` (0: all 50,000).
+MLP_TRAIN_SIZES = (0, 0, 2000, 5000)
+
+
+def _mlp8_size_variant(rng: np.random.Generator) -> Task:
+  return mlp_fashion(8, (32,), "relu", num_train=int(rng.choice(MLP_TRAIN_SIZES)))
+
+
+# mlp_fashion8 on its whole training set (half the draws) or on 2,000 or 5,000 examples: meta-training that
+# sees both the underfitting and the overfitting regime. The held-out small task (1,000 examples) is not in it.
+MLP_FASHION8_SIZES = TaskFamily("mlp_fashion8_sizes", _mlp8_size_variant)
+
+
 def families() -> dict[str, TaskFamily]:
   """The registered task families."""
-  return {family.name: family for family in (MLP_FASHION_FAMILY, MLP_FASHION8_WIDTHS)}
+  return {family.name: family for family in (MLP_FASHION_FAMILY, MLP_FASHION8_WIDTHS, MLP_FASHION8_SIZES)}

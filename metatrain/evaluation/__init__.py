@@ -11,7 +11,6 @@ from metatrain.evaluation.baselines import (
   adamw_cosine,
   grid_search,
   sgdm,
-  warmup_cosine,
 )
 from metatrain.evaluation.curves import (
   evaluation_curves,
@@ -21,6 +20,7 @@ from metatrain.evaluation.curves import (
   training_curves,
 )
 from metatrain.evaluation.stats import PairedDifference, mean_se, paired_difference, t_quantile
+from metatrain.schedules import warmup_cosine
 
 __all__ = [
   "GridEdgeWarning",

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from metatrain.evaluation.curves import train_run
+from metatrain.schedules import WARMUP_FRACTION, warmup_cosine
 from tasks.base import Task
 
 
@@ -63,44 +64,25 @@ def adam(
   return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
 
 
-#: The fraction of the steps a warm-up lasts in :func:`adam_cosine` and :func:`adamw_cosine`.
-WARMUP_FRACTION = 0.05
+#: Evaluation run ``i`` uses ``jax.random.key(EVAL_SEED + i)``.
+EVAL_SEED = 10_000
+#: Tuning run ``i`` uses ``jax.random.key(TUNE_SEED + i)``.
+TUNE_SEED = 20_000
+#: The Adam-cosine reference's initial grid of peak rates (:func:`metatrain.grid_search` extends it past an edge,
+#: at the cost of a compilation): the evaluator's reference and the ``"nominal"`` learned optimizers' start.
+REFERENCE_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+#: Tuning runs per rate of the Adam-cosine reference.
+REFERENCE_TUNE_SEEDS = 2
 
 
 class GridEdgeWarning(UserWarning):
   """:func:`grid_search`'s pick lies on the edge of its grid (so the best value may lie beyond it)."""
 
 
-def warmup_cosine(peak: float | jax.Array, steps: int, *, warmup_fraction: float = WARMUP_FRACTION) -> optax.Schedule:
-  """Linear warm-up from 0 to ``peak`` over ``w = round(warmup_fraction * steps)`` steps, then cosine decay to 0.
-
-  ``lr(t) = peak * t / w`` for ``t < w``, and ``peak * (1 + cos(pi * (t - w) / (steps - w))) / 2`` for
-  ``w <= t <= steps`` (0 after it): ``optax.warmup_cosine_decay_schedule``'s values, for a peak that may be traced.
-
-  Args:
-    peak: the peak learning rate (a float or a traced scalar).
-    steps: the length of the run.
-    warmup_fraction: the warm-up's share of the steps.
-  """
-  warmup = max(1, round(warmup_fraction * steps))
-  if not 0 < warmup < steps:
-    raise ValueError(f"warmup_cosine: the warm-up ({warmup} steps) must be shorter than the run ({steps} steps).")
-
-  def schedule(count: Any) -> Any:
-    # Written out, not optax.warmup_cosine_decay_schedule: that one branches in Python on the peak value,
-    # which grid_search passes traced.
-    t = jnp.asarray(count, jnp.float32)
-    rising = t / warmup
-    progress = jnp.clip((t - warmup) / (steps - warmup), 0.0, 1.0)
-    return peak * jnp.where(t < warmup, rising, 0.5 * (1 + jnp.cos(jnp.pi * progress)))
-
-  return schedule
-
-
 def adam_cosine(
   learning_rate: float | jax.Array, *, steps: int, warmup_fraction: float = WARMUP_FRACTION
 ) -> optax.GradientTransformation:
-  """Adam with a linear warm-up and cosine decay to 0 (:func:`metatrain.evaluation.baselines.warmup_cosine`).
+  """Adam with a linear warm-up and cosine decay to 0 (:func:`metatrain.schedules.warmup_cosine`).
 
   Args:
     learning_rate: the peak rate (a float or a traced scalar).
@@ -120,7 +102,7 @@ def adamw_cosine(
   """AdamW (Loshchilov and Hutter 2019) with a linear warm-up and cosine decay to 0.
 
   The weight decay is decoupled from the gradient: each step subtracts ``lr(t) weight_decay W``, with
-  ``lr(t)`` the schedule of :func:`metatrain.evaluation.baselines.warmup_cosine`.
+  ``lr(t)`` the schedule of :func:`metatrain.schedules.warmup_cosine`.
 
   Args:
     learning_rate: the peak rate (a float or a traced scalar).
@@ -253,3 +235,43 @@ def _edge(grid: list[float], best: float) -> float | None:
   if best == grid[-1]:
     return grid[-1] / grid[-2]
   return None
+
+
+def tune_adam_cosine(
+  task: Task,
+  steps: int,
+  *,
+  weight_decay: float = 0.0,
+  rates: Sequence[float] = REFERENCE_RATES,
+  tune_seeds: int = REFERENCE_TUNE_SEEDS,
+) -> tuple[float, list[tuple[float, float]]]:
+  """The peak rate of Adam-cosine (AdamW-cosine at ``weight_decay``) tuned on ``task``'s validation loss.
+
+  The evaluator's reference and the ``"nominal"`` learned optimizers' starting rate: :func:`grid_search` over
+  ``rates`` (extended past an edge, quietly) on the seeds ``TUNE_SEED, TUNE_SEED + 1, ...``, scored by the
+  validation loss after ``steps`` steps.
+
+  Args:
+    task: the inner task.
+    steps: the length of the runs (the schedule spans them).
+    weight_decay: AdamW's decoupled decay (0: Adam).
+    rates: the initial grid.
+    tune_seeds: runs per rate.
+
+  Returns:
+    ``(rate, table)`` as :func:`grid_search`.
+  """
+  make = _ADAM_COSINE.get((steps, weight_decay))
+  if make is None:  # one function object per (steps, decay), so that the jitted grid is reused
+    if weight_decay:
+      make = functools.partial(adamw_cosine, steps=steps, weight_decay=weight_decay)
+    else:
+      make = functools.partial(adam_cosine, steps=steps)
+    _ADAM_COSINE[(steps, weight_decay)] = make
+  seeds = range(TUNE_SEED, TUNE_SEED + tune_seeds)
+  with warnings.catch_warnings():  # an edge pick extends the grid: expected, not news for the user
+    warnings.simplefilter("ignore", GridEdgeWarning)
+    return grid_search(task, make, rates, steps=steps, seeds=seeds, split="valid")
+
+
+_ADAM_COSINE: dict[tuple[int, float], Callable[[Any], optax.GradientTransformation]] = {}

@@ -37,7 +37,7 @@ import optax
 import tqdm
 
 import tasks
-from metatrain.evaluation.baselines import adam, adam_cosine, adamw_cosine, grid_search, sgdm
+from metatrain.evaluation.baselines import EVAL_SEED, TUNE_SEED, adam, adam_cosine, adamw_cosine, grid_search, sgdm
 from metatrain.evaluation.curves import evaluation_curves
 from metatrain.evaluation.stats import PairedDifference, mean_se, paired_difference
 from metatrain.learned_optimizers import LearnedOptimizer
@@ -45,10 +45,6 @@ from metatrain.runtime import checkpoint
 from metatrain.runtime.summaries import write_series
 from metatrain.types import Theta
 
-#: Evaluation run ``i`` uses ``jax.random.key(EVAL_SEED + i)``.
-EVAL_SEED = 10_000
-#: Tuning run ``i`` uses ``jax.random.key(TUNE_SEED + i)``.
-TUNE_SEED = 20_000
 #: Adam's learning-rate grid.
 ADAM_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 #: SGDM's learning-rate grid.
@@ -180,7 +176,8 @@ def collect_curves(
       rate = grid_search(transfer_from, make, adam_rates, steps=steps, seeds=tuning, split="valid")[0]
       results.append(curves(f"{name} @ {transfer_from.name}", rate, jnp.float32(rate), make))
   for name, learned_optimizer, theta in learned:
-    results.append(curves(name, None, jax.tree.map(jnp.asarray, theta), learned_optimizer.optimizer))
+    make = functools.partial(learned_optimizer.optimizer, total_steps=steps)
+    results.append(curves(name, None, jax.tree.map(jnp.asarray, theta), make))
   bar.close()
   return results
 

@@ -111,8 +111,11 @@ def training_curves(task: Task, optimizer: optax.GradientTransformation, keys: j
 
 @functools.partial(jax.jit, static_argnums=(1, 4))
 def learned_curves(task: Task, lopt: Any, theta: Theta, keys: jax.Array, steps: int) -> jax.Array:
-  """:func:`training_curves` for a learned optimizer at meta-parameters ``theta`` (an argument, not static)."""
-  return _curves(task, lopt.optimizer(theta), keys, steps)
+  """:func:`training_curves` for a learned optimizer at meta-parameters ``theta`` (an argument, not static).
+
+  The runs are ``steps`` long, and a learned optimizer with a schedule is told so (``total_steps=steps``).
+  """
+  return _curves(task, lopt.optimizer(theta, total_steps=steps), keys, steps)
 
 
 def mean_normalized_loss(task: Task, curves: jax.Array) -> jax.Array:

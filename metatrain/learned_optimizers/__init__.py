@@ -34,6 +34,10 @@ LEARNED_OPTIMIZERS: dict[str, type[LearnedOptimizer]] = {cls.name: cls for cls i
 #: - ``"adam"``: ``"paper"`` with the second-moment features and the Adam base term, ``alpha`` at 0.01 and
 #:   ``beta`` at 0.05 (``f`` then starts at 0.2% to 2.5% of the update per tensor, as against the momentum base).
 #: - ``"adam_mup"``: ``"adam"`` with the muP-style ``update_scale="fan_in"`` for transfer across widths.
+#: - ``"nominal"``: ``"adam"``'s features over the ``"nominal"`` base: Adam with warm-up and cosine decay over
+#:   the run, ``f``'s last layer at zero, so that it starts as Adam-cosine. Its ``initial_alpha`` is left to
+#:   :meth:`metatrain.WorkerConfig.resolved`, which tunes it as the evaluator tunes its Adam reference.
+#: - ``"nominal_adamw"``: ``"nominal"`` with a learned decoupled weight decay, starting at 1e-4 (AdamW-cosine).
 PRESETS: dict[str, dict[str, Any]] = {
   "v1": {},
   "paper": {"pointwise_layers": 3},
@@ -47,6 +51,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "initial_beta": 0.05,
     "update_scale": "fan_in",
   },
+  "nominal": {"pointwise_layers": 3, "features": "adam", "base": "nominal", "initial_beta": 0.1},
+  "nominal_adamw": {
+    "pointwise_layers": 3,
+    "features": "adam",
+    "base": "nominal",
+    "initial_beta": 0.1,
+    "initial_weight_decay": 1e-4,
+  },
 }
 
 _OPTIONS = (
@@ -58,6 +70,8 @@ _OPTIONS = (
   "initial_beta",
   "update_scale",
   "reference_fan_in",
+  "initial_weight_decay",
+  "horizon",
 )
 
 

@@ -67,6 +67,7 @@ import jax.numpy as jnp
 import optax
 
 import unf
+from metatrain import schedules
 from metatrain.learned_optimizers import features as features_lib
 from metatrain.types import PyTree, Theta
 
@@ -81,7 +82,7 @@ HEAD_SCALE = 0.1
 #: The values of each string option of :class:`LearnedOptimizer`, its default first.
 CHOICES = {
   "features": ("paper", "adam"),
-  "base": ("momentum", "adam"),
+  "base": ("momentum", "adam", "nominal"),
   "update_scale": ("none", "fan_in"),
 }
 #: Added to the root of the second moment in the Adam base term.
@@ -147,15 +148,28 @@ class LearnedOptimizer:
   * ``pointwise_layers``: pointwise ``Dense(width)`` + relu layers before the last layer (the paper: 3).
   * ``features``: ``"paper"`` (the 19 features) or ``"adam"`` (also the 6 second-moment features of
     :func:`metatrain.learned_optimizers.features.adam_features`; the state then carries second moments).
-  * ``base``: the update's base term, ``"momentum"`` (``m_gamma0``, the paper's) or ``"adam"``
+  * ``base``: the update's base term, ``"momentum"`` (``m_gamma0``, the paper's), ``"adam"``
     (``m_hat / (sqrt(v_hat) + 1e-8)``: the momentum with decay ``gamma0`` and the second moment at decay
-    0.999, both bias-corrected; Adam's direction, so ``alpha`` is an Adam learning rate).
+    0.999, both bias-corrected; Adam's direction, so ``alpha`` is an Adam learning rate) or ``"nominal"``:
+    the best hand-designed optimizer, Adam (AdamW with ``initial_weight_decay > 0``) with a linear warm-up
+    and cosine decay over the run's ``total_steps`` (:func:`metatrain.schedules.warmup_cosine`), at peak rate
+    ``alpha``. What is learned on top of it: ``alpha`` (start it at the tuned Adam-cosine rate), a correction
+    of the schedule ``exp(sum_k c_k cos(k pi t / T))`` (:func:`metatrain.schedules.schedule_correction`,
+    ``theta["schedule"]``, zero at first), the weight decay (in log space) and ``beta * f`` added to the
+    Adam direction. ``f``'s last layer starts at zero, so that at initialisation the optimizer **is**
+    Adam-cosine (AdamW-cosine): the update is
+    ``-alpha * lr(t) * correction(t / T) * (m_hat / (sqrt(v_hat) + 1e-8) + wd * W + beta * f)``, with ``lr`` the
+    warm-up + cosine schedule of peak 1. The horizon is an input: ``optimizer(theta, total_steps=T)``.
   * ``initial_alpha``: the initial ``alpha``. With the momentum base, ``alpha * (1 - gamma0)`` is the
     equivalent heavy-ball learning rate: 0.1 (the paper's) starts as heavy-ball SGD at 0.01.
   * ``initial_beta``: the initial ``beta`` (0.001, the paper's). ``f``'s output is O(0.1) per entry at
     init: against the Adam base (O(1) per entry) 0.001 leaves ``f`` at 0.004% to 0.05% of the update per
     tensor (measured on mlp_fashion8 after 10 steps), where against the momentum base it is 0.5% to 3%; the
     Adam presets start at 0.05 (0.2% to 2.5%).
+  * ``initial_weight_decay``: the initial decoupled weight decay of the ``"nominal"`` base (0: none, and
+    none is learned).
+  * ``horizon``: the horizon T it was meta-trained at (recorded by :class:`metatrain.WorkerConfig`; carried by
+    checkpoints and shipped optimizers, and the ``total_steps`` a user may start from). None when unknown.
   * ``update_scale``: ``"none"`` or ``"fan_in"``: the terms of Adam's scale (``beta * f`` and the Adam base,
     O(1) per entry) of a tensor with fan-in ``n`` are multiplied by ``n_0 / n``, ``n_0`` its fan-in in the
     network meta-trained on (``reference_fan_in``, one per leaf: :func:`fan_ins`). As muP scales Adam's
@@ -164,8 +178,8 @@ class LearnedOptimizer:
   Args:
     space: the weight space of the networks it optimizes.
     width: hidden features per parameter.
-    pointwise_layers, features, base, initial_alpha, initial_beta, update_scale, reference_fan_in: the
-      options above.
+    pointwise_layers, features, base, initial_alpha, initial_beta, initial_weight_decay, horizon, update_scale,
+      reference_fan_in: the options above.
 
   Attributes:
     name: the kind's key in :data:`metatrain.LEARNED_OPTIMIZERS` (and in configs and checkpoints).
@@ -180,6 +194,8 @@ class LearnedOptimizer:
   base: str = dataclasses.field(default="momentum", kw_only=True)
   initial_alpha: float = dataclasses.field(default=INITIAL_ALPHA, kw_only=True)
   initial_beta: float = dataclasses.field(default=INITIAL_BETA, kw_only=True)
+  initial_weight_decay: float = dataclasses.field(default=0.0, kw_only=True)
+  horizon: int | None = dataclasses.field(default=None, kw_only=True)
   update_scale: str = dataclasses.field(default="none", kw_only=True)
   reference_fan_in: tuple[int, ...] | None = dataclasses.field(default=None, kw_only=True)
   name: ClassVar[str] = ""
@@ -197,6 +213,13 @@ class LearnedOptimizer:
         f"{type(self).__name__}: initial_alpha and initial_beta must be positive, got "
         f"{self.initial_alpha!r} and {self.initial_beta!r}."
       )
+    if self.initial_weight_decay < 0 or (self.initial_weight_decay > 0 and self.base != "nominal"):
+      raise ValueError(
+        f"{type(self).__name__}: initial_weight_decay={self.initial_weight_decay!r}; a weight decay is learned with "
+        "base='nominal' only, and must not be negative."
+      )
+    if self.horizon is not None and self.horizon < 1:
+      raise ValueError(f"{type(self).__name__}: horizon={self.horizon!r} must be a positive number of steps.")
     if self.reference_fan_in is not None:
       object.__setattr__(self, "reference_fan_in", tuple(int(n) for n in self.reference_fan_in))
       if len(self.reference_fan_in) != len(self.space):
@@ -218,7 +241,7 @@ class LearnedOptimizer:
 
   @property
   def _second_moments(self) -> bool:
-    return self.features == "adam" or self.base == "adam"
+    return self.features == "adam" or self.base in ("adam", "nominal")
 
   # --- the last layer of f: width features per parameter -> one number per parameter
 
@@ -240,18 +263,28 @@ class LearnedOptimizer:
 
     Returns:
       A dict of arrays: ``log_alpha``, ``log_beta``, ``logit_gamma0`` (scalars)
-      and ``f`` (``dense0``, ``dense1``, ... and ``head``, the last layer).
+      and ``f`` (``dense0``, ``dense1``, ... and ``head``, the last layer). With the ``"nominal"`` base
+      also ``schedule`` (zeros, :data:`metatrain.schedules.SCHEDULE_TERMS`) and, with a weight decay,
+      ``log_weight_decay``; ``f``'s last layer is then zero.
     """
     keys = jax.random.split(key, self.pointwise_layers + 1)
     sizes = (self.num_features,) + (self.width,) * self.pointwise_layers
     f = {f"dense{i}": _dense_init(keys[i], sizes[i], sizes[i + 1], dtype) for i in range(self.pointwise_layers)}
-    f["head"] = jax.tree.map(lambda w: HEAD_SCALE * w, self._init_head(keys[-1], dtype))
-    return {
+    head_scale = 0.0 if self.base == "nominal" else HEAD_SCALE
+    f["head"] = jax.tree.map(lambda w: head_scale * w, self._init_head(keys[-1], dtype))
+    return {**self._init_scalars(dtype), "log_beta": jnp.asarray(math.log(self.initial_beta), dtype), "f": f}
+
+  def _init_scalars(self, dtype: Any) -> Theta:
+    """The meta-parameters of the base term: ``log_alpha``, ``logit_gamma0`` and the nominal's own."""
+    scalars = {
       "log_alpha": jnp.asarray(math.log(self.initial_alpha), dtype),
-      "log_beta": jnp.asarray(math.log(self.initial_beta), dtype),
       "logit_gamma0": jnp.asarray(math.log(INITIAL_GAMMA0 / (1 - INITIAL_GAMMA0)), dtype),
-      "f": f,
     }
+    if self.base == "nominal":
+      scalars["schedule"] = jnp.zeros((schedules.SCHEDULE_TERMS,), dtype)
+      if self.initial_weight_decay > 0:
+        scalars["log_weight_decay"] = jnp.asarray(math.log(self.initial_weight_decay), dtype)
+    return scalars
 
   def num_meta_parameters(self, theta: Theta) -> int:
     """Number of scalars in one ``theta`` (independent of the inner network's widths)."""
@@ -285,7 +318,7 @@ class LearnedOptimizer:
   def options(self) -> dict[str, Any]:
     """The options (every keyword argument but ``space``) as JSON-ready values."""
     values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name != "space"}
-    if values["reference_fan_in"] is not None:
+    if values["reference_fan_in"] is not None:  # a tuple: JSON has lists
       values["reference_fan_in"] = list(values["reference_fan_in"])
     return values
 
@@ -327,13 +360,33 @@ class LearnedOptimizer:
     assert self.reference_fan_in is not None  # checked at construction
     return [n0 / _fan_in(p.shape) for n0, p in zip(self.reference_fan_in, leaves)]
 
-  def optimizer(self, theta: Theta) -> optax.GradientTransformation:
+  def optimizer(self, theta: Theta, *, total_steps: int | None = None) -> optax.GradientTransformation:
     """The learned optimizer at meta-parameters ``theta``, as a pure optax transformation.
 
     ``update(grads, state, params)`` returns ``updates = -alpha * (base + beta * f(features))``
     (apply them with ``optax.apply_updates``) and the new :class:`LearnedOptimizerState`.
     ``params`` is required: the parameters are one of ``f``'s features.
+
+    Args:
+      theta: the meta-parameters.
+      total_steps: the length of the run it trains (T), which the ``"nominal"`` base's warm-up and cosine
+        decay span, as VeLO's ``num_steps``; required there (the horizon it was meta-trained at is
+        :attr:`horizon`), ignored by the other bases.
+
+    Raises:
+      ValueError: the ``"nominal"`` base without ``total_steps``.
     """
+    if self.base == "nominal":
+      if total_steps is None:
+        trained = f" (it was meta-trained at total_steps={self.horizon})" if self.horizon else ""
+        raise ValueError(
+          f"{type(self).__name__} with the 'nominal' base follows a warm-up + cosine schedule over the run: pass "
+          f"the number of steps your run takes, optimizer(theta, total_steps=...){trained}."
+        )
+      steps, warmup_cosine = total_steps, schedules.warmup_cosine(1.0, total_steps)
+
+      def schedule(count: jax.Array) -> jax.Array:
+        return warmup_cosine(count) * schedules.schedule_correction(theta["schedule"], count, steps)
 
     def init(params: PyTree) -> LearnedOptimizerState:
       self.space.validate(params)
@@ -373,6 +426,12 @@ class LearnedOptimizer:
         v_hat = [v[..., -1] / (1 - features_lib.SECOND_MOMENT_DECAYS[-1] ** t) for v in jax.tree.leaves(second)]
         base = [s * m / (jnp.sqrt(v) + ADAM_EPSILON) for s, m, v in zip(scales, m_hat, v_hat)]
       alpha = jnp.exp(theta["log_alpha"])
+      if self.base == "nominal":
+        # optax's order: the schedule at the count before this update (0 at the first: the warm-up starts at 0).
+        alpha = alpha * schedule(state.count)
+        if "log_weight_decay" in theta:
+          decay = jnp.exp(theta["log_weight_decay"])
+          base = [b + decay * p for b, p in zip(base, jax.tree.leaves(params))]
       if self.uses_f:
         x = features_lib.input_features(params, grads, momenta, state.count)
         if self.features == "adam":
@@ -402,6 +461,10 @@ def describe(lopt: LearnedOptimizer, theta: Theta) -> str:
   if "log_beta" in theta:
     rows.append(("beta (log)", theta["log_beta"].size))
   rows.append(("gamma0 (logit)", theta["logit_gamma0"].size))
+  if "schedule" in theta:
+    rows.append(("schedule correction", theta["schedule"].size))
+  if "log_weight_decay" in theta:
+    rows.append(("weight decay (log)", theta["log_weight_decay"].size))
   if lopt.uses_f:
     sizes = (lopt.num_features,) + (lopt.width,) * lopt.pointwise_layers
     for i in range(lopt.pointwise_layers):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from metatrain.learned_optimizers.base import INITIAL_GAMMA0, LearnedOptimizer
+from metatrain.learned_optimizers.base import LearnedOptimizer
 from metatrain.types import Theta
 
 
@@ -19,12 +18,15 @@ class LearnedSGDM(LearnedOptimizer):
 
   ``W <- W - alpha * m_gamma0``: the paper's SGDM baseline (the authors' ``LearnableSGDM``), meta-trained
   by the same estimator and budget as the learned optimizers (Zhou, Finn, Harrison 2024, Sec. 5.2). With
-  ``base="adam"`` it is Adam with a meta-trained learning rate and first-moment decay. Trivially
-  equivariant to every permutation of the weights; its two meta-parameters do not depend on the space.
+  ``base="adam"`` it is Adam with a meta-trained learning rate and first-moment decay; with ``base="nominal"``
+  Adam-cosine (AdamW-cosine) with its peak rate, schedule correction, first-moment decay (and weight decay)
+  meta-trained. Trivially equivariant to every permutation of the weights; its meta-parameters do not depend
+  on the space.
 
   Args:
     space: the weight space of the networks it optimizes (checked on every update).
-    base, initial_alpha, update_scale, reference_fan_in: as :class:`LearnedOptimizer`.
+    base, initial_alpha, initial_weight_decay, horizon, update_scale, reference_fan_in: as
+      :class:`LearnedOptimizer`.
     width, pointwise_layers, features, initial_beta: the options of ``f`` (there is none): kept in its
       description, with no effect.
   """
@@ -34,9 +36,7 @@ class LearnedSGDM(LearnedOptimizer):
   uses_f: ClassVar[bool] = False
 
   def init_meta(self, key: jax.Array, *, dtype: Any = jnp.float32) -> Theta:
-    """Initial meta-parameters: ``log_alpha`` (``initial_alpha``) and ``logit_gamma0`` (0.9); ``key`` is unused."""
+    """Initial meta-parameters: ``log_alpha`` (``initial_alpha``) and ``logit_gamma0`` (0.9), and the
+    ``"nominal"`` base's schedule correction and weight decay; ``key`` is unused."""
     del key
-    return {
-      "log_alpha": jnp.asarray(math.log(self.initial_alpha), dtype),
-      "logit_gamma0": jnp.asarray(math.log(INITIAL_GAMMA0 / (1 - INITIAL_GAMMA0)), dtype),
-    }
+    return self._init_scalars(dtype)

@@ -55,7 +55,12 @@ def pretrained_names() -> list[str]:
 
 def info(name: str) -> dict[str, Any]:
   """Where a shipped optimizer comes from: its task, outer steps, command and wall time."""
-  return _read_json(_folder(name))["info"]
+  return read_info(_folder(name))
+
+
+def read_info(folder: str | pathlib.Path) -> dict[str, Any]:
+  """The ``info`` of a folder written by :func:`write`."""
+  return _read_json(pathlib.Path(folder))["info"]
 
 
 def load(name: str) -> tuple[LearnedOptimizer, Theta]:

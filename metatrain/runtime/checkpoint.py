@@ -414,7 +414,8 @@ def load(source: str | pathlib.Path, *, space: unf.WeightSpace | None = None) ->
   before they carried it fall back to their task's, which needs the task's data).
 
   Args:
-    source: a shipped optimizer's name, the workdir, its ``checkpoints`` folder, or a step folder.
+    source: a shipped optimizer's name, the workdir, its ``checkpoints`` folder, a step folder, or a folder
+      in the shipped format (``WORKDIR/selected``: the run's theta selected on validation).
     space: the weight space of the networks to optimize (default: the one it was meta-trained on). It
       must match that one up to renaming (:meth:`unf.WeightSpace.match`): the same leaves in the same
       order, paths and labels renamed consistently, any widths.
@@ -435,6 +436,10 @@ def load(source: str | pathlib.Path, *, space: unf.WeightSpace | None = None) ->
       space,
     )
   source = as_path(source)
+  if (source / "optimizer.json").is_file():  # a shipped optimizer's folder, or a run's selected/ theta
+    learned_optimizer, theta = pretrained.read(pathlib.Path(str(source)))
+    step = int(pretrained.read_info(pathlib.Path(str(source))).get("outer_steps", 0))
+    return _for_space(LoadedOptimizer(learned_optimizer, theta, step, source), space)
   directory, steps = _checkpoint_folders(source)
   errors = []
   for step in steps:
@@ -486,25 +491,36 @@ def load_learned_optimizer(
   return loaded.learned_optimizer, loaded.theta
 
 
-def export(source: str | pathlib.Path, folder: str | pathlib.Path, *, note: str = "") -> pathlib.Path:
+def export(
+  source: str | pathlib.Path, folder: str | pathlib.Path, *, note: str = "", selected: bool = True
+) -> pathlib.Path:
   """Writes the meta-trained optimizer of a workdir or checkpoint as a shipped one (:mod:`metatrain.pretrained`).
 
   Args:
     source: a ``metatrain train`` workdir or one of its checkpoint folders (the newest that reads).
     folder: where to write ``optimizer.json`` and ``theta.npz`` (``metatrain/pretrained/NAME`` to ship it).
     note: free text kept in the description's ``info`` (the command and wall time that produced it).
+    selected: ship the workdir's theta selected on validation (``WORKDIR/selected``,
+      :mod:`metatrain.runtime.selection`) where the run has one, rather than its newest checkpoint's.
 
   Returns:
     ``folder``.
   """
-  loaded = load(source)
-  manager = ocp.CheckpointManager(
-    loaded.path.parent, options=ocp.CheckpointManagerOptions(create=False), item_names=ITEMS
-  )
-  try:
-    config = manager.restore(loaded.step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-  finally:
-    manager.close()
+  chosen = as_path(source) / "selected"
+  selection: dict[str, Any] = {}
+  if selected and (chosen / "optimizer.json").is_file():
+    loaded = load(chosen)
+    selection = pretrained.read_info(pathlib.Path(str(chosen)))
+    config = {"worker": selection["worker"]}
+  else:
+    loaded = load(source)
+    manager = ocp.CheckpointManager(
+      loaded.path.parent, options=ocp.CheckpointManagerOptions(create=False), item_names=ITEMS
+    )
+    try:
+      config = manager.restore(loaded.step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    finally:
+      manager.close()
   task_name = config["worker"]["task"]
   task = tasks.get(task_name)
   lopt, theta = loaded.learned_optimizer.transfer(loaded.theta, task.space)
@@ -521,5 +537,7 @@ def export(source: str | pathlib.Path, folder: str | pathlib.Path, *, note: str 
     "note": note,
     "check": {"seed": EVAL_SEED, "train_batch_losses": [float(x) for x in losses[0]]},
   }
+  if selection:
+    info["selection"] = {k: selection[k] for k in ("selected_step", "valid_loss", "start_valid_loss") if k in selection}
   pretrained.write(folder, loaded.learned_optimizer, loaded.theta, info)
   return pathlib.Path(folder)

@@ -102,8 +102,27 @@ class WorkerConfig:
     self.estimator.check(self.horizon)
 
   def learned_optimizer_options(self) -> dict[str, Any]:
-    """The learned optimizer's keyword options: the preset's, then ``options``, then ``width``."""
-    return {**PRESETS[self.preset], **(self.options or {}), "width": self.width}
+    """The learned optimizer's keyword options: the preset's, then ``options``, then ``width`` and ``horizon``."""
+    return {**PRESETS[self.preset], **(self.options or {}), "width": self.width, "horizon": self.horizon}
+
+  def resolved(self) -> WorkerConfig:
+    """This config with every option that is derived from data filled in (the same config when there is none).
+
+    A ``"nominal"`` learned optimizer without an ``initial_alpha`` starts at the peak rate of Adam-cosine
+    (AdamW-cosine at its ``initial_weight_decay``) tuned on the task's validation loss at the horizon, as the
+    evaluator tunes its reference (:func:`metatrain.evaluation.baselines.tune_adam_cosine`: a grid search,
+    seconds to a minute): at its initial theta the optimizer is that reference. :func:`metatrain.train`
+    resolves its config once, before any worker starts, and checkpoints keep the resolved one.
+    """
+    options = self.learned_optimizer_options()
+    if options.get("base") != "nominal" or "initial_alpha" in options:
+      return self
+    from metatrain.evaluation.baselines import tune_adam_cosine
+
+    rate, _ = tune_adam_cosine(
+      tasks.get(self.task), self.horizon, weight_decay=float(options.get("initial_weight_decay", 0.0))
+    )
+    return dataclasses.replace(self, options={**(self.options or {}), "initial_alpha": rate})
 
   def build_learned_optimizer(self) -> LearnedOptimizer:
     """The learned optimizer for the task's weight space (loads the task's data on first use)."""

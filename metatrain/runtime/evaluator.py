@@ -38,7 +38,6 @@ import os
 import threading
 import time
 import traceback
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,17 +47,17 @@ import numpy as np
 import tqdm
 
 import tasks
-from metatrain.evaluation.baselines import GridEdgeWarning, adam_cosine, grid_search
-from metatrain.evaluation.compare import EVAL_SEED, TUNE_SEED
+from metatrain.evaluation.baselines import (
+  EVAL_SEED,
+  REFERENCE_RATES,
+  REFERENCE_TUNE_SEEDS,
+  adam_cosine,
+  tune_adam_cosine,
+)
 from metatrain.evaluation.curves import evaluation_curves
 from metatrain.runtime.config import WorkerConfig
 from metatrain.types import Theta
 
-#: The Adam reference's initial grid of peak rates (:func:`metatrain.grid_search` extends it past an edge, at the
-#: cost of a compilation). On configs/default.gin it picks 0.1.
-REFERENCE_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
-#: Tuning runs per rate of the Adam reference.
-REFERENCE_TUNE_SEEDS = 2
 #: How often the evaluator looks whether an evaluation ended, while waiting for it (seconds).
 POLL_SECONDS = 0.05
 
@@ -135,12 +134,14 @@ class Evaluation:
     losses: the learned optimizer's runs on the evaluation seeds.
     seconds: the wall time of the runs (compilation included in the first; the reference's not).
     reference: the run's Adam reference (None where it failed: every tuning run diverged...).
+    theta: the meta-parameters evaluated (numpy leaves), for the run's selection of the best theta.
   """
 
   step: int
   losses: Losses
   seconds: float
   reference: Reference | None = None
+  theta: Theta | None = None
 
 
 class EvaluationRuns:
@@ -172,11 +173,12 @@ class EvaluationRuns:
     self.reference_rates, self.tune_seeds = tuple(reference_rates), tune_seeds
     # The same function object for every call, so the jitted programs are reused.
     self._adam = functools.partial(adam_cosine, steps=self.horizon)
+    self._learned = functools.partial(self.learned_optimizer.optimizer, total_steps=self.horizon)
 
   def learned(self, theta: Theta) -> Losses:
     """The learned optimizer's runs at ``theta`` on the evaluation seeds."""
     theta = jax.tree.map(jnp.asarray, theta)
-    return self._losses(theta, self.learned_optimizer.optimizer)
+    return self._losses(theta, self._learned)
 
   def _losses(self, hyper: Any, make_optimizer: Callable) -> Losses:
     batch, evals = evaluation_curves(
@@ -191,12 +193,7 @@ class EvaluationRuns:
       FloatingPointError: every tuning run diverged.
     """
     start = time.perf_counter()
-    tuning = range(TUNE_SEED, TUNE_SEED + self.tune_seeds)
-    with warnings.catch_warnings():  # an edge pick extends the grid: expected, not news for the user
-      warnings.simplefilter("ignore", GridEdgeWarning)
-      rate, table = grid_search(
-        self.task, self._adam, self.reference_rates, steps=self.horizon, seeds=tuning, split="valid"
-      )
+    rate, table = tune_adam_cosine(self.task, self.horizon, rates=self.reference_rates, tune_seeds=self.tune_seeds)
     losses = self._losses(jnp.float32(rate), self._adam)
     return Reference(rate, losses, table, time.perf_counter() - start)
 
@@ -210,7 +207,8 @@ class EvaluationRuns:
         tqdm.tqdm.write(f"warning: no Adam reference for the evaluations ({error}).")
     start = time.perf_counter()
     losses = self.learned(theta)
-    return Evaluation(int(step), losses, time.perf_counter() - start, adam)
+    theta = jax.tree.map(np.asarray, theta)
+    return Evaluation(int(step), losses, time.perf_counter() - start, adam, theta)
 
 
 class Evaluator:

@@ -35,7 +35,9 @@ theta is evaluated (unless it was the one running), both within
 :data:`FINAL_EVALUATION_TIMEOUT` seconds; what has not ended then is abandoned.
 A run stopped early (SIGTERM, Ctrl-C, an error) waits for no evaluation.
 Evaluations draw no randomness of the learner or the workers: a resumed run
-computes the same thetas with or without them.
+computes the same thetas with or without them. The evaluated theta with the
+lowest validation loss, the start included, is kept in ``WORKDIR/selected``
+(:mod:`metatrain.runtime.selection`): what a run ships.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ from metatrain.runtime.config import TrainConfig, WorkerConfig
 from metatrain.runtime.evaluator import Evaluation, Evaluator, InProcessEvaluator
 from metatrain.runtime.learner import Learner
 from metatrain.runtime.pool import InProcessPool, WorkerPool
+from metatrain.runtime.selection import FOLDER as SELECTED
+from metatrain.runtime.selection import Selection
 from metatrain.runtime.summaries import Summaries
 from metatrain.types import Theta
 
@@ -105,9 +109,10 @@ def train(
   """
   folder = _writable(as_path(workdir))  # an epath: local, or gs://... and s3://... with their filesystems
   cache = enable_compilation_cache(config.compilation_cache_dir())
-  learned_optimizer = worker.build_learned_optimizer()
-  learner = make_learner(config, learned_optimizer)
   with contextlib.closing(Checkpoints(folder, keep=config.keep_checkpoints)) as checkpoints:
+    worker = resolve(worker, checkpoints)
+    learned_optimizer = worker.build_learned_optimizer()
+    learner = make_learner(config, learned_optimizer)
     particles = resume(learner, checkpoints, worker)
     if learner.step >= config.outer_steps:  # nothing to do: no workers to start
       tqdm.tqdm.write(f"the run in {folder} is done: step {learner.step} of {config.outer_steps}")
@@ -125,7 +130,8 @@ def train(
         "config": {"gin": operative_config, "worker": worker.to_json(), "train": dataclasses.asdict(config)},
         "learned_optimizer": learned_optimizer.to_json(),
       }
-      run = Run(config, worker, learner, pool, checkpoints, summaries, saved, evaluator=evaluator)
+      selection = Selection(folder / SELECTED, learned_optimizer, worker.to_json()) if evaluator else None
+      run = Run(config, worker, learner, pool, checkpoints, summaries, saved, evaluator=evaluator, selection=selection)
       with _on_sigterm(pool.interrupt):
         history = run.loop()
       if pool.interrupted:
@@ -204,6 +210,26 @@ def make_learner(config: TrainConfig, learned_optimizer: LearnedOptimizer) -> Le
   theta = jax.tree.map(np.asarray, learned_optimizer.init_meta(jax.random.key(config.seed)))
   outer = outer_optimizer(config.learning_rate, total_steps=config.outer_steps, warmup_steps=config.warmup_steps)
   return Learner(outer, theta, staleness=config.staleness)
+
+
+def resolve(worker: WorkerConfig, checkpoints: Checkpoints) -> WorkerConfig:
+  """``worker`` with its derived options filled in (:meth:`WorkerConfig.resolved`): the checkpoint's, if any.
+
+  A run resumes with the options its first start derived (the tuned starting rate of a ``"nominal"``
+  optimizer), without deriving them again; a config that differs from the checkpoint's in anything else is
+  resolved afresh, and :func:`resume` then names the difference.
+  """
+  saved = checkpoints.latest_config() if checkpoints.steps() else None
+  if saved is not None and "worker" in saved:
+    old = WorkerConfig.from_json(saved["worker"])
+    derived = {k: v for k, v in (old.options or {}).items() if k not in (worker.options or {})}
+    candidate = dataclasses.replace(worker, options={**(worker.options or {}), **derived}) if derived else worker
+    if candidate == old:
+      return candidate
+  resolved = worker.resolved()
+  if resolved is not worker:
+    tqdm.tqdm.write(f"derived from the task: {resolved.options} (WorkerConfig.resolved)")
+  return resolved
 
 
 def resume(learner: Learner, checkpoints: Checkpoints, worker: WorkerConfig) -> dict:
@@ -297,6 +323,7 @@ class Run:
     summaries: where TensorBoard scalars go.
     saved: the JSON items every checkpoint carries (``config``, ``learned_optimizer``).
     evaluator: evaluates theta every ``config.eval_every`` steps (None: no evaluations).
+    selection: keeps the evaluated theta with the lowest validation loss (:mod:`metatrain.runtime.selection`).
     final_timeout: the longest the end of the run waits for evaluations (seconds; None:
       :data:`FINAL_EVALUATION_TIMEOUT`).
   """
@@ -312,11 +339,12 @@ class Run:
     saved: dict[str, Any],
     *,
     evaluator: Evaluator | None = None,
+    selection: Selection | None = None,
     final_timeout: float | None = None,
   ):
     self.config, self.worker, self.learner, self.pool = config, worker, learner, pool
     self.checkpoints, self.summaries, self.saved = checkpoints, summaries, saved
-    self.evaluator = evaluator
+    self.evaluator, self.selection = evaluator, selection
     self.reference_reported = False
     self.final_timeout = FINAL_EVALUATION_TIMEOUT if final_timeout is None else final_timeout
     self.schedule = outer_schedule(
@@ -376,6 +404,8 @@ class Run:
           f"(tuned and run in {reference.seconds:.1f} s); theta of step {evaluation.step} in {evaluation.seconds:.1f} s"
         )
       self.summaries.evaluation(evaluation)
+      if self.selection is not None and self.selection.offer(evaluation):
+        self.summaries.scalars({"eval/selected_step": float(evaluation.step)}, evaluation.step)
 
   def finish_evaluations(self) -> None:
     """The end of the run: waits for the running evaluation and one of the final theta (bounded)."""

@@ -193,3 +193,18 @@ def test_space_equals_the_space_read_from_the_computation(name, key):
   inferred = unf.infer_space(task.apply, params, inputs)
   assert inferred.match(fixed_io)  # a bijection of labels, leaf by leaf: the same partition
   assert len(inferred.labels) == len(fixed_io.labels)
+
+
+def test_small_data_task_trains_on_its_first_examples_only():
+  small, full = tasks.get("mlp_fashion8_small"), tasks.get("mlp_fashion8")
+  n = tasks.registry.SMALL_TRAIN
+  np.testing.assert_array_equal(small.data.inputs["train"], full.data.inputs["train"][:n])
+  assert all(small.data.inputs[split] is full.data.inputs[split] for split in ("valid", "test"))
+  # Every training batch comes from the subset: its examples are rows of the first n.
+  x, _ = jax.jit(jax.vmap(lambda k: small.sample_batch(k, "train")))(jax.random.split(jax.random.key(0), 20))
+  rows = {r.tobytes() for r in np.asarray(full.data.inputs["train"][:n])}
+  assert all(r.tobytes() in rows for r in np.asarray(x).reshape(-1, x.shape[-3], x.shape[-2], x.shape[-1]))
+  assert small.space == full.space
+  sizes = tasks.families()["mlp_fashion8_sizes"]
+  drawn = {sizes.sample(jax.random.key(i)).data.labels["train"].shape[0] for i in range(16)}
+  assert drawn == {full.data.labels["train"].shape[0], 2000, 5000}  # the small task's 1,000 is held out
