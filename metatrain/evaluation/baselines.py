@@ -68,6 +68,9 @@ def adam(
 EVAL_SEED = 10_000
 #: Tuning run ``i`` uses ``jax.random.key(TUNE_SEED + i)``.
 TUNE_SEED = 20_000
+#: Run ``i`` of the evaluator during meta-training uses ``jax.random.key(SELECTION_SEED + i)``: thetas are
+#: selected on these runs, and reported (``metatrain eval``) on the disjoint ``EVAL_SEED`` runs.
+SELECTION_SEED = 30_000
 #: The Adam-cosine reference's initial grid of peak rates (:func:`metatrain.grid_search` extends it past an edge,
 #: at the cost of a compilation): the evaluator's reference and the ``"nominal"`` learned optimizers' start.
 REFERENCE_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)

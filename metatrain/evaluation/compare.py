@@ -326,9 +326,8 @@ def load_all(sources: Sequence[str | pathlib.Path], task: tasks.Task) -> list[ch
 def names_of(loaded: Sequence[checkpoint.LoadedOptimizer]) -> list[str]:
   """Display names ``"<kind> (step N)"``, with the workdir's name added where two would be the same."""
   names = [f"{item.learned_optimizer.name} (step {item.step})" for item in loaded]
-  return [
-    f"{name} [{item.path.parent.parent.name}]" if names.count(name) > 1 else name for name, item in zip(names, loaded)
-  ]
+  runs = [item.path.parent.name if item.path.name == "selected" else item.path.parent.parent.name for item in loaded]
+  return [f"{name} [{run}]" if names.count(name) > 1 else name for name, run in zip(names, runs)]
 
 
 def compare(

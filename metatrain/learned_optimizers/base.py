@@ -178,8 +178,8 @@ class LearnedOptimizer:
   Args:
     space: the weight space of the networks it optimizes.
     width: hidden features per parameter.
-    pointwise_layers, features, base, initial_alpha, initial_beta, initial_weight_decay, horizon, update_scale,
-      reference_fan_in: the options above.
+    pointwise_layers, features, base, initial_alpha, initial_beta: the options above.
+    initial_weight_decay, horizon, update_scale, reference_fan_in: the options above.
 
   Attributes:
     name: the kind's key in :data:`metatrain.LEARNED_OPTIMIZERS` (and in configs and checkpoints).

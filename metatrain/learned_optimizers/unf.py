@@ -25,6 +25,7 @@ class UNFLOpt(LearnedOptimizer):
     width: hidden features per parameter.
     pointwise_layers, features, base, initial_alpha, initial_beta, update_scale, reference_fan_in: the
       options of :class:`metatrain.LearnedOptimizer`.
+    initial_weight_decay, horizon: the options of the ``"nominal"`` base (:class:`metatrain.LearnedOptimizer`).
   """
 
   name: ClassVar[str] = "unf"

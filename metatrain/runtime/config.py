@@ -210,7 +210,8 @@ class TrainConfig:
     eval_every: outer steps between evaluations of theta (0: none): ``eval_seeds`` fresh inner runs over
       the whole horizon, beside a tuned Adam (:mod:`metatrain.runtime.evaluator`), under ``eval/`` in
       TensorBoard. An evaluation runs in the background; one due while another runs is skipped.
-    eval_seeds: fresh inner runs per evaluation (seeds ``EVAL_SEED + i``, never used in meta-training).
+    eval_seeds: fresh inner runs per evaluation (seeds ``SELECTION_SEED + i``, never used in meta-training nor
+      by ``metatrain eval``).
     eval_cpus: CPUs reserved for the Ray evaluation actor (``use_ray``); 0 shares the workers' CPUs (a
       local Ray has as many CPUs as the machine, and ``num_workers = 0`` gives them all to workers, so
       an actor asking for one would never start).

@@ -8,9 +8,9 @@ optimizer at one theta, and report the final training loss, the training loss
 averaged over the horizon, the final validation loss and the mean curve
 (:class:`Evaluation`).
 
-Evaluation runs use ``jax.random.key(EVAL_SEED + i)`` (:func:`evaluation_keys`),
-as ``metatrain eval`` does; workers derive theirs from ``fold_in(key(seed),
-worker_id)``, so meta-training never sees them, and an evaluation touches no
+Evaluation runs use ``jax.random.key(SELECTION_SEED + i)`` (:func:`evaluation_keys`),
+apart from ``metatrain eval``'s (which reports the theta selected on them, :mod:`metatrain.runtime.selection`);
+workers derive theirs from ``fold_in(key(seed), worker_id)``, so meta-training never sees them, and an evaluation touches no
 randomness of the learner or the workers (a resumed run stays deterministic).
 With a task family, the runs are of the worker config's ``task``.
 
@@ -48,7 +48,7 @@ import tqdm
 
 import tasks
 from metatrain.evaluation.baselines import (
-  EVAL_SEED,
+  SELECTION_SEED,
   REFERENCE_RATES,
   REFERENCE_TUNE_SEEDS,
   adam_cosine,
@@ -63,8 +63,12 @@ POLL_SECONDS = 0.05
 
 
 def evaluation_keys(seeds: int) -> jax.Array:
-  """The PRNG keys of ``seeds`` evaluation runs: ``jax.random.key(EVAL_SEED + i)``, stacked."""
-  return jnp.stack([jax.random.key(EVAL_SEED + i) for i in range(seeds)])
+  """The PRNG keys of ``seeds`` evaluation runs: ``jax.random.key(SELECTION_SEED + i)``, stacked.
+
+  Not ``metatrain eval``'s seeds (``EVAL_SEED + i``): a run selects its theta on these, and the report of
+  the selected theta is then on runs it was not selected on.
+  """
+  return jnp.stack([jax.random.key(SELECTION_SEED + i) for i in range(seeds)])
 
 
 @dataclasses.dataclass(frozen=True)

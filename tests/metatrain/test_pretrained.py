@@ -54,7 +54,8 @@ def test_a_shipped_optimizer_loads_by_name_and_reproduces_its_trajectory_in_a_pl
   info = pretrained.info(name)
   task = tasks.get(info["task"])
   lopt, theta = metatrain.load_learned_optimizer(name, space=task.space)
-  optimizer = lopt.optimizer(jax.tree.map(jax.numpy.asarray, theta))
+  # The check was recorded over a run of CHECK_STEPS steps: an optimizer with a schedule is told so.
+  optimizer = lopt.optimizer(jax.tree.map(jax.numpy.asarray, theta), total_steps=pretrained.CHECK_STEPS)
   init_key, data_key = jax.random.split(jax.random.key(EVAL_SEED))
   params = task.init(init_key)
   state, losses = optimizer.init(params), []

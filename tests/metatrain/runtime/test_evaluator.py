@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import tasks
 from metatrain import PES, TrainConfig, WorkerConfig, cli
-from metatrain.evaluation.baselines import adam_cosine
+from metatrain.evaluation.baselines import EVAL_SEED, adam_cosine
 from metatrain.evaluation.curves import evaluation_curves, train_run
 from metatrain.runtime import evaluator as evaluator_module
 from metatrain.runtime import train as train_module
@@ -121,7 +121,7 @@ def test_evaluation_keys_are_not_the_workers():
 
   # (split(key) and fold_in(key, 0 or 1) coincide: the sets count each key once.)
   evaluation = [child for key in evaluator_module.evaluation_keys(8) for child in children(key)]
-  assert data(evaluator_module.evaluation_keys(8)) == data([jax.random.key(10_000 + i) for i in range(8)])
+  assert data(evaluator_module.evaluation_keys(8)) == data([jax.random.key(30_000 + i) for i in range(8)])
   workers = []
   for seed in (0, 1):
     for worker_id in range(2):
@@ -129,6 +129,9 @@ def test_evaluation_keys_are_not_the_workers():
       workers += children(worker.init_key) + children(worker.key)
     workers += children(jax.random.key(seed))  # theta's initialisation
   assert not data(evaluation) & data(workers)
+  # Nor metatrain eval's: the theta selected on the evaluator's runs is reported on others.
+  reported = [child for i in range(8) for child in children(jax.random.key(EVAL_SEED + i))]
+  assert not data(evaluation) & data(reported)
 
 
 class _Blocked:
