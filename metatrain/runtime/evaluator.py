@@ -10,8 +10,8 @@ averaged over the horizon, the final validation loss and the mean curve
 
 Evaluation runs use ``jax.random.key(SELECTION_SEED + i)`` (:func:`evaluation_keys`),
 apart from ``metatrain eval``'s (which reports the theta selected on them, :mod:`metatrain.runtime.selection`);
-workers derive theirs from ``fold_in(key(seed), worker_id)``, so meta-training never sees them, and an evaluation touches no
-randomness of the learner or the workers (a resumed run stays deterministic).
+workers derive theirs from ``fold_in(key(seed), worker_id)``, so meta-training never sees them, and an
+evaluation touches no randomness of the learner or the workers (a resumed run stays deterministic).
 With a task family, the runs are of the worker config's ``task``.
 
 Once per run the evaluator also computes a reference: Adam with warm-up and
@@ -48,9 +48,9 @@ import tqdm
 
 import tasks
 from metatrain.evaluation.baselines import (
-  SELECTION_SEED,
   REFERENCE_RATES,
   REFERENCE_TUNE_SEEDS,
+  SELECTION_SEED,
   adam_cosine,
   tune_adam_cosine,
 )
