@@ -424,7 +424,10 @@ class LearnedOptimizer:
         t = jnp.asarray(count).astype(jnp.float32)
         m_hat = [m / (1 - gamma0**t) for m in jax.tree.leaves(momentum)]
         v_hat = [v[..., -1] / (1 - features_lib.SECOND_MOMENT_DECAYS[-1] ** t) for v in jax.tree.leaves(second)]
-        base = [s * m / (jnp.sqrt(v) + ADAM_EPSILON) for s, m, v in zip(scales, m_hat, v_hat)]
+        # sqrt's derivative is infinite at 0 (a weight whose gradient has always been 0): take it of a safe
+        # value there, so meta-gradients through the base stay finite (the values are the same).
+        roots = [jnp.where(v > 0, jnp.sqrt(jnp.where(v > 0, v, 1)), 0) for v in v_hat]
+        base = [s * m / (root + ADAM_EPSILON) for s, m, root in zip(scales, m_hat, roots)]
       alpha = jnp.exp(theta["log_alpha"])
       if self.base == "nominal":
         # optax's order: the schedule at the count before this update (0 at the first: the warm-up starts at 0).

@@ -242,6 +242,24 @@ def test_non_finite_gradients_leave_everything_finite(make_lopt, task, key):
   assert float(jnp.abs(meta_grads[0]["log_beta" if learned.uses_f else "log_alpha"])) > 0
 
 
+def test_meta_gradients_stay_finite_where_a_gradient_has_always_been_zero(task, key):
+  """The Adam base's ``sqrt(v_hat)`` at ``v_hat = 0`` (a weight whose gradient was always exactly 0, such as
+  one of an always-zero input) has an infinite derivative: backpropagating through it must not give NaN."""
+  learned = lopt.LEARNED_OPTIMIZERS["sgdm"](task.space, base="adam")
+  theta = learned.init_meta(jax.random.key(1))
+  batch = task.sample_batch(jax.random.key(2))
+
+  def objective(theta, params):
+    grads = jax.grad(task.loss)(params, batch)
+    grads["layers"][0]["kernel"] = grads["layers"][0]["kernel"].at[3, 4].set(0.0)  # v_hat = 0 there
+    optimizer = learned.optimizer(theta)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    return sum(jnp.sum(jnp.square(u)) for u in jax.tree.leaves(updates))
+
+  meta_grads = jax.jit(jax.grad(objective, argnums=(0, 1)))(theta, task.init(key))
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(meta_grads))
+
+
 def _mlp_params(hidden):
   return {
     "layers": {
