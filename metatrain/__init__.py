@@ -8,7 +8,8 @@ The main path, in three calls::
 
 Learned optimizers (:class:`UNFLOpt`, :class:`DeepSetsLOpt`, :class:`LearnedSGDM`; the registry
 :data:`LEARNED_OPTIMIZERS`, named options :data:`PRESETS`) give ``optimizer(theta) -> optax.GradientTransformation``;
-estimators (:class:`PES`, :class:`TruncatedES`, :class:`FullES`; the registry
+estimators (:class:`PES`, :class:`TruncatedES`, :class:`FullES`, :class:`NoiseReuseES`,
+:class:`TruncatedGradient`, :class:`HybridES`; the registry
 :data:`ESTIMATORS`) are pure state machines ``step(problem, state, theta, key)
 -> (state, grad, metrics)`` over an inner problem (:class:`LearnedOptimizerProblem`);
 :func:`outer_loop` meta-trains in this process with no files; :func:`train`
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from metatrain import estimators as _estimators
 from metatrain import learned_optimizers as _learned_optimizers
-from metatrain.estimators import PES, Estimator, FullES, TruncatedES
+from metatrain.estimators import PES, Estimator, FullES, HybridES, NoiseReuseES, TruncatedES, TruncatedGradient
 from metatrain.evaluation import (
   adam,
   adam_cosine,
@@ -85,13 +86,16 @@ __all__ = [
   "DeepSetsLOpt",
   "Estimator",
   "FullES",
+  "HybridES",
   "InnerState",
   "LearnedOptimizer",
   "LearnedOptimizerProblem",
   "LearnedOptimizerState",
   "LearnedSGDM",
+  "NoiseReuseES",
   "TrainConfig",
   "TruncatedES",
+  "TruncatedGradient",
   "UNFLOpt",
   "WorkerConfig",
   "adam",

@@ -7,6 +7,9 @@ registry, so a new estimator is tested as soon as it is registered here.
 - :class:`PES`: persistent ES, unbiased for the full-horizon meta-loss, from truncations.
 - :class:`TruncatedES`: antithetic ES per truncation (short-horizon bias).
 - :class:`FullES`: antithetic ES over whole runs.
+- :class:`NoiseReuseES`: one perturbation per pair kept for a whole run, unbiased from truncations.
+- :class:`TruncatedGradient`: backpropagation through each truncation (short-horizon bias).
+- :class:`HybridES`: truncated ES and reparameterization gradients weighted by inverse variance.
 """
 
 from __future__ import annotations
@@ -15,11 +18,16 @@ from typing import Any
 
 from metatrain.estimators.common import Estimator, TruncatedEstimator
 from metatrain.estimators.full_es import FullES
+from metatrain.estimators.hybrid_es import HybridES
+from metatrain.estimators.noise_reuse_es import NoiseReuseES
 from metatrain.estimators.pes import PES
 from metatrain.estimators.truncated_es import TruncatedES
+from metatrain.estimators.truncated_gradient import TruncatedGradient
 
 #: Every estimator, by name (the contract tests run over it).
-ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (PES, TruncatedES, FullES)}
+ESTIMATORS: dict[str, type[Estimator]] = {
+  cls.name: cls for cls in (PES, TruncatedES, FullES, NoiseReuseES, TruncatedGradient, HybridES)
+}
 
 
 def from_json(values: dict[str, Any]) -> Estimator:
@@ -48,4 +56,15 @@ def from_json(values: dict[str, Any]) -> Estimator:
     raise ValueError(f"estimator {name!r} does not take these fields ({error}).") from error
 
 
-__all__ = ["ESTIMATORS", "PES", "Estimator", "FullES", "TruncatedES", "TruncatedEstimator", "from_json"]
+__all__ = [
+  "ESTIMATORS",
+  "PES",
+  "Estimator",
+  "FullES",
+  "HybridES",
+  "NoiseReuseES",
+  "TruncatedES",
+  "TruncatedEstimator",
+  "TruncatedGradient",
+  "from_json",
+]

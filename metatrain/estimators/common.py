@@ -190,6 +190,59 @@ def estimate(
   return grad, metrics
 
 
+def truncation_loss(problem: Any, theta: Theta, state: Any, keys: jax.Array) -> tuple[jax.Array, Any]:
+  """One run's mean meta-loss over ``len(keys)`` inner steps from ``state`` under ``theta``, and its state after them.
+
+  Differentiable in ``theta``: ``jax.grad`` backpropagates through the
+  ``lax.scan`` of the steps. ``state`` is an input, not a function of
+  ``theta``, so the gradient stops at the truncation's start (truncated
+  backpropagation).
+
+  Returns:
+    ``(loss, state)``: the mean of the steps' meta-losses and the run's new state.
+  """
+  state, losses = jax.lax.scan(lambda state, key: problem.step(theta, state, key), state, keys)
+  return jnp.mean(losses), state
+
+
+#: ``((loss, state), d loss / d theta)`` of :func:`truncation_loss`.
+truncation_value_and_grad = jax.value_and_grad(truncation_loss, argnums=1, has_aux=True)
+
+
+def finite_rows(tree: PyTree) -> jax.Array:
+  """Per particle (leading axis): True where every entry of every leaf is finite."""
+  rows = [jnp.all(jnp.isfinite(x).reshape(x.shape[0], -1), axis=1) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(rows), axis=0)
+
+
+def row_norms(tree: PyTree) -> jax.Array:
+  """Per particle (leading axis): the Euclidean norm over every entry of every leaf."""
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x).reshape(x.shape[0], -1), axis=1) for x in jax.tree.leaves(tree)))
+
+
+def mean_gradient(losses: jax.Array, grads: Theta, *, clip: float | None) -> tuple[Theta, dict[str, jax.Array]]:
+  """The mean ``mean_i g_i`` of per-run gradients (leading axis), as :func:`estimate` averages pairs.
+
+  A run whose loss or gradient is NaN or infinite contributes zero and is
+  counted in ``nan_pairs``; ``clip`` bounds the norm of each run's gradient.
+
+  Returns:
+    ``(gradient, {"meta_loss": mean loss of the finite runs, "nan_pairs": non-finite runs})``.
+  """
+  finite = jnp.isfinite(losses) & finite_rows(grads)
+  grads = where(finite, grads, jax.tree.map(jnp.zeros_like, grads))
+  scale = finite.astype(losses.dtype)
+  if clip is not None:
+    scale = scale * jnp.minimum(1.0, clip / jnp.maximum(row_norms(grads), jnp.finfo(losses.dtype).tiny))
+  num = losses.shape[0]
+  grad = jax.tree.map(lambda g: jnp.tensordot(scale.astype(g.dtype), g, axes=1) / num, grads)
+  metrics = {
+    "meta_loss": jnp.sum(jnp.where(finite, losses, 0.0)) / jnp.maximum(jnp.sum(finite), 1),
+    "nan_pairs": num - jnp.sum(finite),
+  }
+  return grad, metrics
+
+
 @dataclasses.dataclass(frozen=True)
 class TruncatedEstimator(Estimator):
   """The hyper-parameters and bookkeeping of estimators that advance inner runs one truncation at a time.
@@ -216,8 +269,9 @@ class TruncatedEstimator(Estimator):
     """Raises a ValueError unless ``horizon`` is a positive multiple of the truncation."""
     check_truncation(horizon, self.truncation)
 
-  def _start(self, problem: Any, theta: Theta, key: jax.Array) -> tuple[PyTree, jax.Array]:
-    """Fresh runs, one per pair, and their step counters (random multiples of the truncation)."""
+  def _start(self, problem: Any, theta: Theta, key: jax.Array, num: int | None = None) -> tuple[PyTree, jax.Array]:
+    """Fresh runs, one per pair (or ``num``), and their step counters (random multiples of the truncation)."""
+    num = self.num_pairs if num is None else num
     init_key, offset_key = jax.random.split(key)
-    runs = init_particles(problem, theta, init_key, self.num_pairs)
-    return runs, start_steps(offset_key, self.num_pairs, problem.horizon, self.truncation, self.random_offsets)
+    runs = init_particles(problem, theta, init_key, num)
+    return runs, start_steps(offset_key, num, problem.horizon, self.truncation, self.random_offsets)

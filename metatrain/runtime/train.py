@@ -232,6 +232,16 @@ def resolve(worker: WorkerConfig, checkpoints: Checkpoints) -> WorkerConfig:
   return resolved
 
 
+def particles_fit(saved: WorkerConfig, worker: WorkerConfig) -> bool:
+  """Whether the inner runs that workers of ``saved`` checkpointed may be restored into workers of ``worker``.
+
+  Only into the same kind of estimator (the workers then check the shapes): estimators of different kinds
+  can keep leaves of the same shapes that mean different things (PES's accumulated noise and noise-reuse
+  ES's noise), so a resume with another estimator starts fresh runs.
+  """
+  return saved.estimator.name == worker.estimator.name
+
+
 def resume(learner: Learner, checkpoints: Checkpoints, worker: WorkerConfig) -> dict:
   """Loads the newest checkpoint that restores into ``learner``; returns the workers' saved particles.
 
@@ -258,8 +268,15 @@ def resume(learner: Learner, checkpoints: Checkpoints, worker: WorkerConfig) -> 
   restored = checkpoints.restore_latest(learner.state(), check=compatible)
   if restored is None:
     return {}
-  step, state, _ = restored
+  step, state, saved = restored
   learner.load(state)
+  saved_worker = WorkerConfig.from_json(saved["worker"])
+  if not particles_fit(saved_worker, worker):
+    tqdm.tqdm.write(
+      f"resuming from step {learner.step}; the inner runs of the {saved_worker.estimator.name} workers are "
+      f"not restored into {worker.estimator.name} workers: they start fresh runs"
+    )
+    return {}
   particles = checkpoints.restore_particles(step)
   tqdm.tqdm.write(f"resuming from step {learner.step} ({len(particles)} workers' inner runs restored)")
   return particles

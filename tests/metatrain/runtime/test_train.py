@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from metatrain import TrainConfig, WorkerConfig, cli
+from metatrain import PES, NoiseReuseES, TrainConfig, WorkerConfig, cli
 from metatrain.runtime import checkpoint
 from metatrain.runtime import train as train_module
 
@@ -119,6 +119,14 @@ def test_particles_can_be_left_out_of_checkpoints(tmp_path):
   # Resuming without particles works: the workers start fresh inner runs.
   assert _train(tmp_path, "TrainConfig.checkpoint_particles = False", "TrainConfig.outer_steps = 6") == 0
   assert _theta(tmp_path)[0] == 6
+
+
+def test_particles_restore_only_into_the_same_kind_of_estimator():
+  pes = WorkerConfig(estimator=PES(num_pairs=2))
+  assert train_module.particles_fit(pes, pes)
+  assert train_module.particles_fit(pes, WorkerConfig(estimator=PES(num_pairs=2, std=0.1)))
+  # The same leaves and shapes, another meaning (accumulated noise vs one reused noise): fresh runs.
+  assert not train_module.particles_fit(pes, WorkerConfig(estimator=NoiseReuseES(num_pairs=2)))
 
 
 def test_incompatible_checkpoint_is_a_clear_error(tmp_path, capsys):
