@@ -386,7 +386,7 @@ class LearnedOptimizer:
       steps, warmup_cosine = total_steps, schedules.warmup_cosine(1.0, total_steps)
 
       def schedule(count: jax.Array) -> jax.Array:
-        return warmup_cosine(count) * schedules.schedule_correction(theta["schedule"], count, steps)
+        return jnp.asarray(warmup_cosine(count)) * schedules.schedule_correction(theta["schedule"], count, steps)
 
     def init(params: PyTree) -> LearnedOptimizerState:
       self.space.validate(params)

@@ -436,7 +436,7 @@ def load(source: str | pathlib.Path, *, space: unf.WeightSpace | None = None) ->
       space,
     )
   source = as_path(source)
-  if (source / "optimizer.json").is_file():  # a shipped optimizer's folder, or a run's selected/ theta
+  if (epath.Path(source) / "optimizer.json").is_file():  # a shipped optimizer's folder, or a run's selected/ theta
     learned_optimizer, theta = pretrained.read(pathlib.Path(str(source)))
     step = int(pretrained.read_info(pathlib.Path(str(source))).get("outer_steps", 0))
     return _for_space(LoadedOptimizer(learned_optimizer, theta, step, source), space)
