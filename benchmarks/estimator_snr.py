@@ -14,6 +14,9 @@ move). With ``g_i`` the estimates, ``m`` their mean and ``s2`` the total varianc
 Doubling the pairs should roughly double the SNR at twice the cost. Not a test: run with
 ``python -m benchmarks.estimator_snr`` (2 cores: about ten minutes with the defaults).
 
+``--mode parts`` splits PES's signal-to-noise by part of theta (the scalars, ``f``'s pointwise layers, its
+last layer) for the UNF and the Deep Sets learned optimizer, with each part's share of the total variance.
+
 ``--mode estimators`` compares every registered estimator (``metatrain.ESTIMATORS``) instead, on a short
 horizon (``--horizon``, 200 by default, so that a long-horizon reference is affordable), each with
 ``--num_pairs`` pairs, truncation ``--truncation`` and std 0.01, ``--estimates`` consecutive estimates at the
@@ -73,7 +76,7 @@ def repeated_estimates(config: WorkerConfig, estimates: int, seed: int = 0) -> t
     ``(g, seconds, nan)``: the estimates as rows of a ``(estimates, dim theta)`` array, the wall-clock
     seconds per estimate, and the mean ``nan_pairs`` metric.
   """
-  worker = GradientWorker(config, 0, seed)
+  worker = GradientWorker(config.resolved(), 0, seed)  # a "nominal" preset starts at its tuned rate
   theta = worker.initial_theta(0)
   worker.compute(theta, 0)  # compiles, and starts the particles
   start = time.perf_counter()
@@ -168,10 +171,44 @@ def compare(args: argparse.Namespace) -> None:
     )
 
 
+def parts(args: argparse.Namespace) -> None:
+  """``--mode parts``: PES's signal-to-noise per part of theta (the scalars, f's pointwise layers, its head),
+  for the UNF and the Deep Sets learned optimizer at their initial theta (issue 22, part 5)."""
+  print(
+    f"PES ({args.num_pairs} pairs, truncation {args.truncation}, std 0.01) on mlp_fashion8 at the initial theta "
+    f"of preset {args.preset}, horizon {args.horizon}, {args.estimates} estimates each; debiased SNR per part.\n"
+  )
+  print("| learned optimizer | part | meta-parameters | SNR | share of the variance |\n|---|---|---|---|---|")
+  for kind in ("unf", "deep_sets"):
+    config = WorkerConfig(
+      learned_optimizer=kind,
+      preset=args.preset,
+      horizon=args.horizon,
+      estimator=PES(num_pairs=args.num_pairs, truncation=args.truncation),
+    )
+    g, _, _ = repeated_estimates(config, args.estimates)
+    theta = jax.eval_shape(config.resolved().build_learned_optimizer().init_meta, jax.random.key(0))
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(theta)[0]]
+    sizes = [int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(theta)]
+    part_of = ["head" if "'head'" in p else "pointwise" if "'f'" in p else "scalars" for p in paths]
+    columns = np.repeat(np.asarray(part_of), sizes)
+    total = np.sum(np.var(g, axis=0, ddof=1))
+    for part in ("scalars", "pointwise", "head"):
+      block = g[:, columns == part]
+      share = np.sum(np.var(block, axis=0, ddof=1)) / total
+      print(
+        f"| {kind} | {part} | {block.shape[1]:,} | {signal_to_noise(block, debiased=True):.4f} | {share:.3f} |",
+        flush=True,
+      )
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
-    "--mode", choices=("pairs", "estimators"), default="pairs", help="PES by pairs, or every estimator"
+    "--mode",
+    choices=("pairs", "estimators", "parts"),
+    default="pairs",
+    help="PES by pairs, every estimator, or PES per part of theta (UNF and Deep Sets)",
   )
   parser.add_argument("--pairs", type=int, nargs="+", default=[4, 8, 16, 32], help="pairs mode: the numbers of pairs")
   parser.add_argument("--estimates", type=int, default=None, help="estimates per row (32 by pairs, 12 by estimator)")
@@ -188,6 +225,10 @@ def main() -> None:
   if args.mode == "estimators":
     args.estimates = args.estimates or 12
     compare(args)
+    return
+  if args.mode == "parts":
+    args.estimates = args.estimates or 24
+    parts(args)
     return
   args.estimates = args.estimates or 32
   print(
