@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--seeds", type=int, default=5, help="evaluation runs per optimizer")
   evaluate.add_argument("--every", type=int, default=20, help="steps between train / valid evaluations")
   evaluate.add_argument("--tune_seeds", type=int, default=2, help="runs per learning rate in the grid search")
+  evaluate.add_argument(
+    "--tune_split", choices=("valid", "train"), default="valid", help="the loss the baselines are tuned on"
+  )
   evaluate.add_argument("--out", default=None, help="output folder (default: WORKDIR/eval/TASK, of the first)")
   evaluate.add_argument(
     "--transfer_from", default=None, help="also run Adam at the rates tuned on this task (e.g. mlp_fashion8)"
@@ -165,6 +168,7 @@ def _eval(args: argparse.Namespace) -> int:
       seeds=args.seeds,
       every=args.every,
       tune_seeds=args.tune_seeds,
+      tune_split=args.tune_split,
       transfer_from=args.transfer_from,
       baselines=args.baselines,
     )

@@ -94,6 +94,7 @@ def collect_curves(
   seeds: int,
   every: int,
   tune_seeds: int = 2,
+  tune_split: str = "valid",
   adam_rates: Sequence[float] = ADAM_RATES,
   sgdm_rates: Sequence[float] = SGDM_RATES,
   weight_decays: Sequence[float] = WEIGHT_DECAYS,
@@ -110,6 +111,8 @@ def collect_curves(
     seeds: evaluation runs per optimizer.
     every: steps between evaluations of the train, valid and test loss.
     tune_seeds: grid-search runs per value.
+    tune_split: the split whose final loss the grid searches minimise: "valid" (the default, how a user
+      tunes), or "train" (the best a baseline can do on the meta-objective, the training loss).
     adam_rates, sgdm_rates, weight_decays: the initial grids (Adam's rates serve the cosine schedules too).
     baselines: which of :data:`BASELINES` to run.
     transfer_from: another task (the one the learned optimizers were meta-trained on): Adam and
@@ -143,7 +146,7 @@ def collect_curves(
     )
 
   def tune(make_optimizer, grid):
-    return grid_search(task, make_optimizer, grid, steps=steps, seeds=tuning, split="valid")[0]
+    return grid_search(task, make_optimizer, grid, steps=steps, seeds=tuning, split=tune_split)[0]
 
   def cosine(lr):
     return adam_cosine(lr, steps=steps)
@@ -173,7 +176,7 @@ def collect_curves(
   if transfer_from is not None:
     for name, make in (("adam", adam), ("adam_cosine", cosine)):
       bar.set_postfix(optimizer=f"tuning {name} on {transfer_from.name}")
-      rate = grid_search(transfer_from, make, adam_rates, steps=steps, seeds=tuning, split="valid")[0]
+      rate = grid_search(transfer_from, make, adam_rates, steps=steps, seeds=tuning, split=tune_split)[0]
       results.append(curves(f"{name} @ {transfer_from.name}", rate, jnp.float32(rate), make))
   for name, learned_optimizer, theta in learned:
     make = functools.partial(learned_optimizer.optimizer, total_steps=steps)
@@ -339,6 +342,7 @@ def compare(
   seeds: int = 5,
   every: int = 20,
   tune_seeds: int = 2,
+  tune_split: str = "valid",
   transfer_from: str | None = None,
   baselines: Sequence[str] | None = None,
   progress: bool = True,
@@ -353,7 +357,7 @@ def compare(
     sources: ``metatrain train`` workdirs or checkpoint folders.
     task_name: a registered task (``tasks.names()``).
     out: the output folder (default: ``<first workdir>/eval/<task>``).
-    steps, seeds, every, tune_seeds, progress: as :func:`collect_curves`.
+    steps, seeds, every, tune_seeds, tune_split, progress: as :func:`collect_curves`.
     transfer_from: the name of a task to carry Adam's tuned rates over from (:func:`collect_curves`).
     baselines: which of :data:`BASELINES` to run (default: all).
 
@@ -377,6 +381,7 @@ def compare(
     seeds=seeds,
     every=every,
     tune_seeds=tune_seeds,
+    tune_split=tune_split,
     transfer_from=source,
     baselines=baselines,
     progress=progress,
