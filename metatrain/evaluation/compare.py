@@ -327,10 +327,17 @@ def load_all(sources: Sequence[str | pathlib.Path], task: tasks.Task) -> list[ch
 
 
 def names_of(loaded: Sequence[checkpoint.LoadedOptimizer]) -> list[str]:
-  """Display names ``"<kind> (step N)"``, with the workdir's name added where two would be the same."""
-  names = [f"{item.learned_optimizer.name} (step {item.step})" for item in loaded]
+  """Display names ``"<kind> (step N)"``, with the workdir's name added where two are of the same kind.
+
+  (Runs of one kind selected at different steps then still name their run, which the pooling of meta-training
+  seeds reads: ``experiments/learned_optimizers/pooled.py``.)
+  """
+  kinds = [item.learned_optimizer.name for item in loaded]
   runs = [item.path.parent.name if item.path.name == "selected" else item.path.parent.parent.name for item in loaded]
-  return [f"{name} [{run}]" if names.count(name) > 1 else name for name, run in zip(names, runs)]
+  return [
+    f"{kind} (step {item.step})" + (f" [{run}]" if kinds.count(kind) > 1 else "")
+    for kind, item, run in zip(kinds, loaded, runs)
+  ]
 
 
 def compare(

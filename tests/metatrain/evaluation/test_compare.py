@@ -126,3 +126,17 @@ def test_baselines_are_tuned_on_the_split_asked_for(workdir, tmp_path, monkeypat
   for split, rate in tuned.items():  # the rates grid_search itself picks on each split
     expected, _ = grid_search(task, adam, compare.ADAM_RATES, steps=STEPS, seeds=(compare.TUNE_SEED,), split=split)
     assert rate == pytest.approx(expected)
+
+
+def test_names_say_the_run_where_two_optimizers_are_of_one_kind(tmp_path):
+  from types import SimpleNamespace
+
+  def item(kind, step, path):
+    return SimpleNamespace(learned_optimizer=SimpleNamespace(name=kind), step=step, path=tmp_path / path)
+
+  loaded = [
+    item("unf", 300, "runs/unf_s0/selected"),
+    item("unf", 400, "runs/unf_s1/checkpoints/400"),
+    item("deep_sets", 300, "runs/deep_sets_s0/selected"),
+  ]
+  assert compare.names_of(loaded) == ["unf (step 300) [unf_s0]", "unf (step 400) [unf_s1]", "deep_sets (step 300)"]
