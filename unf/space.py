@@ -429,6 +429,46 @@ class WeightSpace:
           raise ValueError(f"the spaces do not match: labels {backward[b]!r} and {a!r} would both be {b!r} {at}.")
     return forward
 
+  def relaxed_to(self, reference: WeightSpace) -> WeightSpace:
+    """This space with its fixed axes read as permutable wherever ``reference`` permutes the same axis.
+
+    A fixed axis can always be read as a permutable one: a layer equivariant to the larger group is
+    equivariant to this space's. Where ``reference`` has label ``L`` on an axis this space fixes, the axis gets
+    the label ``L`` (primed while this space already uses that name), the same for every axis ``L`` is on; the
+    other axes are unchanged. So a space inferred with ``io="fixed"`` (``unf.infer_space``'s default) reads as
+    one built with ``io="permutable"``, the paper's choice for input and output axes, when ``reference`` is.
+
+    Args:
+      reference: a space with the same leaves in the same order (any paths and label names).
+
+    Returns:
+      The relaxed space (fixed sizes kept for the axes still fixed); this space when there is nothing to relax.
+
+    Raises:
+      ValueError: a different number of leaves, or of axes on a leaf.
+    """
+    if len(self) != len(reference) or any(len(a) != len(b) for a, b in zip(self.axes, reference.axes)):
+      raise ValueError("relaxed_to: the spaces must have the same leaves with the same number of axes each.")
+    names: dict[str, str] = {}
+    taken = set(self.labels)
+    for axes, other in zip(self.axes, reference.axes):
+      for a, b in zip(axes, other):
+        if a is None and b is not None and b not in names:
+          name = b
+          while name in taken:
+            name += "'"
+          names[b] = name
+          taken.add(name)
+    if not names:
+      return self
+    leaves, fixed = {}, {}
+    for (path, axes), sizes, other in zip(self._leaves, self._fixed, reference.axes):
+      relaxed = tuple(names[b] if a is None and b is not None else a for a, b in zip(axes, other))
+      leaves[path] = relaxed
+      if sizes is not None and any(a is None for a in relaxed):
+        fixed[path] = tuple(s if a is None else None for a, s in zip(relaxed, sizes))
+    return WeightSpace(self.unflatten([leaves[path] for path in self.paths]), fixed_sizes=fixed)
+
   # --- value semantics ---------------------------------------------------
 
   def __eq__(self, other: object) -> bool:

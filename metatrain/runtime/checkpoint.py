@@ -462,11 +462,18 @@ def _for_space(loaded: LoadedOptimizer, space: unf.WeightSpace | None) -> Loaded
   try:
     learned_optimizer, theta = loaded.learned_optimizer.transfer(loaded.theta, space)
   except ValueError as error:
-    raise ValueError(
-      f"the {loaded.learned_optimizer.name!r} optimizer in {loaded.path} was meta-trained on another "
-      f"architecture than the weight space given: {error} (learned optimizers transfer across widths and "
-      "names of the same architecture, not across architectures)."
-    ) from error
+    # A fixed axis (infer_space's io="fixed") reads as a permutable one where the optimizer was
+    # meta-trained with a label there (io="permutable", the paper's): same architecture, a larger group.
+    try:
+      relaxed = space.relaxed_to(loaded.learned_optimizer.space)
+      learned_optimizer, theta = loaded.learned_optimizer.transfer(loaded.theta, relaxed)
+    except ValueError:
+      raise ValueError(
+        f"the {loaded.learned_optimizer.name!r} optimizer in {loaded.path} was meta-trained on another "
+        f"architecture than the weight space given: {error} (learned optimizers transfer across widths and "
+        "names of the same architecture, not across architectures; fixed axes where it was meta-trained with "
+        "labels are read as permutable, not the other way round)."
+      ) from error
   return loaded._replace(learned_optimizer=learned_optimizer, theta=theta)
 
 

@@ -70,3 +70,30 @@ def test_a_shipped_optimizer_loads_by_name_and_reproduces_its_trajectory_in_a_pl
   windows = lambda x: np.asarray(x).reshape(-1, 20).mean(axis=1)  # noqa: E731
   np.testing.assert_allclose(windows(losses), windows(stored), rtol=1e-2)
   assert np.mean(losses[-20:]) < 0.8 * np.mean(losses[:5])  # it trains
+
+
+def test_a_shipped_optimizer_takes_infer_spaces_default_io_fixed_space():
+  """infer_space's default fixes the input and output axes, which the shipped optimizer was meta-trained to
+  permute: the loader reads them as permutable, and the updates are those of the meta-training space."""
+  import unf
+
+  task = tasks.get("mlp_fashion8")
+  params = task.init(jax.random.key(0))
+  x, _ = task.sample_batch(jax.random.key(1))
+  inferred = unf.infer_space(task.apply, params, x)  # io="fixed"
+  assert inferred != task.space and any(a is None for axes in inferred.axes for a in axes)
+  relaxed = inferred.relaxed_to(task.space)
+  assert relaxed.match(task.space)  # the same space up to names
+  lopt, theta = metatrain.load_learned_optimizer("mlp_fashion8_unf", space=inferred)
+  reference, reference_theta = metatrain.load_learned_optimizer("mlp_fashion8_unf", space=task.space)
+  grads = jax.grad(task.loss)(params, task.sample_batch(jax.random.key(2)))
+  got = lopt.optimizer(theta, total_steps=100)
+  expected = reference.optimizer(reference_theta, total_steps=100)
+  state, expected_state = got.init(params), expected.init(params)
+  for _ in range(2):  # the second step, past a warm-up's zero
+    updates, state = got.update(grads, state, params)
+    expected_updates, expected_state = expected.update(grads, expected_state, params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), updates, expected_updates)
+  # Not the other way round: a space that permutes an axis the optimizer fixes is still refused.
+  with pytest.raises(ValueError, match="not the other way round"):
+    metatrain.load_learned_optimizer("mlp_fashion8_unf", space=unf.WeightSpace({"w": ("a", "b")}))

@@ -4,6 +4,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -248,3 +249,22 @@ def test_match_recovers_a_random_renaming(data):
     {f"p{i:02d}": tuple(None if a is None else renaming[a] for a in axes) for i, axes in enumerate(space.axes)}
   )
   assert space.match(renamed) == {a: renaming[a] for a in space.labels}
+
+
+def test_relaxed_to_reads_fixed_axes_as_the_references_labels():
+  fixed = unf.WeightSpace({"a": (None, "h"), "b": ("h", None), "c": (None,)}).with_fixed_sizes(
+    {"a": np.zeros((3, 4)), "b": np.zeros((4, 5)), "c": np.zeros(7)}
+  )
+  reference = unf.WeightSpace({"a": ("x", "h"), "b": ("h", "out"), "c": (None,)})
+  relaxed = fixed.relaxed_to(reference)
+  # "h" is taken here by the hidden label, so the reference's input label keeps its own name "x"; "out" too;
+  # the axis the reference fixes stays fixed, with its size.
+  assert relaxed.axes == (("x", "h"), ("h", "out"), (None,))
+  assert relaxed.fixed_sizes == (None, None, (7,))
+  assert relaxed.match(reference) == {"x": "x", "h": "h", "out": "out"}
+  # A reference label whose name this space already uses for another label is primed.
+  clash = unf.WeightSpace({"a": (None, "x")}).relaxed_to(unf.WeightSpace({"a": ("x", "y")}))
+  assert clash.axes == (("x'", "x"),)
+  assert reference.relaxed_to(reference) is reference
+  with pytest.raises(ValueError, match="same leaves"):
+    fixed.relaxed_to(unf.WeightSpace({"a": ("x", "h")}))
