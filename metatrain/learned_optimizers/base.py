@@ -371,7 +371,7 @@ class LearnedOptimizer:
       theta: the meta-parameters.
       total_steps: the length of the run it trains (T), which the ``"nominal"`` base's warm-up and cosine
         decay span, as VeLO's ``num_steps``; required there (the horizon it was meta-trained at is
-        :attr:`horizon`), ignored by the other bases.
+        ``self.horizon``), ignored by the other bases.
 
     Raises:
       ValueError: the ``"nominal"`` base without ``total_steps``.
