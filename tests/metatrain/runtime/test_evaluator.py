@@ -50,7 +50,7 @@ def _direct(task, hyper, make_optimizer, steps, seeds):
   Returns:
     ``(curves, {"train": final train loss, "valid": final valid loss})``, means over seeds but the curves.
   """
-  keys = jnp.stack([jax.random.key(10_000 + i) for i in range(seeds)])  # the evaluation seeds, written out
+  keys = jnp.stack([jax.random.key(30_000 + i) for i in range(seeds)])  # the evaluator's seeds, written out
   curves, train, valid = _runs(task, hyper, keys, make_optimizer=make_optimizer, steps=steps)
   return np.asarray(curves, np.float64), {"train": float(np.mean(train)), "valid": float(np.mean(valid))}
 
