@@ -26,6 +26,12 @@ class AxisClasses:
   into |a| blocks ties each block to the rest. A merged class may meet another whose factors group alike
   (their factors are tied group by group), or a *fresh* axis (an op's output, not yet tied to anything), which
   then takes its factors; meeting any other axis fixes both and the factors.
+
+  A *concatenated* class is an axis made by concatenating axes (a, b, ...) end to end (as linen's
+  ``OptimizedLSTMCell`` concatenates its gates' kernels): it is permuted by the block-diagonal permutation of
+  its blocks', so a slice or split at block boundaries gives the blocks back, and it may meet another
+  concatenated class with blocks of the same sizes (tied block by block) or a fresh axis; meeting any other
+  axis, or being cut across a block, fixes it and its blocks.
   """
 
   def __init__(self) -> None:
@@ -38,6 +44,7 @@ class AxisClasses:
     self.hard: set[int] = set()
     self.fresh: set[int] = set()  # roots of classes that no rule has tied or fixed yet
     self.factors: dict[int, tuple[int, ...]] = {}  # merged classes: root -> the nodes of its factors, major first
+    self.blocks: dict[int, tuple[int, ...]] = {}  # concatenated classes: root -> the nodes of its blocks, in order
     self.first_use: dict[int, int] = {}  # the order in which the program first uses each node
 
   def new(self, shape: Sequence[int], reason: str | None = None, *, fresh: bool = True) -> Nodes:
@@ -78,6 +85,41 @@ class AxisClasses:
   def factors_of(self, node: int) -> tuple[int, ...] | None:
     return self.factors.get(self.find(node))
 
+  def concatenated(self, nodes: Sequence[int]) -> int:
+    """A new axis that is ``nodes`` end to end; a concatenated block contributes its own blocks."""
+    flat: list[int] = []
+    for node in nodes:
+      flat.extend(self.blocks.get(self.find(node), (node,)))
+    flat = [node for node in flat if self.size[node] != 0]
+    if len(flat) == 1:
+      return flat[0]
+    (joined,) = self.new((sum(self.size[node] for node in flat),), fresh=False)
+    self.blocks[joined] = tuple(flat)
+    return joined
+
+  def part(self, node: int, start: int, stop: int) -> int | None:
+    """Entries ``[start, stop)`` of a concatenated axis, when they are whole blocks: that block, or those blocks
+    concatenated; None when the range cuts a block, or the axis is not concatenated."""
+    blocks = self.blocks.get(self.find(node))
+    if blocks is None:
+      return None
+    offsets = [0]
+    for block in blocks:
+      offsets.append(offsets[-1] + self.size[block])
+    if start >= stop or start not in offsets or stop not in offsets:
+      return None
+    return self.concatenated(blocks[offsets.index(start) : offsets.index(stop)])
+
+  def tie_blocks(self, a: Sequence[int], b: Sequence[int], where: str) -> None:
+    """Ties two concatenated axes block by block, or fixes both when their blocks differ in size."""
+    sizes_a, sizes_b = [self.size[n] for n in a], [self.size[n] for n in b]
+    if sizes_a != sizes_b:
+      for node in (*a, *b):
+        self.fix(node, f"{where} ties axes concatenated from blocks of sizes {sizes_a} and {sizes_b}")
+      return
+    for x, y in zip(a, b):
+      self.tie(x, y, where)
+
   def find(self, node: int) -> int:
     root = node
     while self.parent[root] != root:
@@ -95,10 +137,14 @@ class AxisClasses:
       self.fix(rb, f"{where} ties axes of sizes {self.size[ra]} and {self.size[rb]}")
       return
     fa, fb = self.factors.get(ra), self.factors.get(rb)
-    if (fa is None) != (fb is None) and (rb if fa else ra) not in self.fresh:
-      reason = f"{where} mixes an axis merged by a reshape with another axis"
-      self.fix(ra, reason)
-      self.fix(rb, reason)
+    ba, bb = self.blocks.get(ra), self.blocks.get(rb)
+    kind_a, kind_b = self._kind(ra), self._kind(rb)
+    if kind_a != kind_b:
+      plain = ra if kind_a is None else rb if kind_b is None else None
+      if plain is None or plain not in self.fresh:
+        reason = f"{where} mixes an axis {kind_a or kind_b} with another axis"
+        self.fix(ra, reason)
+        self.fix(rb, reason)
     self.parent[rb] = ra
     if rb in self.reason:
       self.reason.setdefault(ra, self.reason.pop(rb))
@@ -114,10 +160,23 @@ class AxisClasses:
       del self.factors[rb]
       if fa is None:
         self.factors[ra] = fb
+    if bb is not None:
+      del self.blocks[rb]
+      if ba is None:
+        self.blocks[ra] = bb
     if fa is not None and fb is not None:
       self.tie_factors(fa, fb, where)
-    if ra in self.reason and ra in self.factors:
-      self.fix(ra, self.reason[ra])  # a fixed merged axis fixes its factors
+    if ba is not None and bb is not None:
+      self.tie_blocks(ba, bb, where)
+    if ra in self.reason and (ra in self.factors or ra in self.blocks):
+      self.fix(ra, self.reason[ra])  # a fixed merged or concatenated axis fixes its parts
+
+  def _kind(self, root: int) -> str | None:
+    if root in self.factors:
+      return "merged by a reshape"
+    if root in self.blocks:
+      return "concatenated from blocks"
+    return None
 
   def fix(self, node: int, reason: str, *, split_hint: str | None = None) -> None:
     root = self.find(node)
@@ -127,11 +186,9 @@ class AxisClasses:
       self.hard.add(root)
     else:
       self.split_hint.setdefault(root, split_hint)
-    factors = self.factors.get(root)
-    if factors is not None:
-      for factor in factors:
-        if self.fixed(factor) is None:
-          self.fix(factor, reason)
+    for part in (*self.factors.get(root, ()), *self.blocks.get(root, ())):
+      if self.fixed(part) is None:
+        self.fix(part, reason)
 
   def fixed(self, node: int) -> str | None:
     return self.reason.get(self.find(node))

@@ -30,6 +30,9 @@ _REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min reduce_prod reduce_and
 # Reductions whose result is a position along the reduced axis: a permutation changes it.
 _POSITIONAL_REDUCTIONS = frozenset("argmax argmin".split())
 _CUMULATIVE = frozenset("cumsum cumprod cummax cummin cumlogsumexp".split())
+# Reductions over sliding windows (pooling): the reducer runs on each window, so an axis the window does not slide
+# along (size 1, stride 1, no padding or dilation) is mapped entry by entry.
+_WINDOWED = frozenset("reduce_window_sum reduce_window_max reduce_window_min reduce_window".split())
 # Calls of a sub-program on the same operands: (primitive, the param that holds the sub-program).
 _CALLS = {
   "pjit": "jaxpr",
@@ -101,6 +104,8 @@ class Tracer:
       return self.reduction(eqn, ins, where, positional=name in _POSITIONAL_REDUCTIONS)
     if name in _CUMULATIVE:
       return self.along_axis(eqn, ins, (eqn.params["axis"],), where, "a cumulative op runs in order along")
+    if name in _WINDOWED:
+      return self.windowed(eqn, ins, where)
     if name in _CALLS and _CALLS[name] in eqn.params:
       return self.run(eqn.params[_CALLS[name]], ins)
     if rule is not None:
@@ -158,6 +163,31 @@ class Tracer:
           self.classes.fix(nodes[axis], f"{where}: {why} axis {axis}", split_hint=soft)
         else:
           self.classes.tie(nodes[axis], outs[0][axis], where)
+    return outs
+
+  def windowed(self, eqn: Any, ins: list[Nodes], where: str) -> list[Nodes]:
+    """``reduce_window_*`` (pooling): each output entry reduces one window of its operands.
+
+    Along an axis with window size 1, stride 1, no padding and no base dilation, output entry i reads operand
+    entry i only, so the axis is tied through; an axis the window slides along is positions (fixed). The
+    generic ``reduce_window`` has one output per operand, followed by scalar init values (no axes).
+    """
+    params = eqn.params
+    outs = [self.fresh(v) for v in eqn.outvars]
+    operands = ins[: len(outs)]
+    for axis in range(len(outs[0])):
+      config = (
+        params["window_dimensions"][axis],
+        params["window_strides"][axis],
+        tuple(params["padding"][axis]),
+        params["base_dilation"][axis],
+      )
+      nodes = [nodes[axis] for nodes in operands + outs]
+      if config == (1, 1, (0, 0), 1):
+        for node in nodes[1:]:
+          self.classes.tie(nodes[0], node, where)
+      else:
+        self.fix_all([nodes], f"{where}: a pooling window slides along axis {axis}, whose entries are positions")
     return outs
 
   def _broadcast_in_dim(self, eqn: Any, ins: list[Nodes], where: str) -> list[Nodes]:
@@ -262,7 +292,16 @@ class Tracer:
     return [out]
 
   def _concatenate(self, eqn: Any, ins: list[Nodes], where: str) -> list[Nodes]:
-    return self.along_axis(eqn, ins, (eqn.params["dimension"],), where, "concatenation stacks blocks along")
+    # The concatenated axis is its operands' axes end to end (AxisClasses.concatenated): permuting each block
+    # within itself permutes it, and a later slice or split at the block boundaries gives the blocks back.
+    dim = eqn.params["dimension"]
+    out = list(self.fresh(eqn.outvars[0]))
+    for nodes in ins:
+      for axis, node in enumerate(nodes):
+        if axis != dim:
+          self.classes.tie(node, out[axis], where)
+    out[dim] = self.classes.concatenated([nodes[dim] for nodes in ins])
+    return [tuple(out)]
 
   def _stack(self, eqn: Any, ins: list[Nodes], where: str) -> list[Nodes]:
     out = self.fresh(eqn.outvars[0])
@@ -275,6 +314,15 @@ class Tracer:
 
   def _split(self, eqn: Any, ins: list[Nodes], where: str) -> list[Nodes]:
     axis, sizes = eqn.params["axis"], [int(s) for s in eqn.params["sizes"]]
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    parts = [self.classes.part(ins[0][axis], start, start + size) for start, size in zip(starts, sizes)]
+    blocks = [part for part in parts if part is not None]
+    if len(blocks) == len(parts):  # a concatenated axis cut back at its blocks' boundaries
+      outs = [self.fresh(v) for v in eqn.outvars]
+      for out, block in zip(outs, blocks):
+        for k, (node, out_node) in enumerate(zip(ins[0], out, strict=True)):
+          self.classes.tie(block if k == axis else node, out_node, where)
+      return outs
     equal = len(sizes) > 1 and len(set(sizes)) == 1
     factors = self.classes.factors_of(ins[0][axis])
     if equal and factors is not None and self.classes.size[factors[0]] == len(sizes):
@@ -298,14 +346,17 @@ class Tracer:
     ):
       factors = self.classes.factors_of(ins[0][axis])
       block = shape[axis] // self.classes.size[factors[0]] if factors is not None else 0
+      part = self.classes.part(ins[0][axis], start, limit) if stride == 1 else None
       if start == 0 and limit == shape[axis] and stride == 1:
         self.classes.tie(ins[0][axis], out[axis], where)
+      elif part is not None:  # whole blocks of a concatenated axis
+        self.classes.tie(part, out[axis], where)
       elif factors is not None and stride == 1 and start % block == 0 and limit - start == block:
         self.classes.fix(factors[0], f"{where} takes block {start // block} of a merged axis")
         self.classes.tie(self.classes.merged(factors[1:]), out[axis], where)
       else:
-        part = limit - start
-        hint = f"sliced [{start}:{limit}] out of {shape[axis]}" if stride == 1 and shape[axis] % part == 0 else None
+        length = limit - start
+        hint = f"sliced [{start}:{limit}] out of {shape[axis]}" if stride == 1 and shape[axis] % length == 0 else None
         self.classes.fix(ins[0][axis], f"{where} takes a part of axis {axis}", split_hint=hint)
         self.classes.fix(out[axis], f"{where} takes a part of axis {axis}")
     return [out]
@@ -363,24 +414,30 @@ class Tracer:
     return outs
 
   def _gather(self, eqn: Any, ins: list[Nodes], where: str) -> list[Nodes]:
+    """A gather: the axes its indices pick along are fixed, those its slice spans whole are tied through.
+
+    A slice that spans its axis can only start at 0 (jax clamps the start; in ``fill`` mode an out-of-range
+    start fills the whole slice, a constant along the axis), so that axis is mapped entry by entry whatever the
+    indices say: a vmapped ``jnp.roll`` is such a gather. A batching axis of the operand (a vmapped gather) is
+    tied to its batching axis of the indices, which is tied to its output axis.
+    """
     operand, indices = ins
     out = self.fresh(eqn.outvars[0])
     numbers = eqn.params["dimension_numbers"]
     sizes, shape = eqn.params["slice_sizes"], shape_of(eqn.invars[0])
-    indexed = set(numbers.start_index_map) | set(numbers.collapsed_slice_dims) | set(numbers.operand_batching_dims)
-    for axis in indexed:
+    for axis in numbers.collapsed_slice_dims:
       self.classes.fix(operand[axis], f"{where}: axis {axis} is indexed by the gather's indices")
     sliced = [axis for axis in range(len(shape)) if axis not in numbers.collapsed_slice_dims]
     sliced = [axis for axis in sliced if axis not in numbers.operand_batching_dims]
     for axis, out_axis in zip(sliced, numbers.offset_dims, strict=True):
-      if axis not in indexed and sizes[axis] == shape[axis]:
+      if sizes[axis] == shape[axis]:
         self.classes.tie(operand[axis], out[out_axis], where)
       else:
         self.fix_all([[operand[axis]], [out[out_axis]]], f"{where} takes a part of axis {axis}")
+    for axis, index_axis in zip(numbers.operand_batching_dims, numbers.start_indices_batching_dims, strict=True):
+      self.classes.tie(operand[axis], indices[index_axis], where)
     batch = [axis for axis in range(len(out)) if axis not in numbers.offset_dims]
     index_axes = list(range(len(indices) - 1))  # jax puts the index vector last
-    for axis in numbers.start_indices_batching_dims:
-      self.classes.fix(indices[axis], f"{where}: a batched gather")
     for out_axis, axis in zip(batch, index_axes, strict=True):
       self.classes.tie(indices[axis], out[out_axis], where)
     if indices:
