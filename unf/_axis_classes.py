@@ -46,6 +46,7 @@ class AxisClasses:
     self.factors: dict[int, tuple[int, ...]] = {}  # merged classes: root -> the nodes of its factors, major first
     self.blocks: dict[int, tuple[int, ...]] = {}  # concatenated classes: root -> the nodes of its blocks, in order
     self.first_use: dict[int, int] = {}  # the order in which the program first uses each node
+    self.broadcast: set[int] = set()  # nodes of size 1 that an op broadcast against a longer axis
 
   def new(self, shape: Sequence[int], reason: str | None = None, *, fresh: bool = True) -> Nodes:
     nodes = []

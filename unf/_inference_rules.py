@@ -130,7 +130,8 @@ class Tracer:
         for node, out_node, size, out_size in zip(axes, out, in_shape, shape):
           if size == out_size:
             self.classes.tie(node, out_node, where)
-          # size 1 against out_size > 1: the operand is broadcast, constant along this axis
+          else:  # size 1 against out_size > 1: the operand is broadcast, constant along this axis
+            self.classes.broadcast.add(node)
     return outs
 
   def reduction(self, eqn: Any, ins: list[Nodes], where: str, *, positional: bool) -> list[Nodes]:
@@ -196,6 +197,8 @@ class Tracer:
     for axis, dim in enumerate(eqn.params["broadcast_dimensions"]):
       if in_shape[axis] == shape[dim]:
         self.classes.tie(ins[0][axis], out[dim], where)
+      else:
+        self.classes.broadcast.add(ins[0][axis])
     return [out]
 
   def _reshape(self, eqn: Any, ins: list[Nodes], where: str) -> list[Nodes]:
@@ -219,7 +222,7 @@ class Tracer:
       reason = f"{where} turns axes of sizes {sizes[0]} into axes of sizes {sizes[1]}"
       hint = None
       if len(in_axes) == 1 and len(out_axes) == 2:  # (G*H,) -> (G, H): a fused axis cut into equal blocks
-        hint = f"reshaped from {sizes[0][0]} into {sizes[1][0]} blocks of {sizes[1][1]}"
+        hint = f"reshaped from {sizes[0][0]} into {sizes[1][0]} blocks of {sizes[1][1]} by {where}"
       for axis in in_axes:
         self.classes.fix(ins[0][axis], reason, split_hint=hint)
       for axis in out_axes:
@@ -334,7 +337,7 @@ class Tracer:
         for k, (node, out_node) in enumerate(zip(ins[0], out, strict=True)):
           self.classes.tie(block if k == axis else node, out_node, where)
       return outs
-    hint = f"split from {sum(sizes)} into {len(sizes)} blocks of {sizes[0]}" if equal else None
+    hint = f"split from {sum(sizes)} into {len(sizes)} blocks of {sizes[0]} by {where}" if equal else None
     return self.along_axis(eqn, ins, (axis,), where, "a split cuts blocks along", hint)
 
   def _slice(self, eqn: Any, ins: list[Nodes], where: str) -> list[Nodes]:
@@ -356,7 +359,8 @@ class Tracer:
         self.classes.tie(self.classes.merged(factors[1:]), out[axis], where)
       else:
         length = limit - start
-        hint = f"sliced [{start}:{limit}] out of {shape[axis]}" if stride == 1 and shape[axis] % length == 0 else None
+        cut = stride == 1 and shape[axis] % length == 0
+        hint = f"sliced [{start}:{limit}] out of {shape[axis]} by {where}" if cut else None
         self.classes.fix(ins[0][axis], f"{where} takes a part of axis {axis}", split_hint=hint)
         self.classes.fix(out[axis], f"{where} takes a part of axis {axis}")
     return [out]

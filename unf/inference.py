@@ -55,6 +55,30 @@ def _set(spec: dict, path: Path, value: Any) -> None:
   node[path[-1]] = value
 
 
+def _unboxed(apply_fn: Callable[..., Any], params: Any) -> tuple[Callable[..., Any], Any]:
+  """Params read through flax's metadata boxes, and ``apply_fn`` on such params.
+
+  linen's ``nn.with_logical_partitioning`` and ``nn.with_partitioning`` store a param as a box
+  (``nn.LogicallyPartitioned``, ``nn.Partitioned``: a ``flax.core.meta.AxisMetadata``) around its array. The
+  box holds the array as its only leaf, so the unboxed tree (``flax.core.meta.unbox``) has the same leaves in
+  the same order: ``apply_fn`` gets them back in their boxes, so it sees the params as the user passed them.
+  """
+  from flax.core import meta  # noqa: PLC0415 (only for boxed params; flax is a dependency of unf anyway)
+
+  def is_box(x: Any) -> bool:
+    return isinstance(x, meta.AxisMetadata)
+
+  if not any(is_box(leaf) for leaf in jax.tree.leaves(params, is_leaf=is_box)):
+    return apply_fn, params
+  treedef = jax.tree.structure(params)
+  unboxed = meta.unbox(params)
+
+  def boxed_apply(plain: Any, *args: Any) -> Any:
+    return apply_fn(jax.tree.unflatten(treedef, jax.tree.leaves(plain)), *args)
+
+  return boxed_apply, unboxed
+
+
 class _Analysis(NamedTuple):
   classes: AxisClasses
   paths: list[Path]
@@ -88,15 +112,37 @@ def _analyse(apply_fn: Callable[..., Any], params: Mapping, example_args: tuple,
           classes.fix(node, what)
         else:
           touches_io.add(classes.find(node))
+  broadcast = {classes.find(node) for node in classes.broadcast}
   for leaf, axes in zip(leaves, param_nodes):
     dtype = getattr(leaf, "dtype", None)
     for node in axes:
       if dtype is not None and not jax.numpy.issubdtype(dtype, jax.numpy.inexact):
         classes.fix(node, "an axis of a param that is not floating point")
+      elif classes.size[node] == 1 and classes.find(node) in broadcast:
+        # By design, as the batch axis of a positional embedding: no wider trace would label it.
+        classes.fix(node, "an axis of size 1 that is broadcast against a longer axis: nothing to permute")
       elif classes.size[node] == 1:
-        classes.fix(node, "an axis of size 1 (trace the model at widths of 2 or more)")
+        classes.fix(
+          node,
+          "an axis of size 1: nothing to permute (if it is a hidden width, trace the model at widths of 2 or more)",
+        )
 
   return _Analysis(classes, paths, param_nodes, touches_io)
+
+
+def _cut_axes_message(hints: list[str]) -> str:
+  """The warning for param axes fixed only because the model cuts them into equal blocks."""
+  return (
+    f"infer_space: the model cuts {'a param axis' if len(hints) == 1 else 'param axes'} into equal blocks "
+    f"({'; '.join(hints)}), so the units of every block would have to be permuted alike, which one label on the "
+    "whole axis cannot say: it is fixed (the space stays exact, only smaller). If the blocks are the gates of a "
+    "gate-fused recurrent cell (nnx.GRUCell, nnx.OptimizedLSTMCell: one kernel whose output is split into the "
+    "gates), infer the space of the split view instead: params in unf.split_gates(cell_params, num_gates) form, "
+    "merged back with unf.merge_gates in apply_fn. unf.split_gates does not apply to other cuts (a fused qkv "
+    "projection, heads reshaped out of one axis, grouped-query attention, a RoPE half-split): there the axis stays "
+    "fixed, unless each block is a param of its own or the kernel has the block axis itself (as "
+    "(features, heads, head_dim) in nnx.MultiHeadAttention)."
+  )
 
 
 def explain_space(
@@ -109,7 +155,7 @@ def explain_space(
 
   Args:
     apply_fn: ``apply_fn(params, *example_args)``, as for :func:`infer_space`.
-    params: nested dicts of arrays.
+    params: nested dicts of arrays, flax metadata boxes included, as for :func:`infer_space`.
     *example_args: example inputs.
     io: ``"fixed"`` or ``"permutable"``, as for :func:`infer_space`.
 
@@ -122,6 +168,7 @@ def explain_space(
     >>> unf.explain_space(lambda p, x: jnp.cumsum(x @ p["w0"], axis=-1) @ p["w1"], params, jnp.ones(3))["w0"][1]
     'cumsum (in ...): a cumulative op runs in order along axis 0'
   """
+  apply_fn, params = _unboxed(apply_fn, params)
   analysis = _analyse(apply_fn, params, example_args, io)
   return {
     path_str(path): tuple(analysis.classes.fixed(node) for node in axes)
@@ -146,22 +193,31 @@ def infer_space(
   operation that is not equivariant on them (slicing, reshaping one axis into
   several, indexing, positions, an operation with no rule) are fixed (None).
   The rules cover ``dot_general`` and einsum, elementwise ops with
-  broadcasting, reductions (so softmax, LayerNorm, RMSNorm), transposes,
-  reshapes, convolutions (grouped and depthwise included), gathers, slices,
-  concatenation and splits, and the sub-programs of ``jit``, ``scan``,
-  ``while``, ``cond``, ``custom_jvp``, ``custom_vjp`` and ``jax.checkpoint``.
-  An axis of size 1 has no permutation to find and is fixed: trace the model
-  at widths of 2 or more.
+  broadcasting, reductions (so softmax, LayerNorm, RMSNorm), cumulative ops
+  along other axes, pooling (``reduce_window``: channels pass through, window
+  axes are positions), transposes, reshapes, convolutions (grouped and
+  depthwise included), gathers (an axis the slice spans whole, as in a
+  vmapped ``jnp.roll``, passes through), slices, concatenation (cut back at
+  its blocks, as linen's ``OptimizedLSTMCell`` does, each block keeps its
+  label) and splits, and the sub-programs of ``jit``, ``scan``, ``while``,
+  ``cond``, ``custom_jvp``, ``custom_vjp`` and ``jax.checkpoint``. An axis of
+  size 1 has no permutation to find and is fixed: trace the model at widths
+  of 2 or more.
 
-  Fused gates (``nnx.GRUCell``, ``nnx.OptimizedLSTMCell``: one Linear whose
-  output is split into the gates) permute the hidden units of every gate
-  alike, which a weight space cannot say of one axis: those axes are fixed
-  and a warning points to :func:`unf.split_gates`, whose split view has a
-  hidden axis of its own.
+  An axis that the model cuts into equal blocks (the gates of ``nnx.GRUCell``
+  and ``nnx.OptimizedLSTMCell``: one Linear whose output is split into the
+  gates; a fused qkv projection; heads reshaped out of one axis) permutes the
+  units of every block alike, which a weight space cannot say of one axis:
+  it is fixed, with a warning that says where it was cut and, for gate-fused
+  cells, points to :func:`unf.split_gates`, whose split view has a hidden
+  axis of its own.
 
   Args:
     apply_fn: ``apply_fn(params, *example_args)``, a JAX-traceable function returning a pytree of arrays.
-    params: nested dicts of arrays (for an nnx model, ``nnx.state(model, nnx.Param).to_pure_dict()``).
+    params: nested dicts of arrays (for an nnx model, ``nnx.state(model, nnx.Param).to_pure_dict()``; a linen
+      ``variables`` dict as ``init`` returns it). flax metadata boxes (``nn.with_logical_partitioning``'s
+      ``nn.LogicallyPartitioned``, ``nn.Partitioned``) are read through: the space is that of
+      ``flax.core.meta.unbox(params)``, and ``apply_fn`` still gets the boxed params.
     *example_args: example inputs; only their shapes and dtypes matter, and every axis of them is data.
     io: ``"fixed"`` (default): axes that meet the data inputs or the outputs are fixed, so every label is
       an exact symmetry. ``"permutable"``: they are labelled too (as the builders' ``io="permutable"``),
@@ -169,7 +225,7 @@ def infer_space(
     verify: check the labels with :func:`unf.check_symmetry` on the example inputs before returning.
 
   Returns:
-    The :class:`~unf.WeightSpace` of ``params``, with fixed sizes read from them.
+    The :class:`~unf.WeightSpace` of ``params`` (unboxed), with fixed sizes read from them.
 
   Raises:
     ValueError: on a bad ``io`` or params that are not nested dicts of arrays.
@@ -186,6 +242,7 @@ def infer_space(
       w1: (w0:1, None[2])
     )
   """
+  apply_fn, params = _unboxed(apply_fn, params)
   analysis = _analyse(apply_fn, params, example_args, io)
   classes, paths, param_nodes, touches_io = analysis.classes, analysis.paths, analysis.param_nodes, analysis.touches_io
 
@@ -216,13 +273,7 @@ def infer_space(
       entry.append(names[root])
     _set(spec, path, tuple(entry))
   if hints:
-    warnings.warn(
-      "infer_space: " + "; ".join(hints) + ". A fused axis like this (the gates of nnx.GRUCell or "
-      "nnx.OptimizedLSTMCell) carries the hidden units of every block, and a weight space cannot say that one "
-      "permutation acts on each block alike, so it is fixed. Infer the space of the split view instead: "
-      "params in unf.split_gates(cell_params, num_gates) form, merged back with unf.merge_gates in apply_fn.",
-      stacklevel=2,
-    )
+    warnings.warn(_cut_axes_message(hints), stacklevel=2)
   space = WeightSpace(spec).with_fixed_sizes(params)
   if verify:
     from unf.symmetry import check_symmetry  # noqa: PLC0415 (symmetry imports permutation, which is fine; kept lazy)

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
+from flax import linen, nnx
+from flax.core import meta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -336,6 +337,96 @@ def test_symmetric_reductions_keep_the_hidden_axis(op):
   apply = lambda p, x: op(jnp.tanh(x @ p["w0"])) @ p["w1"]  # noqa: E731
   space = unf.infer_space(apply, params, jnp.ones((2, 3)))
   assert space.spec() == {"w0": (None, "w0:1"), "w1": ("w0:1", None)}
+
+
+def test_size_one_axes_say_whether_a_wider_trace_would_help():
+  # A hidden width of 1: a wider trace finds the label.
+  params = _random_params({"w0": (3, 1), "w1": (1, 2)})
+  why = unf.explain_space(lambda p, x: jnp.tanh(x @ p["w0"]) @ p["w1"], params, jnp.ones((2, 3)))
+  assert why["w0"][1] == why["w1"][0]
+  assert why["w0"][1].startswith("an axis of size 1: nothing to permute")
+  assert "trace the model at widths of 2 or more" in why["w0"][1]
+  # A positional embedding of shape (1, length, d): size 1 by design, broadcast over the batch.
+  params = _random_params({"pos": (1, 3, 4), "w": (4, 2)})
+  why = unf.explain_space(lambda p, x: jnp.tanh(x + p["pos"]) @ p["w"], params, jnp.ones((2, 3, 4)))
+  assert why["pos"][0] == "an axis of size 1 that is broadcast against a longer axis: nothing to permute"
+
+
+def _fused_qkv(p, x):
+  q, k, v = jnp.split(x @ p["qkv"], 3, axis=-1)
+  return jax.nn.softmax(q @ k.T) @ v @ p["out"]
+
+
+def _heads_reshaped(p, x):
+  q = (x @ p["query"]).reshape(x.shape[0], 2, 3)
+  return jnp.einsum("thd,shd->ths", q, q).sum(1) @ p["out"]
+
+
+@pytest.mark.parametrize(
+  "apply, shapes, seen",
+  [
+    (_fused_qkv, {"qkv": (4, 6), "out": (2, 3)}, "qkv axis 1 (split from 6 into 3 blocks of 2 by split (in "),
+    (_heads_reshaped, {"query": (4, 6), "out": (5, 2)}, "query axis 1 (reshaped from 6 into 2 blocks of 3 by "),
+  ],
+  ids=["fused_qkv", "heads_reshaped"],
+)
+def test_the_cut_axis_warning_says_what_was_cut_and_that_split_gates_is_only_for_gated_cells(apply, shapes, seen):
+  params = _random_params(shapes)
+  with pytest.warns(UserWarning) as record:
+    unf.infer_space(apply, params, jnp.asarray(np.random.default_rng(0).standard_normal((5, 4))))
+  (message,) = [str(w.message) for w in record]
+  assert message.startswith("infer_space: the model cuts a param axis into equal blocks (")
+  assert seen in message and "test_inference.py:" in message
+  assert "If the blocks are the gates of a gate-fused recurrent cell (nnx.GRUCell, nnx.OptimizedLSTMCell" in message
+  assert "unf.split_gates does not apply to other cuts (a fused qkv projection, heads reshaped" in message
+
+
+class LogicallyPartitioned(linen.Module):
+  """linen's Transformer idiom at tiny widths: every param boxed by with_logical_partitioning or with_partitioning."""
+
+  @linen.compact
+  def __call__(self, tokens):
+    def init(names):
+      return linen.with_logical_partitioning(linen.initializers.normal(1.0), names)
+
+    embed = linen.Embed(7, 4, embedding_init=init(("vocab", "embed")), param_dtype=F64)
+    pos = self.param("pos", init((None, "length", "embed")), (1, tokens.shape[1], 4), F64)
+    x = embed(tokens) + pos
+    up = linen.Dense(6, kernel_init=init(("embed", "mlp")), param_dtype=F64)
+    down = linen.Dense(4, kernel_init=linen.with_partitioning(linen.initializers.normal(1.0), (None, None)))
+    x = x + down(jnp.tanh(up(x))).astype(F64)
+    return embed.attend(x)
+
+
+def test_linen_params_boxed_with_logical_partitioning_are_read_through_their_boxes():
+  tokens = jnp.array([[1, 2, 3], [4, 5, 6]])
+  boxed = jax.tree.map(
+    lambda x: jnp.asarray(np.random.default_rng(0).standard_normal(x.shape), F64),
+    jax.eval_shape(LogicallyPartitioned().init, jax.random.key(0), tokens),
+  )
+  kinds = {type(leaf) for leaf in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, meta.AxisMetadata))}
+  assert {linen.LogicallyPartitioned, linen.Partitioned} <= kinds
+  seen = []
+
+  def apply(variables, tokens):  # an apply_fn that needs the boxes, as code written for boxed params may
+    seen.append(type(variables["params"]["pos"]))
+    return LogicallyPartitioned().apply(variables, tokens)
+
+  space = unf.infer_space(apply, boxed, tokens)
+  assert set(seen) == {linen.LogicallyPartitioned}
+  unboxed = meta.unbox(boxed)
+  assert space == unf.infer_space(LogicallyPartitioned().apply, unboxed, tokens)
+  spec = space.spec()["params"]
+  residual, hidden = spec["Embed_0"]["embedding"][1], spec["Dense_0"]["kernel"][1]
+  assert None not in (residual, hidden) and residual != hidden
+  assert spec == {
+    "Embed_0": {"embedding": (None, residual)},
+    "pos": (None, None, residual),
+    "Dense_0": {"kernel": (residual, hidden), "bias": (hidden,)},
+    "Dense_1": {"kernel": (hidden, residual), "bias": (residual,)},
+  }
+  why = unf.explain_space(apply, boxed, tokens)
+  assert set(why) == {unf.space.path_str(path) for path in space.paths}
 
 
 def test_size_one_axes_and_bad_params():
