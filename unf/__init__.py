@@ -15,13 +15,14 @@ from unf.inference import explain_space, infer_space
 from unf.layers import UNF, EquivariantLinear, InvariantPool, num_parameters
 from unf.permutation import inverse, permute, sample_permutation
 from unf.space import WeightSpace
-from unf.symmetry import SymmetryError, check_symmetry
+from unf.symmetry import SymmetryError, VacuousCheckError, check_symmetry
 
 __all__ = [
   "UNF",
   "EquivariantLinear",
   "InvariantPool",
   "SymmetryError",
+  "VacuousCheckError",
   "WeightSpace",
   "basis",
   "check_symmetry",

@@ -211,6 +211,73 @@ class WeightSpace:
     }
     return WeightSpace(self.spec(), fixed_sizes=fixed)
 
+  def subspace(self, *path: Key) -> WeightSpace:
+    """The space of the sub-tree at ``path``: its leaves, with their labels and fixed sizes, paths shortened.
+
+    For a space read from more than the trainable params, e.g. ``infer_space`` on linen's
+    ``{"params": ..., "batch_stats": ...}``, ``space.subspace("params")`` is the space of the params alone, the
+    one an optimizer over them needs. Labels keep their names, also those the sub-tree shares with leaves
+    outside it: a group element acts on the sub-tree as it acts there in the whole space (permuting the
+    sub-tree alone is a symmetry of the network only with the rest permuted alike, BatchNorm statistics
+    included).
+
+    Args:
+      *path: the keys (str or int) from the root to a dict of the spec; none gives this space.
+
+    Returns:
+      A :class:`WeightSpace` equal to ``WeightSpace(spec[path...]).with_fixed_sizes(params[path...])``.
+
+    Raises:
+      TypeError: a key that is not a str or int (a tuple, say: pass the keys as separate arguments).
+      ValueError: naming the first key that is not there and the keys there are, or a path that ends at a leaf.
+
+    Example:
+      >>> import unf
+      >>> space = unf.WeightSpace({
+      ...     "params": {"dense": {"kernel": (None, "h"), "bias": ("h",)}},
+      ...     "batch_stats": {"norm": {"mean": ("h",)}},
+      ... }, fixed_sizes={("params", "dense", "kernel"): (3, None)})
+      >>> space.subspace("params")
+      WeightSpace(
+        dense/bias: (h,)
+        dense/kernel: (None[3], h)
+      )
+      >>> space.subspace("parms")
+      Traceback (most recent call last):
+      ValueError: WeightSpace.subspace: no key 'parms' at '<root>'; the keys there are ['batch_stats', 'params'].
+    """
+    bad = [key for key in path if isinstance(key, bool) or not isinstance(key, (str, int))]
+    if bad:
+      raise TypeError(
+        f"WeightSpace.subspace takes the keys as separate str or int arguments, e.g. subspace('params', 'dense'); "
+        f"got {bad[0]!r}."
+      )
+    if not path:
+      return self
+    depth = len(path)
+    leaves = [(p[depth:], axes, fixed) for (p, axes), fixed in zip(self._leaves, self._fixed) if p[:depth] == path]
+    if leaves and leaves[0][0] == ():
+      raise ValueError(
+        f"WeightSpace.subspace: {path_str(path)!r} is a leaf with axes {leaves[0][1]}, not a sub-tree; pass the "
+        f"path of the dict above it ({path_str(path[:-1])!r})."
+      )
+    if not leaves:
+      # The first key of path that is missing: the keys before it lead to a dict (or a leaf) of the spec.
+      at = next(at for at in range(depth) if path[: at + 1] not in {p[: at + 1] for p in self.paths})
+      keys = sorted({p[at] for p in self.paths if p[:at] == path[:at] and len(p) > at}, key=_sort_key)
+      if not keys:
+        raise ValueError(f"WeightSpace.subspace: {path_str(path[:at])!r} is a leaf, so it has no key {path[at]!r}.")
+      raise ValueError(
+        f"WeightSpace.subspace: no key {path[at]!r} at {path_str(path[:at])!r}; the keys there are {keys}."
+      )
+    spec: dict = {}
+    for sub, axes, _ in leaves:
+      node = spec
+      for key in sub[:-1]:
+        node = node.setdefault(key, {})
+      node[sub[-1]] = axes
+    return WeightSpace(spec, fixed_sizes={sub: fixed for sub, _, fixed in leaves if fixed is not None})
+
   # --- pytrees -----------------------------------------------------------
 
   def flatten(self, tree: Any) -> list[Any]:

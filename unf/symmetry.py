@@ -4,7 +4,9 @@ A :class:`~unf.WeightSpace` claims that reordering the axes that share a label
 leaves the network's function unchanged: ``f(sigma . params, x) = f(params, x)``
 for every group element ``sigma``. :func:`check_symmetry` tests that claim on
 random group elements; it is how a hand-written spec (or a builder's) is shown
-to be right.
+to be right. A check whose output could not have moved (a constant output, say
+from bad BatchNorm statistics) proves nothing, and is refused with
+:class:`VacuousCheckError`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from unf.permutation import permute, sample_permutation
-from unf.space import WeightSpace
+from unf.space import WeightSpace, path_str
 
 
 class SymmetryError(AssertionError):
@@ -26,6 +29,28 @@ class SymmetryError(AssertionError):
   tests; the message names the permuted labels, the output leaf, the deviation,
   and the labels that break the symmetry on their own.
   """
+
+
+class VacuousCheckError(AssertionError):
+  """:func:`check_symmetry` passed, but a wrong weight space would have passed too: the check proves nothing.
+
+  Raised when the output of ``apply_fn`` moves neither when the tested axes are permuted each on its own (as a
+  wrongly tied label would permute them) nor when the leaves that carry them are perturbed by 1% of their scale:
+  the output is constant near these params and inputs. Not a :class:`SymmetryError`: no claim was refuted, none
+  could be tested. The message names the tested leaves and axes and what to pass instead.
+  """
+
+
+def _generator(key: jax.Array) -> np.random.Generator:
+  """A NumPy generator seeded by ``key``: the probes draw hundreds of small arrays, which eager jax ops make slow."""
+  data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+  return np.random.default_rng(np.asarray(data, np.uint32).ravel().tolist())
+
+
+def _non_identity(rng: np.random.Generator, size: int) -> np.ndarray:
+  """A uniformly drawn permutation of ``size`` entries, rolled by one when the draw is the identity."""
+  p = rng.permutation(size)
+  return np.roll(p, 1) if size > 1 and np.array_equal(p, np.arange(size)) else p
 
 
 def _random_element(space: WeightSpace, key: jax.Array, sizes: dict[str, int]) -> dict[str, np.ndarray]:
@@ -42,6 +67,95 @@ def _random_element(space: WeightSpace, key: jax.Array, sizes: dict[str, int]) -
     # for two entries) and a broken label would pass unnoticed.
     out[label] = np.roll(p, 1) if p.size > 1 and np.array_equal(p, np.arange(p.size)) else p
   return out
+
+
+def _occurrences(space: WeightSpace, chosen: tuple[str, ...]) -> dict[str, list[tuple[int, int]]]:
+  """Per chosen label, the (leaf index, axis) pairs that carry it, in :attr:`~unf.WeightSpace.paths` order."""
+  found: dict[str, list[tuple[int, int]]] = {label: [] for label in chosen}
+  for index, axes in enumerate(space.axes):
+    for axis, label in enumerate(axes):
+      if label in found:
+        found[label].append((index, axis))
+  return found
+
+
+def _untied(space: WeightSpace, params: Any, occurrences: dict[str, list[tuple[int, int]]], key: jax.Array) -> Any:
+  """``params`` with every axis of a chosen label permuted on its own, the first axis of each label left in place.
+
+  This is how a true symmetry looks to a space that splits one of its labels in two (each part permuted on its
+  own): an output that this does not move is one that such a mistake cannot move either. Returns None when no
+  label has two axes to untie.
+  """
+  leaves = list(space.flatten(params))
+  rng = _generator(key)
+  untied = False
+  for where in occurrences.values():
+    for index, axis in where[1:]:
+      size = jnp.shape(leaves[index])[axis]
+      if size < 2:
+        continue
+      leaves[index] = jnp.take(leaves[index], _non_identity(rng, size), axis=axis)
+      untied = True
+  return space.unflatten(leaves) if untied else None
+
+
+def _perturbed(space: WeightSpace, params: Any, indices: set[int], key: jax.Array) -> Any:
+  """``params`` with the floating leaves at ``indices`` moved by Gaussian noise of 1% of their RMS (or 0.01)."""
+  leaves = list(space.flatten(params))
+  rng = _generator(key)
+  for index in sorted(indices):
+    leaf = leaves[index]
+    if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating) or jnp.size(leaf) == 0:
+      continue
+    values = np.asarray(leaf, np.float64)
+    rms = float(np.sqrt(np.mean(np.square(values))))
+    scale = rms if np.isfinite(rms) and rms > 0 else 1.0
+    noise = rng.standard_normal(values.shape)
+    leaves[index] = jnp.asarray(values + 0.01 * scale * noise, dtype=jnp.result_type(leaf))
+  return space.unflatten(leaves)
+
+
+def _refuse_if_vacuous(
+  apply_fn: Callable[..., Any],
+  params: Any,
+  space: WeightSpace,
+  inputs: tuple,
+  chosen: tuple[str, ...],
+  reference: Any,
+  key: jax.Array,
+  rtol: float | None,
+  atol: float | None,
+) -> None:
+  """Raises :class:`VacuousCheckError` when the output moves under neither probe (see that class)."""
+  occurrences = _occurrences(space, chosen)
+  untied = _untied(space, params, occurrences, jax.random.fold_in(key, 1))
+  # Moving by more than the check's tolerance under the untied permutation means a mistake would have shown.
+  if untied is not None and _worst(reference, apply_fn(untied, *inputs), rtol, atol)[1] is not None:
+    return
+  # Labels on a single axis have nothing to untie, and outputs that are piecewise constant (argmax, tokens) do
+  # not move under a small perturbation: the check is informative when either probe moves the output.
+  indices = {index for where in occurrences.values() for index, _ in where}
+  moved = _perturbed(space, params, indices, jax.random.fold_in(key, 2))
+  if _worst(reference, apply_fn(moved, *inputs), None, None)[1] is not None:
+    return
+  tested = [
+    f"{label!r} at {', '.join(f'{path_str(space.paths[i])}:{a}' for i, a in where)}"
+    for label, where in occurrences.items()
+    if where
+  ]
+  shown = "; ".join(tested[:6]) + (f"; and {len(tested) - 6} more labels" if len(tested) > 6 else "")
+  finite = all(np.all(np.isfinite(np.asarray(leaf, np.float64))) for leaf in jax.tree.leaves(reference))
+  raise VacuousCheckError(
+    f"check_symmetry proves nothing here: the output of apply_fn does not move when the axes of labels "
+    f"{list(chosen)} are permuted each on its own, as a wrong label would permute them, nor when the leaves that "
+    f"carry them are perturbed by 1% of their scale, so a wrong weight space would pass too. The tested axes "
+    f"(leaf:axis): {shown}."
+    + ("" if finite else " The output holds NaN or inf.")
+    + " The output is constant near these params and inputs: pass real inputs (zeros into a model without "
+    "biases give zeros), the real BatchNorm statistics with the params ({'params': ..., 'batch_stats': ...}), "
+    "and params that do not saturate the model (a fresh init, or the trained ones); or skip the proof "
+    "(unf.infer_space(..., verify=False))."
+  )
 
 
 def default_tolerance(dtype: Any) -> float:
@@ -109,8 +223,20 @@ def check_symmetry(
   changed output. Labels for the network's input and output axes are usually
   not exact symmetries; pass ``labels`` to check only the hidden ones.
 
-  ``apply_fn`` is called ``num_trials + 1`` times with params of the same
-  shapes, so a ``jax.jit``-ed ``apply_fn`` compiles once.
+  A pass is only worth something if a wrong space would have failed. So once
+  every trial passes, the check probes the output: it must move beyond the
+  tolerance when the tested axes are permuted each on its own (what a wrongly
+  tied label does), or beyond rounding when the leaves that carry them are
+  perturbed by 1% of their scale (for labels on a single axis, and for
+  piecewise-constant outputs such as tokens). If it moves under neither, the
+  check raises :class:`VacuousCheckError` instead of returning. The probes
+  are joint over ``labels`` (check one label alone to probe it alone), and
+  they show that the output depends on the tested leaves, not that every
+  mistake would move it: a last layer of zeros, say, still passes them.
+
+  ``apply_fn`` is called ``num_trials + 2`` times (one more when the first
+  probe does not move the output) with params of the same shapes, so a
+  ``jax.jit``-ed ``apply_fn`` compiles once.
 
   Args:
     apply_fn: ``apply_fn(params, *inputs)`` returning a pytree of arrays.
@@ -135,6 +261,14 @@ def check_symmetry(
       than ``atol + rtol * |reference|``; the message names the permuted
       labels, the output leaf and index, the deviation, and which labels break
       the symmetry when permuted alone.
+    VacuousCheckError: (an ``AssertionError``, not a ``SymmetryError``) when
+      every trial passed but the check could not have failed: the output moves
+      neither when the tested axes are permuted each on its own (untied) nor
+      when their leaves are perturbed by 1% (a constant output, e.g. from bad
+      BatchNorm statistics or zero inputs into a model without biases). The
+      message names the tested leaves and axes and what to pass instead.
+      ``unf.infer_space(..., verify=True)`` raises it too: a proof that proves
+      nothing is not returned as one.
     ValueError: when ``params`` does not lie in ``space`` or ``labels`` names
       a label the space does not have.
 
@@ -143,7 +277,7 @@ def check_symmetry(
     >>> from unf import WeightSpace
     >>> from unf.symmetry import check_symmetry
     >>> space = WeightSpace({"w0": ("in", "hidden"), "w1": ("hidden", "out")})
-    >>> params = {"w0": jnp.ones((3, 4)) * jnp.arange(4), "w1": jnp.ones((4, 2))}
+    >>> params = {"w0": jnp.ones((3, 4)) * jnp.arange(4), "w1": jnp.ones((4, 2)) * jnp.arange(4)[:, None]}
     >>> apply_fn = lambda p, x: jnp.tanh(x @ p["w0"]) @ p["w1"]
     >>> check_symmetry(apply_fn, params, space, jnp.ones(3), labels="hidden") < 1e-6
     True
@@ -181,6 +315,10 @@ def check_symmetry(
       message
       + _rounding_or_not(apply_fn, params, space, inputs, element, chosen, reference)
       + " Either these axes are not a symmetry of apply_fn, or the weight space labels them wrongly."
+    )
+  if chosen:
+    _refuse_if_vacuous(
+      apply_fn, params, space, inputs, chosen, reference, jax.random.fold_in(key, num_trials), rtol, atol
     )
   return worst
 

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen, nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -268,3 +269,68 @@ def test_relaxed_to_reads_fixed_axes_as_the_references_labels():
   assert reference.relaxed_to(reference) is reference
   with pytest.raises(ValueError, match="same leaves"):
     fixed.relaxed_to(unf.WeightSpace({"a": ("x", "h")}))
+
+
+# --- subspace --------------------------------------------------------------------------
+
+
+class _BatchNormNet(linen.Module):
+  """Dense -> BatchNorm (inference mode) -> relu -> Dense: its variables hold "params" and "batch_stats"."""
+
+  @linen.compact
+  def __call__(self, x):
+    x = linen.BatchNorm(use_running_average=True)(linen.Dense(4)(x))
+    return linen.Dense(2)(linen.relu(x))
+
+
+def test_subspace_of_an_inferred_space_with_batch_stats_fits_the_params_alone(key):
+  model = _BatchNormNet()
+  x = jax.random.normal(key, (5, 3))
+  variables = model.init(jax.random.key(0), x)
+  space = unf.infer_space(model.apply, variables, x)
+  params_space = space.subspace("params")
+  assert params_space == unf.WeightSpace(space.spec()["params"]).with_fixed_sizes(variables["params"])
+  assert params_space.labels == space.labels == ("params/Dense_0/kernel:1",)  # the hidden label, shared with BN
+  assert params_space.fixed_sizes[params_space.paths.index(("Dense_0", "kernel"))] == (3, None)
+  assert params_space.validate(variables["params"]) == {"params/Dense_0/kernel:1": 4}
+  features = jax.tree.map(lambda w: w[..., None], variables["params"])  # e.g. gradients, one feature each
+  with pytest.raises(ValueError, match=r"missing leaves \['batch_stats/BatchNorm_0/mean'"):
+    unf.EquivariantLinear(space, space, 1, 2, rngs=nnx.Rngs(0))(features)  # why subspace is needed
+  out = unf.EquivariantLinear(params_space, params_space, 1, 2, rngs=nnx.Rngs(0))(features)
+  assert jax.tree.map(jnp.shape, out) == jax.tree.map(lambda w: (*w.shape, 2), variables["params"])
+
+
+def test_subspace_keeps_labels_and_fixed_sizes_of_a_nested_path():
+  space = unf.WeightSpace(SPEC).with_fixed_sizes(_params())
+  assert space.subspace() is space
+  conv = space.subspace("conv")
+  assert conv == unf.WeightSpace({"kernel": (None, None, "h", "out")}, fixed_sizes={("kernel",): (3, 3, None, None)})
+  layers = unf.WeightSpace({"layers": {0: {"kernel": ("in", "h")}, 1: {"kernel": ("h", "out")}}})
+  assert layers.subspace("layers", 1) == unf.WeightSpace({"kernel": ("h", "out")})
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_subspace_is_the_space_of_the_sub_tree(data):
+  spec = data.draw(specs())
+  space = unf.WeightSpace(spec, fixed_sizes=data.draw(fixed_sizes(unf.WeightSpace(spec))))
+  for key, node in spec.items():
+    if isinstance(node, tuple):
+      continue
+    fixed = {p[1:]: sizes for p, sizes in zip(space.paths, space.fixed_sizes) if p[0] == key and sizes is not None}
+    assert space.subspace(key) == unf.WeightSpace(node, fixed_sizes=fixed)
+
+
+@pytest.mark.parametrize(
+  "path, error, match",
+  [
+    (("parms",), ValueError, r"no key 'parms' at '<root>'; the keys there are \['conv', 'dense0'\]"),
+    (("dense0", "kernal"), ValueError, r"no key 'kernal' at 'dense0'; the keys there are \['bias', 'kernel'\]"),
+    (("dense0", "kernel"), ValueError, r"'dense0/kernel' is a leaf with axes \('in', 'h'\), not a sub-tree"),
+    (("dense0", "kernel", 0), ValueError, r"'dense0/kernel' is a leaf, so it has no key 0"),
+    ((("dense0",),), TypeError, r"separate str or int arguments"),
+  ],
+)
+def test_subspace_names_the_keys_that_are_there(path, error, match):
+  with pytest.raises(error, match=match):
+    unf.WeightSpace(SPEC).subspace(*path)

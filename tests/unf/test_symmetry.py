@@ -1,13 +1,15 @@
-"""check_symmetry on hand-written weight spaces, with negative controls."""
+"""check_symmetry on hand-written weight spaces, with negative controls; vacuous passes are refused."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen
 
+import unf
 from unf import symmetry
 from unf.space import WeightSpace
-from unf.symmetry import SymmetryError, check_symmetry
+from unf.symmetry import SymmetryError, VacuousCheckError, check_symmetry
 
 SPACE = WeightSpace({"w0": ("in", "hidden"), "b0": ("hidden",), "w1": ("hidden", "out")})
 # Wrong: the second layer's input axis is not tied to the first layer's output.
@@ -100,7 +102,8 @@ def test_default_tolerance_follows_the_dtype():
   assert 1e-12 < symmetry.default_tolerance(np.float64) < 1e-10
   # A float32 output off by float32 rounding passes by default; the same change in float64 does not.
   space = WeightSpace({"w": ("a",)})
-  shift = lambda p: p["w"][0] * 0.0 + 1.0 + 1e-6 * (p["w"][0] > 0.5)  # noqa: E731
+  # The sum makes the output depend on w, so the pass is not refused as vacuous.
+  shift = lambda p: jnp.sum(p["w"]) + 1e-6 * (p["w"][0] > 0.5)  # noqa: E731
   params32 = {"w": jnp.array([0.0, 1.0], jnp.float32)}
   assert check_symmetry(shift, params32, space) == pytest.approx(1e-6, rel=0.1)
   with pytest.raises(SymmetryError):
@@ -115,3 +118,86 @@ def test_a_float32_failure_is_rerun_in_float64_to_tell_rounding_from_asymmetry()
     check_symmetry(lambda p: jnp.sum(p["w"]), params, space, rtol=0.0, atol=0.0)
   with pytest.raises(SymmetryError, match="Rerun in float64 it still changes by .*: a real asymmetry"):
     check_symmetry(lambda p: p["w"][0], params, space)
+
+
+# --- vacuous passes ----------------------------------------------------------------------
+
+
+class _BatchNormNet(linen.Module):
+  """Dense -> BatchNorm (inference mode) -> relu -> Dense, as linen writes it."""
+
+  @linen.compact
+  def __call__(self, x):
+    x = linen.BatchNorm(use_running_average=True)(linen.Dense(4)(x))
+    return linen.Dense(2)(linen.relu(x))
+
+
+def _bn_space(second_layer_label):
+  return WeightSpace(
+    {
+      "params": {
+        "Dense_0": {"kernel": (None, "h"), "bias": ("h",)},
+        "BatchNorm_0": {"scale": ("h",), "bias": ("h",)},
+        "Dense_1": {"kernel": (second_layer_label, None), "bias": (None,)},
+      },
+      "batch_stats": {"BatchNorm_0": {"mean": ("h",), "var": ("h",)}},
+    }
+  )
+
+
+@pytest.fixture
+def bn_model(key):
+  model, x = _BatchNormNet(), jax.random.normal(key, (6, 3))
+  variables = model.init(jax.random.key(0), x)
+  # Statistics far from the data's, as from a wrong dataset: every unit is below zero and relu kills it.
+  bad = {**variables, "batch_stats": {"BatchNorm_0": {"mean": jnp.full(4, 1e6), "var": jnp.ones(4)}}}
+  return model.apply, variables, bad, x
+
+
+def test_a_constant_output_from_bad_batch_stats_is_refused_not_proved(bn_model):
+  apply, good, bad, x = bn_model
+  right, wrong = _bn_space("h"), _bn_space("other")  # wrong: the second layer's input axis is not tied to "h"
+  assert check_symmetry(apply, good, right, x) < 1e-10
+  with pytest.raises(SymmetryError, match=r"permuted alone: \['h', 'other'\]"):  # the negative control
+    check_symmetry(apply, good, wrong, x)
+  # With the bad statistics the output is zero (the last layer's bias) whatever the rest: every trial passes
+  # with deviation 0, for the wrong space too, and the pass is refused.
+  for space in (right, wrong):
+    with pytest.raises(VacuousCheckError) as info:
+      check_symmetry(apply, bad, space, x)
+    message = str(info.value)
+    assert not isinstance(info.value, SymmetryError) and isinstance(info.value, AssertionError)
+    assert message.startswith("check_symmetry proves nothing here")
+    assert "'h' at batch_stats/BatchNorm_0/mean:0, batch_stats/BatchNorm_0/var:0, params/BatchNorm_0/bias:0" in message
+    assert "the real BatchNorm statistics with the params ({'params': ..., 'batch_stats': ...})" in message
+    assert "verify=False" in message
+
+
+def test_infer_space_with_verify_refuses_a_constant_output(bn_model):
+  apply, good, bad, x = bn_model
+  with pytest.raises(VacuousCheckError, match="proves nothing"):
+    unf.infer_space(apply, bad, x)
+  assert unf.infer_space(apply, bad, x, verify=False) == unf.infer_space(apply, good, x)
+
+
+def test_zero_inputs_into_a_model_without_biases_are_refused(params):
+  apply = lambda p, x: jnp.tanh(x @ p["w0"]) @ p["w1"]  # noqa: E731
+  space = WeightSpace({"w0": ("in", "hidden"), "w1": ("hidden", "out")})
+  params = {"w0": params["w0"], "w1": params["w1"]}
+  with pytest.raises(VacuousCheckError, match=r"'hidden' at w0:1, w1:0\. .*pass real inputs"):
+    check_symmetry(apply, params, space, jnp.zeros((5, 3)), labels="hidden")
+  assert check_symmetry(apply, params, space, jnp.ones((5, 3)), labels="hidden") < 1e-10
+
+
+def test_token_outputs_and_labels_on_one_axis_are_not_refused(params):
+  # An argmax does not move under a small perturbation, but it does when the hidden axes are untied.
+  x = jax.random.normal(jax.random.key(3), (32, 3))
+  tokens = lambda p, x: jnp.argmax(apply_fn(p, x)["logits"], axis=-1)  # noqa: E731
+  assert check_symmetry(tokens, params, SPACE, x, labels="hidden") == 0.0
+  # A label on a single axis has nothing to untie, but a sum moves under the perturbation.
+  assert check_symmetry(lambda p: jnp.sum(p["w"] ** 2), {"w": jnp.arange(4.0)}, WeightSpace({"w": ("a",)})) < 1e-10
+
+
+def test_an_output_that_is_nan_whatever_the_params_is_refused():
+  with pytest.raises(VacuousCheckError, match="The output holds NaN or inf"):
+    check_symmetry(lambda p: jnp.sum(p["w"]) * jnp.nan, {"w": jnp.arange(4.0)}, WeightSpace({"w": ("a",)}))
