@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
 
   0 when done, 2 for bad input (a configuration, or checkpoints that do not resume), 75
   (:data:`metatrain.runtime.train.PREEMPTED_EXIT_STATUS`) when ``train`` was stopped by SIGTERM after
-  writing its checkpoint (run it again to resume), 74 (:data:`SAVE_FAILED_EXIT_STATUS`) when a checkpoint
+  writing its checkpoint (run it again to resume), 130 (:data:`metatrain.runtime.train.INTERRUPTED_EXIT_STATUS`)
+  when stopped by Ctrl-C (after writing its checkpoint; at a second Ctrl-C at once, the earlier checkpoints
+  intact), 74 (:data:`SAVE_FAILED_EXIT_STATUS`) when a checkpoint
   could not be written (the earlier ones are intact: make room and run it again).
 
   Args:
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"metatrain: bad configuration: {error}", file=sys.stderr)
     return 2
   from metatrain.runtime.checkpoint import CheckpointError, SaveFailed, as_path  # orbax
-  from metatrain.runtime.train import PREEMPTED_EXIT_STATUS, Preempted, train  # tensorboardX, tqdm
+  from metatrain.runtime.train import INTERRUPTED_EXIT_STATUS, Preempted, train  # tensorboardX, tqdm
 
   workdir = as_path(args.workdir)
   print(f"workdir: {workdir}")
@@ -141,7 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     _, history = train(train_config, worker_config, workdir, operative_config=operative)
   except Preempted as stopped:
     print(f"metatrain: {stopped}", file=sys.stderr)
-    return PREEMPTED_EXIT_STATUS
+    return stopped.exit_status
+  except KeyboardInterrupt:  # a second Ctrl-C, or one before the run's loop started
+    print(
+      "metatrain: stopped at once by Ctrl-C; the checkpoint being written (if any) was discarded and the "
+      f"earlier ones in {workdir / 'checkpoints'} are intact: run again to resume from the latest.",
+      file=sys.stderr,
+    )
+    return INTERRUPTED_EXIT_STATUS
   except CheckpointError as error:
     print(f"metatrain: {error}", file=sys.stderr)
     return 2

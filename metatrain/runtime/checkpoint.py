@@ -200,6 +200,8 @@ class Checkpoints:
     Raises:
       SaveFailed: the checkpoint could not be written; its partial folder is removed, the older
         checkpoints are intact.
+      KeyboardInterrupt: raised into the save (a second Ctrl-C); as for SaveFailed, the partial folder is
+        removed once the save's writers stop (10 s at most) and the older checkpoints are intact.
     """
     items = dict(
       state=ocp.args.StandardSave(state),
@@ -215,6 +217,10 @@ class Checkpoints:
         self.manager.wait_until_finished()
         folder = self.directory / str(step)
         (folder / FILES).write_text(json.dumps(_files(folder), indent=0, sort_keys=True))
+      except KeyboardInterrupt:  # a second Ctrl-C (metatrain.runtime.train): stop, leaving no partial checkpoint
+        _wait_for_threads(threads, timeout=10.0)
+        self._discard(step)
+        raise
       except Exception as error:  # noqa: BLE001 - orbax and tensorstore raise many kinds
         _wait_for_threads(threads)  # the other writers of this save, before its folder is removed
         self._discard(step)

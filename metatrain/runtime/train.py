@@ -6,14 +6,17 @@ from small pieces: :func:`resume` (from the workdir's checkpoints),
 loop of outer steps, its checkpoints, summaries and progress bar).
 
 Preemption: SIGTERM (what Slurm, Kubernetes and preemptible TPU hosts send
-before they reclaim a host) stops the run at once: the gather in progress
+before they reclaim a host), or Ctrl-C, stops the run at once: the gather in progress
 returns within half a second (an in-process pool finishes the estimate it is
 computing), a checkpoint of the step the learner is on is written, with the
 workers' inner runs as they were at that step when the pool keeps them
 (:attr:`TrainConfig.keep_particles`), and :func:`train` raises
 :class:`Preempted`; ``metatrain train`` then exits with status
-:data:`PREEMPTED_EXIT_STATUS` (75). Run it again and it resumes from that
-step, in a synchronous run exactly where it stopped.
+:data:`PREEMPTED_EXIT_STATUS` (75; after Ctrl-C :data:`INTERRUPTED_EXIT_STATUS`,
+130). Run it again and it resumes from that step, in a synchronous run exactly
+where it stopped. A second Ctrl-C while that checkpoint is written stops at
+once: the partial checkpoint is removed, the previous one is intact, and the
+status is 130.
 
 Checkpoints that cannot be written (a full disk, a quota, lost permissions)
 stop the run with :class:`metatrain.runtime.checkpoint.SaveFailed` rather
@@ -74,16 +77,28 @@ _COMPATIBLE = ("task", "learned_optimizer", "width", "preset", "options")
 #: run it again to resume; launch/slurm.sbatch requeues the job on it).
 PREEMPTED_EXIT_STATUS = 75
 
+#: The exit status of ``metatrain train`` stopped by Ctrl-C (SIGINT; 128 + 2, the shell's convention), after its
+#: checkpoint is written or, at a second Ctrl-C, at once.
+INTERRUPTED_EXIT_STATUS = 130
+
 #: The longest the end of a run waits for its final evaluation (seconds).
 FINAL_EVALUATION_TIMEOUT = 120.0
 
 
 class Preempted(Exception):
-  """The run was stopped by SIGTERM; a checkpoint of ``step`` is written (run again to resume)."""
+  """The run was stopped by SIGTERM or Ctrl-C; a checkpoint of ``step`` is written (run again to resume).
 
-  def __init__(self, workdir: str, step: int):
-    super().__init__(f"stopped by SIGTERM at outer step {step}; checkpoint written in {workdir}: run again to resume.")
-    self.workdir, self.step = workdir, step
+  Attributes:
+    workdir, step: where and at which outer step.
+    signal_name: ``"SIGTERM"`` or ``"SIGINT"``.
+    exit_status: ``metatrain train``'s status: :data:`PREEMPTED_EXIT_STATUS` or :data:`INTERRUPTED_EXIT_STATUS`.
+  """
+
+  def __init__(self, workdir: str, step: int, signal_name: str = "SIGTERM"):
+    how = "Ctrl-C (SIGINT)" if signal_name == "SIGINT" else signal_name
+    super().__init__(f"stopped by {how} at outer step {step}; checkpoint written in {workdir}: run again to resume.")
+    self.workdir, self.step, self.signal_name = workdir, step, signal_name
+    self.exit_status = INTERRUPTED_EXIT_STATUS if signal_name == "SIGINT" else PREEMPTED_EXIT_STATUS
 
 
 def train(
@@ -132,10 +147,11 @@ def train(
       }
       selection = Selection(folder / SELECTED, learned_optimizer, worker.to_json()) if evaluator else None
       run = Run(config, worker, learner, pool, checkpoints, summaries, saved, evaluator=evaluator, selection=selection)
-      with _on_sigterm(pool.interrupt):
+      stops: list[str] = []
+      with _on_stop_signals(lambda name: (stops.append(name), pool.interrupt())):
         history = run.loop()
       if pool.interrupted:
-        raise Preempted(str(folder), learner.step)
+        raise Preempted(str(folder), learner.step, stops[0] if stops else "SIGTERM")
   return learner.theta, history
 
 
@@ -150,16 +166,31 @@ def _closing(thing):
 
 
 @contextlib.contextmanager
-def _on_sigterm(handler):
-  """Calls ``handler()`` on SIGTERM while the block runs (in the main thread only; elsewhere, nothing)."""
+def _on_stop_signals(handler):
+  """While the block runs, SIGTERM and a first Ctrl-C call ``handler(name)``; a second Ctrl-C raises at once.
+
+  ``name`` is ``"SIGTERM"`` or ``"SIGINT"``: the run stops its gather and checkpoints the current step. A
+  second Ctrl-C raises ``KeyboardInterrupt`` wherever the run is, the checkpoint being written included (it is
+  then discarded: :meth:`metatrain.runtime.checkpoint.Checkpoints.save`). In the main thread only; elsewhere,
+  nothing.
+  """
   if threading.current_thread() is not threading.main_thread():
     yield
     return
-  previous = signal.signal(signal.SIGTERM, lambda signum, frame: handler())
+  received: list[int] = []
+
+  def on_signal(signum, frame):
+    if signum == signal.SIGINT and signal.SIGINT in received:
+      raise KeyboardInterrupt
+    received.append(signum)
+    handler(signal.Signals(signum).name)
+
+  previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
   try:
     yield
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for signum, old in previous.items():
+      signal.signal(signum, old)
 
 
 def _writable(workdir: epath.Path) -> epath.Path:

@@ -5,11 +5,19 @@ it, ``[worker_id, theta_step, digest of the gradient]`` for each estimate
 used, and the count of stale ones dropped (each of them under ``dropped``), so
 that a test run in another process can see which estimates were applied, how
 often, and when (the fault tests act on it mid-run).
+
+With ``SLOW_SAVE=PATH`` in the environment, the first checkpoint save that
+starts while the file PATH exists removes it, writes ``PATH.saving`` and waits
+30 s before it completes: a test can then act (a second Ctrl-C) while that checkpoint is
+being written.
 """
 
 import hashlib
 import json
+import os
+import pathlib
 import sys
+import time
 
 import numpy as np
 
@@ -43,10 +51,27 @@ def main(log_path: str, argv: list[str]) -> int:
     return metrics
 
   Learner.apply = recorded
+  if os.environ.get("SLOW_SAVE"):
+    _slow_saves(pathlib.Path(os.environ["SLOW_SAVE"]))
   try:
     return cli.main(argv)
   finally:
     log.close()
+
+
+def _slow_saves(armed: pathlib.Path) -> None:
+  import orbax.checkpoint as ocp
+
+  wait = ocp.CheckpointManager.wait_until_finished
+
+  def slow(self):
+    if armed.exists():  # once: not again when the manager closes
+      armed.unlink()
+      armed.with_suffix(".saving").write_text("saving")
+      time.sleep(30)
+    return wait(self)
+
+  ocp.CheckpointManager.wait_until_finished = slow
 
 
 if __name__ == "__main__":
