@@ -37,14 +37,21 @@ def area_resize(images: np.ndarray, size: int) -> np.ndarray:
   return np.einsum("ij,...jk,lk->...il", weights, images.astype(np.float64), weights)
 
 
+#: The mode of the files :func:`write_atomically` writes (rw-r--r--).
+FILE_MODE = 0o644
+
+
 def write_atomically(path: pathlib.Path, content: bytes | str) -> None:
   """Writes to a temporary file in the same folder, then renames it: readers see all or nothing.
 
-  A crash never leaves a partial file under ``path`` (a dataset cache, a zoo split).
+  A crash never leaves a partial file under ``path`` (a dataset cache, a zoo split). The file is
+  readable by everyone and writable by its owner (mode 0644, as ``open`` gives under the usual umask;
+  ``mkstemp`` alone would give 0600), so a cache on a shared machine serves every user.
   """
   data = content.encode("utf-8") if isinstance(content, str) else content
   handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
   try:
+    os.fchmod(handle, FILE_MODE)
     with os.fdopen(handle, "wb") as f:
       f.write(data)
       f.flush()

@@ -212,9 +212,10 @@ class TrainConfig:
       TensorBoard. An evaluation runs in the background; one due while another runs is skipped.
     eval_seeds: fresh inner runs per evaluation (seeds ``SELECTION_SEED + i``, never used in meta-training nor
       by ``metatrain eval``).
-    eval_cpus: CPUs reserved for the Ray evaluation actor (``use_ray``); 0 shares the workers' CPUs (a
-      local Ray has as many CPUs as the machine, and ``num_workers = 0`` gives them all to workers, so
-      an actor asking for one would never start).
+    eval_cpus: CPUs reserved for the Ray evaluation actor (``use_ray``); 0 shares the workers' CPUs. Where
+      the workers leave fewer free (a local Ray has as many CPUs as the machine, and ``num_workers = 0``
+      gives them all to workers), the actor gets the free ones, with a warning: asking for more, it would
+      never start (:func:`metatrain.runtime.train.evaluator_cpus`).
   """
 
   outer_steps: int = 100

@@ -1,10 +1,13 @@
 """TensorBoard event files (tensorboardX): the scalars of meta-training and of evaluation curves.
 
-A run's folder (``workdir/tensorboard``) holds the training loop's metrics
-(sections ``meta/``, ``throughput/``, ``faults/``) and its evaluations
-(``eval/``, :meth:`Summaries.evaluation`); its subfolder :data:`REFERENCE_RUN`
-holds the tuned Adam's values under the same ``eval/`` tags, so that
-TensorBoard draws them as a second run in the same charts.
+A meta-training run's folder (``workdir/tensorboard``) holds two TensorBoard
+runs: :data:`MAIN_RUN` (``learned``), the training loop's metrics (sections
+``meta/``, ``throughput/``, ``faults/``) and its evaluations (``eval/``,
+:meth:`Summaries.evaluation`), and :data:`REFERENCE_RUN` (``adam_reference``),
+the tuned Adam's values under the same ``eval/`` tags, so that TensorBoard
+draws them as two named lines in the same charts. (Runs written before
+``learned`` existed have their events in ``workdir/tensorboard`` itself: run
+``.`` in TensorBoard; a resumed one goes on in ``learned``.)
 """
 
 from __future__ import annotations
@@ -47,17 +50,22 @@ TAGS = {
 #: The subfolder of the tuned Adam's evaluation values (a run of its own in TensorBoard).
 REFERENCE_RUN = "adam_reference"
 
+#: The subfolder of a meta-training run's own metrics: its name in TensorBoard, beside :data:`REFERENCE_RUN`.
+MAIN_RUN = "learned"
+
 
 class Summaries:
   """Writes the metrics of every outer step, and the run's gin config as text, under one folder.
 
   Args:
-    folder: the event files' folder (``workdir/tensorboard``).
+    folder: the TensorBoard folder (``workdir/tensorboard``).
+    run: the subfolder of this writer's events, its run name in TensorBoard (``""``: ``folder`` itself;
+      a meta-training run's is :data:`MAIN_RUN`); the Adam reference's go to ``folder/``:data:`REFERENCE_RUN`.
   """
 
-  def __init__(self, folder: str | os.PathLike):
+  def __init__(self, folder: str | os.PathLike, *, run: str = ""):
     self.folder = str(folder)  # not a pathlib.Path: that would turn gs://bucket/run into gs:/bucket/run
-    self.writer = tensorboardX.SummaryWriter(str(folder))
+    self.writer = tensorboardX.SummaryWriter(os.path.join(self.folder, run) if run else self.folder)
     self.reference_writer: Any = None  # REFERENCE_RUN's, opened at the first evaluation with a reference
 
   def text(self, tag: str, text: str, step: int) -> None:

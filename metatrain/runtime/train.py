@@ -67,7 +67,7 @@ from metatrain.runtime.learner import Learner
 from metatrain.runtime.pool import InProcessPool, WorkerPool
 from metatrain.runtime.selection import FOLDER as SELECTED
 from metatrain.runtime.selection import Selection
-from metatrain.runtime.summaries import Summaries
+from metatrain.runtime.summaries import MAIN_RUN, Summaries
 from metatrain.types import Theta
 
 # Fields of the worker config that a checkpoint must agree with to be resumed.
@@ -132,7 +132,7 @@ def train(
     if learner.step >= config.outer_steps:  # nothing to do: no workers to start
       tqdm.tqdm.write(f"the run in {folder} is done: step {learner.step} of {config.outer_steps}")
       return learner.theta, []
-    events = contextlib.closing(Summaries(folder / "tensorboard"))
+    events = contextlib.closing(Summaries(folder / "tensorboard", run=MAIN_RUN))
     with (
       events as summaries,
       make_pool(config, worker, cache=cache) as pool,  # first: it starts Ray, where the evaluator runs
@@ -351,9 +351,42 @@ def make_evaluator(config: TrainConfig, worker: WorkerConfig, *, cache: str | No
     return None
   if not config.use_ray:
     return InProcessEvaluator(worker, config.eval_seeds)
-  from metatrain.runtime.ray_pool import RayEvaluator  # Ray only where it is used
+  import ray  # Ray only where it is used
 
-  return RayEvaluator(worker, config.eval_seeds, num_cpus=config.eval_cpus, env_vars=cache_env(cache))
+  from metatrain.runtime.ray_pool import RayEvaluator
+
+  cpus, warning = evaluator_cpus(
+    config.eval_cpus, float(ray.cluster_resources().get("CPU", 0.0)), config.worker_count * config.worker_cpus
+  )
+  if warning:
+    tqdm.tqdm.write(f"warning: {warning}")
+  return RayEvaluator(worker, config.eval_seeds, num_cpus=cpus, env_vars=cache_env(cache))
+
+
+def evaluator_cpus(requested: float, cluster_cpus: float, workers_cpus: float) -> tuple[float, str]:
+  """The CPUs the Ray evaluation actor asks for: ``requested``, or what is free beside the workers.
+
+  An actor that asks for more CPUs than the workers leave would never be scheduled: every evaluation
+  would be skipped and the end of the run would wait for one in vain. It gets the free CPUs instead (0:
+  it shares the workers'), with a warning that names the setting.
+
+  Args:
+    requested: ``TrainConfig.eval_cpus``.
+    cluster_cpus: the Ray cluster's CPUs (``ray.cluster_resources()``).
+    workers_cpus: the CPUs the workers reserve (``worker_count * worker_cpus``).
+
+  Returns:
+    ``(cpus, warning)``: the actor's CPUs, and ``""`` or why they are fewer than asked.
+  """
+  free = max(0.0, cluster_cpus - workers_cpus)
+  if requested <= free:
+    return requested, ""
+  return float(int(free)), (
+    f"TrainConfig.eval_cpus = {requested:g} asks for more CPUs than are free: the cluster has {cluster_cpus:g}, "
+    f"the workers reserve {workers_cpus:g}, {free:g} free. The evaluator gets {int(free)} "
+    f"({'it shares the CPUs of the workers' if free < 1 else 'what is free'}); set TrainConfig.eval_cpus = "
+    f"{int(free)} (or fewer workers: TrainConfig.num_workers) to silence this."
+  )
 
 
 class Run:

@@ -67,3 +67,13 @@ def test_real_dataset_from_the_debian_package():
   assert 0.0 <= x.min() and x.max() <= 1.0
   x_test, y_test = fashion_mnist.load("test")
   assert x_test.shape == (10000, 28, 28) and np.bincount(y_test).tolist() == [1000] * 10
+
+
+def test_write_atomically_gives_files_every_user_can_read(tmp_path):
+  # A dataset cache on a shared machine: rw-r--r--, not mkstemp's rw-------; a rewrite keeps it so.
+  target = tmp_path / "cache.npz"
+  for content in (b"first", "second"):
+    data.write_atomically(target, content)
+    assert target.stat().st_mode & 0o777 == 0o644
+  assert target.read_text() == "second"
+  assert [p.name for p in tmp_path.iterdir()] == ["cache.npz"]  # no temporary left beside it

@@ -27,6 +27,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from metatrain.runtime import checkpoint
+from metatrain.runtime.summaries import MAIN_RUN
 from metatrain.runtime.train import PREEMPTED_EXIT_STATUS
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
@@ -151,7 +152,7 @@ def _bindings(steps: int, workers: int, *extra: str) -> list[str]:
 
 
 def _scalars(workdir: pathlib.Path, tag: str) -> list[tuple[int, float]]:
-  events = EventAccumulator(str(workdir / "tensorboard"), size_guidance={"scalars": 0})
+  events = EventAccumulator(str(workdir / "tensorboard" / MAIN_RUN), size_guidance={"scalars": 0})
   events.Reload()
   return [(e.step, e.value) for e in events.Scalars(tag)]
 

@@ -22,7 +22,7 @@ from metatrain.runtime import evaluator as evaluator_module
 from metatrain.runtime import train as train_module
 from metatrain.runtime.evaluator import Evaluation, InProcessEvaluator, Losses
 from metatrain.runtime.ray_pool import RayEvaluator
-from metatrain.runtime.summaries import REFERENCE_RUN
+from metatrain.runtime.summaries import MAIN_RUN, REFERENCE_RUN
 from metatrain.runtime.worker import GradientWorker
 
 SMOKE = str(pathlib.Path(__file__).resolve().parents[3] / "configs" / "smoke.gin")
@@ -177,7 +177,7 @@ def test_a_slow_evaluator_skips_evaluations_and_never_an_outer_step(tmp_path, mo
   assert [m["skipped_evals"] for m in history] == [1.0, 2.0, 3.0, 4.0]
   assert [m["lost_evals"] for m in history] == [0.0] * 4
   assert evaluators[0].submitted == 0
-  assert not EVAL_TAGS & set(_events(tmp_path / "tensorboard").Tags()["scalars"])
+  assert not EVAL_TAGS & set(_events(tmp_path / "tensorboard" / MAIN_RUN).Tags()["scalars"])
 
 
 def test_train_writes_evaluations_and_the_adam_reference(tmp_path, smoke_run):
@@ -186,7 +186,7 @@ def test_train_writes_evaluations_and_the_adam_reference(tmp_path, smoke_run):
   # Evaluations draw nothing from the learner's or the workers' randomness: the same thetas as without.
   for leaf, expected in zip(jax.tree.leaves(theta), jax.tree.leaves(smoke_run.theta)):
     np.testing.assert_array_equal(leaf, expected)
-  events = _events(tmp_path / "tensorboard")
+  events = _events(tmp_path / "tensorboard" / MAIN_RUN)
   assert EVAL_TAGS <= set(events.Tags()["scalars"])
   assert {"faults/skipped_evals", "faults/lost_evals"} <= set(events.Tags()["scalars"])
   assert history[-1]["lost_evals"] == 0.0
@@ -247,7 +247,7 @@ def test_a_killed_evaluation_actor_loses_an_evaluation_and_the_run_goes_on(
   assert len(history) == 4 and evaluators[0].lost == 1
   assert history[-1]["lost_evals"] == 1.0
   # The replacement actor evaluated the final theta.
-  steps = [e.step for e in _events(tmp_path / "tensorboard").Scalars("eval/valid_loss")]
+  steps = [e.step for e in _events(tmp_path / "tensorboard" / MAIN_RUN).Scalars("eval/valid_loss")]
   assert steps[-1] == 4 and 0 not in steps
   assert set(_events(tmp_path / "tensorboard" / REFERENCE_RUN).Tags()["scalars"]) == EVAL_TAGS
 
@@ -260,3 +260,29 @@ def test_train_config_checks_the_evaluation_fields():
   with pytest.raises(ValueError, match="eval_cpus"):
     TrainConfig(eval_cpus=-0.5)
   assert train_module.make_evaluator(TrainConfig(eval_every=0), CONFIG) is None
+
+
+@pytest.mark.parametrize(
+  ("requested", "cluster", "workers", "expected"),
+  [(1.0, 4.0, 2.0, 1.0), (2.0, 4.0, 2.0, 2.0), (1.0, 2.0, 2.0, 0.0), (3.0, 4.5, 2.0, 2.0), (0.0, 2.0, 2.0, 0.0)],
+)
+def test_the_evaluator_asks_for_no_more_cpus_than_the_workers_leave(requested, cluster, workers, expected):
+  cpus, warning = train_module.evaluator_cpus(requested, cluster, workers)
+  assert cpus == expected
+  assert bool(warning) == (expected < requested)
+  if warning:
+    assert f"TrainConfig.eval_cpus = {requested:g}" in warning and f"{cluster - workers:g} free" in warning
+
+
+def test_make_evaluator_gives_the_ray_actor_the_free_cpus_and_says_so(monkeypatch, capsys):
+  import ray
+
+  from metatrain.runtime import ray_pool
+
+  asked = []
+  monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+  monkeypatch.setattr(ray_pool, "RayEvaluator", lambda worker, seeds, *, num_cpus, env_vars: asked.append(num_cpus))
+  config = TrainConfig(eval_every=1, use_ray=True, num_workers=2, worker_cpus=1, eval_cpus=1.0)
+  train_module.make_evaluator(config, CONFIG)
+  assert asked == [0.0]  # 1 CPU would never be scheduled beside 2 workers on 2 CPUs: every evaluation skipped
+  assert "TrainConfig.eval_cpus = 1 asks for more CPUs than are free" in capsys.readouterr().out

@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from metatrain import PES, NoiseReuseES, TrainConfig, WorkerConfig, cli
 from metatrain.runtime import checkpoint
 from metatrain.runtime import train as train_module
+from metatrain.runtime.summaries import MAIN_RUN
 
 SMOKE = str(pathlib.Path(__file__).resolve().parents[3] / "configs" / "smoke.gin")
 IN_PROCESS = ["TrainConfig.use_ray = False"]
@@ -42,7 +43,9 @@ def test_train_writes_checkpoints_and_tensorboard(tmp_path):
   assert "WorkerConfig.task = 'mlp_fashion8'" in config["gin"] and "PES.num_pairs = 2" in config["gin"]
   worker = WorkerConfig.from_json(config["worker"])
   assert worker == cli.parse_config(SMOKE, IN_PROCESS)[1]
-  events = EventAccumulator(str(tmp_path / "tensorboard"))
+  # TensorBoard names the run "learned" (not "."): no event file in the folder itself.
+  assert not list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  events = EventAccumulator(str(tmp_path / "tensorboard" / MAIN_RUN))
   events.Reload()
   scalars = set(events.Tags()["scalars"])
   # TensorBoard's sections: meta/, throughput/, faults/ (the tags' prefixes), and nothing left outside them.
