@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     return stopped.exit_status
   except KeyboardInterrupt:  # a second Ctrl-C, or one before the run's loop started
     print(
-      "metatrain: stopped at once by Ctrl-C; the checkpoint being written (if any) was discarded and the "
-      f"earlier ones in {workdir / 'checkpoints'} are intact: run again to resume from the latest.",
+      "metatrain: stopped at once by Ctrl-C; a checkpoint cut short is discarded, the complete ones in "
+      f"{workdir / 'checkpoints'} are intact: run again to resume from the latest.",
       file=sys.stderr,
     )
     return INTERRUPTED_EXIT_STATUS
