@@ -218,7 +218,9 @@ def infer_space(
       ``variables`` dict as ``init`` returns it). flax metadata boxes (``nn.with_logical_partitioning``'s
       ``nn.LogicallyPartitioned``, ``nn.Partitioned``) are read through: the space is that of
       ``flax.core.meta.unbox(params)``, and ``apply_fn`` still gets the boxed params.
-    *example_args: example inputs; only their shapes and dtypes matter, and every axis of them is data.
+    *example_args: example inputs; every axis of them is data. The labels depend only on their shapes and
+      dtypes; ``verify`` runs the model on them, so give real inputs there (all-zero inputs into a model
+      without biases make every check vacuous, which ``verify`` refuses).
     io: ``"fixed"`` (default): axes that meet the data inputs or the outputs are fixed, so every label is
       an exact symmetry. ``"permutable"``: they are labelled too (as the builders' ``io="permutable"``),
       symmetries only when the data and outputs are permuted alike; ``verify`` then checks the others.
@@ -230,6 +232,8 @@ def infer_space(
   Raises:
     ValueError: on a bad ``io`` or params that are not nested dicts of arrays.
     SymmetryError: when ``verify`` finds a label that is not a symmetry (a bug in a rule: please report it).
+    VacuousCheckError: when ``verify`` could not have failed: the output does not move with the params it
+      tests (a constant output, bad BatchNorm statistics, zero inputs); the message says what to pass.
 
   Example:
     >>> import jax, jax.numpy as jnp, unf
