@@ -7,12 +7,15 @@ the maximal invariant linear layer, and :class:`UNF` stacks them. The builders
 (:func:`mlp_space`, ...) read the space of common flax architectures from their
 params, and :func:`check_symmetry` proves a space right on a real network.
 :mod:`unf.testing` checks that a function of weights is equivariant or invariant.
+:func:`parameter_count` gives a layer's size before it is built; the layers'
+``fixed_axes`` option keeps it from growing with long fixed axes.
 """
 
 from unf import basis, linear, testing
 from unf.builders import cnn_space, merge_gates, mlp_space, rnn_space, split_gates, transformer_space
 from unf.inference import explain_space, infer_space
 from unf.layers import UNF, EquivariantLinear, InvariantPool, num_parameters
+from unf.linear import parameter_count
 from unf.permutation import inverse, permute, sample_permutation
 from unf.space import WeightSpace
 from unf.symmetry import SymmetryError, VacuousCheckError, check_symmetry
@@ -34,6 +37,7 @@ __all__ = [
   "merge_gates",
   "mlp_space",
   "num_parameters",
+  "parameter_count",
   "permute",
   "rnn_space",
   "sample_permutation",

@@ -14,6 +14,9 @@ output axes at the same index. An input-only block is *pooled* (mean over the
 diagonal of its axes). An output-only block *broadcasts* (along the diagonal
 of its axes). Fixed (None) axes are mixed like channels. Their number is
 ``prod_label Bell(#output axes + #input axes with that label)`` per leaf pair.
+The layers first give long fixed axes labels of their own
+(:func:`label_fixed_axes`, their ``fixed_axes`` option), so that their size
+does not grow with those axes' lengths.
 
 Execution plan. Terms factor into an input *reduction* (which input axes are
 kept or pooled, computed once per input leaf for all output leaves), a channel
@@ -34,8 +37,9 @@ import itertools
 import math
 import string
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
-from unf.space import WeightSpace
+from unf.space import WeightSpace, path_str
 
 Block = tuple[int, ...]  # axis positions within a leaf's permutable axes
 
@@ -330,3 +334,113 @@ def invariant_reductions(space: WeightSpace) -> tuple[Reduction, ...]:
         )
       )
   return tuple(out)
+
+
+# --- bounding long fixed axes ---------------------------------------------------
+
+#: The most fixed coordinates per leaf that ``fixed_axes="auto"`` mixes like channels: a 3x3 kernel's 9
+#: positions, a 10-class output. The paper's four tasks stay within it (their largest is 9).
+AUTO_MIXED_COORDINATES = 10
+
+#: The values of the ``fixed_axes`` option besides a positive int (the most fixed coordinates mixed per leaf).
+FIXED_AXES_CHOICES = ("auto", "mix", "label")
+
+
+def mixed_coordinates_limit(fixed_axes: str | int) -> float:
+  """The most fixed coordinates per leaf that ``fixed_axes`` mixes like channels (``inf`` for ``"mix"``).
+
+  Raises:
+    ValueError: on a value that is none of ``"auto"``, ``"mix"``, ``"label"`` or a positive int.
+  """
+  if isinstance(fixed_axes, str) and fixed_axes in FIXED_AXES_CHOICES:
+    return {"auto": AUTO_MIXED_COORDINATES, "mix": math.inf, "label": 1}[fixed_axes]
+  if isinstance(fixed_axes, int) and not isinstance(fixed_axes, bool) and fixed_axes >= 1:
+    return fixed_axes
+  raise ValueError(
+    f"fixed_axes={fixed_axes!r}; choose one of {FIXED_AXES_CHOICES} or a positive int (the most fixed coordinates "
+    "per leaf that are mixed like channels)."
+  )
+
+
+def _axes_to_label(fixed: Sequence[tuple[int, int]], limit: float) -> list[int]:
+  """Of a leaf's fixed axes ``(position, length)``, the positions that get a label: longest first (the last of
+  equal ones first), until the others multiply to at most ``limit``."""
+  remaining = sorted(fixed, key=lambda axis: (axis[1], axis[0]))
+  chosen = []
+  while remaining and math.prod(length for _, length in remaining) > limit:
+    chosen.append(remaining.pop()[0])
+  return sorted(chosen)
+
+
+class LabelledSpaces(NamedTuple):
+  """Two spaces whose long fixed axes carry labels of their own (:func:`label_fixed_axes`).
+
+  Attributes:
+    space_in: the input space, relabelled.
+    space_out: the output space, relabelled.
+    sizes: the new labels and their lengths, as ``(label, length)`` pairs.
+  """
+
+  space_in: WeightSpace
+  space_out: WeightSpace
+  sizes: tuple[tuple[str, int], ...]
+
+
+@functools.lru_cache(maxsize=256)
+def label_fixed_axes(space_in: WeightSpace, space_out: WeightSpace, fixed_axes: str | int = "auto") -> LabelledSpaces:
+  """Gives the long fixed axes of both spaces labels of their own, so that layers do not mix them like channels.
+
+  A layer mixes a leaf's fixed (None) axes like channels: its parameters grow with the square of their number
+  of coordinates (a Dense layer after a flatten has thousands). This gives the longest fixed axes of every leaf,
+  one by one (the last of equal ones first), a new label of their own until the leaf's remaining fixed axes have
+  at most ``limit`` coordinates (``fixed_axes``: ``"auto"`` :data:`AUTO_MIXED_COORDINATES`, ``"mix"`` no limit,
+  ``"label"`` 1, or an int). The new label is named after its leaf path and axis (``"dense0/kernel[0]"``) and is
+  shared by the input and the output leaf at the same path, so that a layer still reads each position of a
+  weight to write the same position. A layer equivariant to the new spaces' group is equivariant to the true
+  one, which it contains (the new labels' permutations besides the identity), with a parameter count that no
+  longer depends on those axes' lengths: the bias of the authors' code, which labels every fixed axis
+  (Zhou et al. 2024). Where nothing is labelled, the spaces are returned as they are.
+
+  Args:
+    space_in: the input space, with fixed sizes.
+    space_out: the output space, with fixed sizes.
+    fixed_axes: ``"auto"``, ``"mix"``, ``"label"`` or the most fixed coordinates mixed per leaf.
+
+  Returns:
+    The relabelled spaces and the lengths of the new labels.
+
+  Raises:
+    ValueError: on a bad ``fixed_axes``, or a fixed axis of unknown size.
+
+  Example:
+    >>> import unf
+    >>> space = unf.WeightSpace({"w": (None, "h")}, fixed_sizes={("w",): (784, None)})
+    >>> unf.basis.label_fixed_axes(space, space).space_in
+    WeightSpace(
+      w: (w[0], h)
+    )
+  """
+  limit = mixed_coordinates_limit(fixed_axes)
+  taken = set(space_in.labels) | set(space_out.labels)
+  sizes: dict[str, int] = {}
+  spaces = []
+  for space in (space_in, space_out):
+    leaves, fixed_sizes, changed = [], {}, False
+    for index, (path, axes) in enumerate(zip(space.paths, space.axes)):
+      shape = iter(space.fixed_shape(index))
+      fixed = [(axis, next(shape)) for axis, label in enumerate(axes) if label is None]
+      lengths = dict(fixed)
+      new_axes = list(axes)
+      for axis in _axes_to_label(fixed, limit):
+        length, base = lengths[axis], f"{path_str(path)}[{axis}]"
+        name, attempt = base, 0
+        # A user's label of that name, or the same path at another length in the other space: a new name.
+        while name in taken or sizes.get(name, length) != length:
+          attempt += 1
+          name = f"{base}~{attempt}"
+        sizes[name], new_axes[axis], changed = length, name, True
+      leaves.append(tuple(new_axes))
+      if None in new_axes:
+        fixed_sizes[path] = tuple(lengths[axis] if a is None else None for axis, a in enumerate(new_axes))
+    spaces.append(WeightSpace(space.unflatten(leaves), fixed_sizes=fixed_sizes) if changed else space)
+  return LabelledSpaces(spaces[0], spaces[1], tuple(sorted(sizes.items())))

@@ -26,9 +26,22 @@ class EquivariantLinear(nnx.Module):
 
   The parameter count depends only on the labels, the fixed-axis sizes and
   the feature counts, never on the label sizes: trained weights apply
-  unchanged to a wider or narrower network of the same architecture. Fixed
-  (None) axes are mixed like channels, which costs parameters quadratic in
-  their number of coordinates: keep fixed axes small (3x3 kernel positions).
+  unchanged to a wider or narrower network of the same architecture.
+
+  Fixed (None) axes are mixed like channels, which is exact but costs
+  parameters quadratic in their number of coordinates: a Dense layer after a
+  flatten has thousands. ``fixed_axes="auto"`` (the default) mixes at most
+  :data:`unf.basis.AUTO_MIXED_COORDINATES` (10) fixed coordinates per leaf
+  (3x3 kernel positions, a 10-class output) and gives the longer fixed axes
+  labels of their own (:func:`unf.basis.label_fixed_axes`). The layer is then
+  equivariant to a larger group, which contains the true one, so the identity
+  above still holds. Along a labelled axis it applies one map shared by every
+  position, plus terms that pool over the axis or broadcast along it (a Deep
+  Sets layer on that axis), instead of a weight per pair of positions, so its
+  size does not grow with the axis's length; it is maximally expressive for
+  the larger group, and for the true one where nothing is labelled (``"mix"``,
+  or short fixed axes only). :func:`unf.parameter_count` gives the size before
+  building.
 
   Args:
     space_in: input weight space.
@@ -37,6 +50,9 @@ class EquivariantLinear(nnx.Module):
     out_features: trailing feature axis size of the output.
     rngs: flax random streams (``params`` is used).
     param_dtype: dtype of the weights.
+    fixed_axes: ``"auto"`` (default), ``"mix"`` (mix every fixed axis like channels: maximally expressive for
+      the true group, quadratic in the fixed coordinates), ``"label"`` (label every fixed axis, as the
+      authors' code does) or an int ``n`` (mix at most ``n`` fixed coordinates per leaf).
 
   Example:
     >>> import jax, jax.numpy as jnp, unf
@@ -57,18 +73,22 @@ class EquivariantLinear(nnx.Module):
     *,
     rngs: nnx.Rngs,
     param_dtype: Any = jnp.float32,
+    fixed_axes: str | int = "auto",
   ):
     self.space_in = space_in
     self.space_out = space_out
     self.in_features = in_features
     self.out_features = out_features
-    params = linear.init(rngs.params(), space_in, space_out, in_features, out_features, dtype=param_dtype)
+    self.fixed_axes = fixed_axes
+    params = linear.init(
+      rngs.params(), space_in, space_out, in_features, out_features, dtype=param_dtype, fixed_axes=fixed_axes
+    )
     self.weights = nnx.Dict({name: nnx.Param(value) for name, value in params.items()})
 
   def __call__(self, x: Any, *, out_sizes: Mapping[str, int] | None = None) -> dict:
     """Maps a pytree of ``space_in`` (trailing ``in_features`` axis) to one of ``space_out``."""
     params = {name: value[...] for name, value in self.weights.items()}
-    return linear.apply(params, x, self.space_in, self.space_out, out_sizes=out_sizes)
+    return linear.apply(params, x, self.space_in, self.space_out, out_sizes=out_sizes, fixed_axes=self.fixed_axes)
 
 
 class InvariantPool(nnx.Module):
@@ -82,17 +102,20 @@ class InvariantPool(nnx.Module):
 
   Args:
     space: the weight space of its inputs (with fixed sizes).
+    fixed_axes: as for :class:`EquivariantLinear`: fixed axes that it labels are averaged over, so that the
+      output's length does not grow with theirs.
   """
 
-  def __init__(self, space: WeightSpace):
+  def __init__(self, space: WeightSpace, *, fixed_axes: str | int = "auto"):
     self.space = space
+    self.fixed_axes = fixed_axes
 
   def output_size(self, features: int) -> int:
     """The length of the output vector for inputs with ``features`` features per weight."""
-    return linear.invariant_pool_size(self.space, features)
+    return linear.invariant_pool_size(self.space, features, fixed_axes=self.fixed_axes)
 
   def __call__(self, x: Any) -> jax.Array:
-    return linear.invariant_pool(x, self.space)
+    return linear.invariant_pool(x, self.space, fixed_axes=self.fixed_axes)
 
 
 def _pointwise(activation: Callable, tree: Any) -> Any:
@@ -122,6 +145,7 @@ class UNF(nnx.Module):
     activation: pointwise nonlinearity between layers.
     rngs: flax random streams.
     param_dtype: dtype of the weights.
+    fixed_axes: how every layer treats fixed axes (:class:`EquivariantLinear`, :class:`InvariantPool`).
 
   Example:
     >>> import jax.numpy as jnp, unf
@@ -146,6 +170,7 @@ class UNF(nnx.Module):
     activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
     rngs: nnx.Rngs,
     param_dtype: Any = jnp.float32,
+    fixed_axes: str | int = "auto",
   ):
     if invariant and space_out is not None:
       raise ValueError("an invariant UNF outputs a vector: do not pass space_out with invariant=True.")
@@ -158,12 +183,13 @@ class UNF(nnx.Module):
     layers = []
     for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
       last = k == len(widths) - 2 and not invariant
+      target = space_out if last else space_in
       layers.append(
-        EquivariantLinear(space_in, space_out if last else space_in, a, b, rngs=rngs, param_dtype=param_dtype)
+        EquivariantLinear(space_in, target, a, b, rngs=rngs, param_dtype=param_dtype, fixed_axes=fixed_axes)
       )
     self.layers = nnx.List(layers)
     if invariant:
-      self.pool = InvariantPool(space_in)
+      self.pool = InvariantPool(space_in, fixed_axes=fixed_axes)
       sizes = [self.pool.output_size(widths[-1]), *head_hidden, out_features]
       self.head = nnx.List(
         [nnx.Linear(a, b, rngs=rngs, param_dtype=param_dtype) for a, b in zip(sizes[:-1], sizes[1:])]

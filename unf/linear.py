@@ -3,8 +3,20 @@
 ``init`` and ``apply`` implement the maximally expressive permutation-equivariant
 affine map between two weight spaces (Zhou et al. 2024, Eq. 5-7);
 ``invariant_pool`` the maximal invariant linear map; ``transfer`` moves a
-layer's params to spaces renamed (:meth:`~unf.WeightSpace.match`). The flax
+layer's params to spaces renamed (:meth:`~unf.WeightSpace.match`);
+``parameter_count`` gives a layer's size before it is built. The flax
 modules in :mod:`unf.layers` are thin wrappers around them.
+
+The ``fixed_axes`` option of every function (default ``"auto"``): fixed (None)
+axes are mixed like channels, which is exact but costs parameters quadratic in
+their number of coordinates. ``"auto"`` mixes at most
+:data:`unf.basis.AUTO_MIXED_COORDINATES` (10) fixed coordinates per leaf (3x3
+kernel positions, a 10-class output) and gives longer fixed axes labels of
+their own (:func:`unf.basis.label_fixed_axes`): the layer is then equivariant to
+a larger group, which contains the true one, and its size does not grow with
+those axes' lengths. ``"mix"`` mixes every fixed axis (maximally expressive for
+the true group), ``"label"`` labels every fixed axis (the authors' code), and
+an int ``n`` mixes at most ``n`` fixed coordinates per leaf.
 """
 
 from __future__ import annotations
@@ -19,7 +31,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from unf.basis import Group, LeafLayout, Pattern, Piece, Plan, Reduction, invariant_reductions, plan
+from unf.basis import (
+  Group,
+  LeafLayout,
+  Pattern,
+  Piece,
+  Plan,
+  Reduction,
+  invariant_reductions,
+  label_fixed_axes,
+  plan,
+)
 from unf.space import WeightSpace, path_str
 
 Params = dict[str, jax.Array]
@@ -53,6 +75,7 @@ def init(
   out_features: int,
   *,
   dtype: Any = jnp.float32,
+  fixed_axes: str | int = "auto",
 ) -> Params:
   """Initialises an equivariant affine layer ``space_in -> space_out``.
 
@@ -66,11 +89,23 @@ def init(
   the pooled paths grow activations about 1.5x per layer (measured); at half
   scale a relu UNF keeps unit scale through depth (tested). Biases start at 0.
 
+  Args:
+    key: a PRNG key.
+    space_in: input weight space (with fixed sizes).
+    space_out: output weight space (with fixed sizes).
+    in_features: trailing feature axis size of the input.
+    out_features: trailing feature axis size of the output.
+    dtype: dtype of the params.
+    fixed_axes: ``"auto"``, ``"mix"``, ``"label"`` or the most fixed coordinates mixed per leaf (see the
+      module's docstring); :func:`apply` must be given the same.
+
   Returns:
     A flat dict of arrays: one weight matrix per (output leaf, signature)
-    group and one bias per output leaf. Shapes depend only on the spaces'
-    labels, fixed sizes and feature counts, never on label sizes (widths).
+    group and one bias per output leaf (:func:`parameter_count` scalars).
+    Shapes depend only on the spaces' labels, fixed sizes and feature counts,
+    never on label sizes (widths).
   """
+  space_in, space_out, _ = label_fixed_axes(space_in, space_out, fixed_axes)
   p = plan(space_in, space_out)
   pooled = {g.name: [bool(p.reductions[pc.reduction].pooled_labels) for pc in g.pieces] for g in p.groups}
   fan = [0] * len(space_out)
@@ -211,6 +246,7 @@ def apply(
   space_out: WeightSpace,
   *,
   out_sizes: Mapping[str, int] | None = None,
+  fixed_axes: str | int = "auto",
 ) -> dict:
   """Applies the equivariant affine layer.
 
@@ -223,12 +259,15 @@ def apply(
     space_in: input weight space.
     space_out: output weight space.
     out_sizes: sizes of labels of ``space_out`` that ``space_in`` lacks.
+    fixed_axes: as given to :func:`init`.
 
   Returns:
     A pytree shaped like ``space_out`` with a trailing ``out_features`` axis.
   """
-  p: Plan = plan(space_in, space_out)
   sizes = _label_sizes(space_in, x, out_sizes, space_out.labels)
+  space_in, space_out, new_labels = label_fixed_axes(space_in, space_out, fixed_axes)
+  sizes.update(new_labels)
+  p: Plan = plan(space_in, space_out)
   _check_features(p, params, space_in, space_out, x)
   views = [_to_layer(leaf, layout) for leaf, layout in zip(space_in.flatten(x), p.layouts_in)]
   # Keyed by reduction index, filled in reduction_order: a parent before the reductions that average it.
@@ -277,26 +316,32 @@ def apply(
   return space_out.unflatten(outputs)
 
 
-def invariant_pool(x: Any, space: WeightSpace) -> jax.Array:
+def invariant_pool(x: Any, space: WeightSpace, *, fixed_axes: str | int = "auto") -> jax.Array:
   """Every invariant linear functional of every leaf, concatenated.
 
   For each leaf and each partition of its permutable axes (blocks within one
   label), the mean over that partition's diagonal, for every channel (fixed
   coordinate x feature). Satisfies ``invariant_pool(sigma . x) =
-  invariant_pool(x)``; together the functionals span every invariant linear
-  map of the space.
+  invariant_pool(x)``. With ``fixed_axes="mix"``, or where no fixed axis is
+  long, the functionals span every invariant linear map of the space; long
+  fixed axes are otherwise labelled first (see the module's docstring), and
+  averaged over like the others.
 
   Returns:
-    A vector of length ``sum_leaf #partitions(leaf) * prod(fixed) * features``.
+    A vector of length :func:`invariant_pool_size`,
+    ``sum_leaf #partitions(leaf) * prod(fixed) * features``.
   """
-  sizes = space.validate(x, trailing=1)
+  sizes = dict(space.validate(x, trailing=1))
+  space, _, new_labels = label_fixed_axes(space, space, fixed_axes)
+  sizes.update(new_labels)
   layouts = [LeafLayout.of(a, space.fixed_shape(i)) for i, a in enumerate(space.axes)]
   views = [_to_layer(leaf, layout) for leaf, layout in zip(space.flatten(x), layouts)]
   return jnp.concatenate([_reduce(views, r, sizes) for r in invariant_reductions(space)], axis=-1)
 
 
-def invariant_pool_size(space: WeightSpace, features: int) -> int:
+def invariant_pool_size(space: WeightSpace, features: int, *, fixed_axes: str | int = "auto") -> int:
   """Length of :func:`invariant_pool`'s output."""
+  space = label_fixed_axes(space, space, fixed_axes).space_in
   return sum(math.prod(space.fixed_shape(r.leaf)) * features for r in invariant_reductions(space))
 
 
@@ -322,6 +367,49 @@ def _joint_renaming(
         f"{new!r} in the new spaces: labels of the input and the output must not become tied."
       )
   return renaming
+
+
+def parameter_count(
+  space_in: WeightSpace,
+  space_out: WeightSpace,
+  in_features: int,
+  out_features: int,
+  *,
+  fixed_axes: str | int = "auto",
+) -> int:
+  """The number of scalars in :func:`init`'s params, counted without building them.
+
+  Per (output leaf, input leaf) pair, every basis term has a weight per pair of channels (fixed coordinates x
+  features), and every equivariant bias term a bias per output channel; with ``fixed_axes="mix"`` this is
+  ``sum_pairs terms * (prod fixed_in * in_features) * (prod fixed_out * out_features)`` plus the biases,
+  quadratic in the number of fixed coordinates. Label sizes (widths) do not enter.
+
+  Args:
+    space_in: input weight space (with fixed sizes).
+    space_out: output weight space (with fixed sizes).
+    in_features: trailing feature axis size of the input.
+    out_features: trailing feature axis size of the output.
+    fixed_axes: as for :func:`init`.
+
+  Returns:
+    The parameter count of ``EquivariantLinear(space_in, space_out, in_features, out_features,
+    fixed_axes=fixed_axes)``.
+
+  Example:
+    >>> import unf
+    >>> space = unf.WeightSpace({"w": (None, "h"), "b": ("h",)}, fixed_sizes={("w",): (784, None)})
+    >>> unf.parameter_count(space, space, 32, 1, fixed_axes="mix")
+    39439185
+    >>> unf.parameter_count(space, space, 32, 1)
+    322
+  """
+  space_in, space_out, _ = label_fixed_axes(space_in, space_out, fixed_axes)
+  p = plan(space_in, space_out)
+  total = 0
+  for g in p.groups:
+    columns = len(g.patterns) * _channels(p.layouts_out[g.out_leaf], out_features)
+    total += sum(_piece_rows(p, g, in_features)) * columns + (columns if g.has_bias else 0)
+  return total
 
 
 def _piece_key(p: Plan, piece: Piece) -> tuple:
@@ -381,6 +469,8 @@ def transfer(
   space_out: WeightSpace,
   new_space_in: WeightSpace,
   new_space_out: WeightSpace,
+  *,
+  fixed_axes: str | int = "auto",
 ) -> Params:
   """Re-expresses a layer's params for spaces that equal its own up to renaming.
 
@@ -403,14 +493,16 @@ def transfer(
     space_out: output space of ``params``.
     new_space_in: the input space renamed.
     new_space_out: the output space renamed.
+    fixed_axes: as given to :func:`init` (for the old and the new spaces alike).
 
   Returns:
     The params of the same map for ``new_space_in -> new_space_out``.
 
   Raises:
     ValueError: if a new space does not match its old one, the two renamings
-      disagree on a shared label or tie distinct labels, or ``params`` are not
-      those of a layer ``space_in -> space_out``.
+      disagree on a shared label or tie distinct labels, the new paths pair
+      the input and output leaves of labelled fixed axes otherwise, or
+      ``params`` are not those of a layer ``space_in -> space_out``.
 
   Example:
     >>> import jax, unf
@@ -420,7 +512,17 @@ def transfer(
     >>> sorted(unf.linear.transfer(params, old, old, new, new))
     ['v|-', 'v|a', 'v|bias', 'v|x', 'v|x,a']
   """
-  renaming = _joint_renaming(space_in, space_out, new_space_in, new_space_out)
+  _joint_renaming(space_in, space_out, new_space_in, new_space_out)
+  space_in, space_out, _ = label_fixed_axes(space_in, space_out, fixed_axes)
+  new_space_in, new_space_out, _ = label_fixed_axes(new_space_in, new_space_out, fixed_axes)
+  try:
+    renaming = _joint_renaming(space_in, space_out, new_space_in, new_space_out)
+  except ValueError as error:
+    raise ValueError(
+      f"with fixed_axes={fixed_axes!r}, long fixed axes get labels of their own, shared by the input and the "
+      "output leaf at the same path; the new spaces pair their leaves by path otherwise, so the layer would have "
+      f"other terms ({error}). Keep the paths that space_in and space_out share shared, or use fixed_axes='mix'."
+    ) from error
   old, new = plan(space_in, space_out), plan(new_space_in, new_space_out)
   in_features, out_features = _features(params, old, space_out)
   old_groups = {(g.out_leaf, tuple(renaming[label] for label in g.signature)): g for g in old.groups}

@@ -292,6 +292,22 @@ def test_linear_is_maximally_expressive_tied_3_large_n(key):
   assert_maximally_expressive(apply_fn, template, space, space, {"a": 6}, 1, 1, key)
 
 
+def test_bounded_layer_is_maximally_expressive_for_its_larger_group(key):
+  """With a fixed axis labelled, the layer spans every map equivariant to the larger group (the oracle on the
+  relabelled space) and no more; those are fewer than the true group's, the price of a size that does not grow
+  with the axis."""
+  space = bound({"w": (None, "a"), "b": ("a",)}, 3)
+  labelled = unf.basis.label_fixed_axes(space, space, 2)
+  assert labelled.space_in.axes == (("a",), ("w[0]", "a")) and labelled.sizes == (("w[0]", 3),)
+  sizes = {"a": 2, "w[0]": 3}
+  shapes = jax.eval_shape(lambda k: unf.linear.init(k, space, space, 2, 1, dtype=jnp.float64, fixed_axes=2), key)
+  template = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  apply_fn = lambda params, x: unf.linear.apply(params, x, space, space, fixed_axes=2)
+  assert_maximally_expressive(apply_fn, template, labelled.space_in, labelled.space_out, sizes, 2, 1, key)
+  larger, true = oracle_dims(labelled.space_in, labelled.space_out, sizes, 2, 1), oracle_dims(space, space, sizes, 2, 1)
+  assert larger[0] < true[0] and larger[1] < true[1]
+
+
 def test_expressivity_check_rejects_a_deficient_layer(key):
   """Negative control: an equivariant layer missing the pooled Deep Sets term spans too little."""
   space = bound({"x": ("a",)})

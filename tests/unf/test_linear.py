@@ -13,17 +13,20 @@ from unf import linear
 from unf.testing import random_features
 
 
-def _random_params(space_in, space_out, in_features, out_features, seed=0):
+def _random_params(space_in, space_out, in_features, out_features, seed=0, fixed_axes="auto"):
   """Params shaped like init's, every entry N(0, 1): init's zero biases and equal blocks would hide a mix-up."""
   shapes = jax.eval_shape(
-    lambda k: linear.init(k, space_in, space_out, in_features, out_features, dtype=jnp.float64), jax.random.key(0)
+    lambda k: linear.init(k, space_in, space_out, in_features, out_features, dtype=jnp.float64, fixed_axes=fixed_axes),
+    jax.random.key(0),
   )
   rng = np.random.default_rng(seed)  # numpy: nothing to compile per shape
   return {name: jnp.asarray(rng.standard_normal(s.shape)) for name, s in shapes.items()}
 
 
-def _apply(params, x, space_in, space_out, out_sizes):
-  return jax.jit(lambda p, t: linear.apply(p, t, space_in, space_out, out_sizes=out_sizes))(params, x)
+def _apply(params, x, space_in, space_out, out_sizes, fixed_axes="auto"):
+  return jax.jit(lambda p, t: linear.apply(p, t, space_in, space_out, out_sizes=out_sizes, fixed_axes=fixed_axes))(
+    params, x
+  )
 
 
 def _rename(space, renaming, paths):
@@ -41,14 +44,14 @@ def _rename(space, renaming, paths):
   return renamed
 
 
-def _assert_same_map(params, space_in, space_out, new_in, new_out, sizes, in_features, key):
-  moved = linear.transfer(params, space_in, space_out, new_in, new_out)
+def _assert_same_map(params, space_in, space_out, new_in, new_out, sizes, in_features, key, fixed_axes="auto"):
+  moved = linear.transfer(params, space_in, space_out, new_in, new_out, fixed_axes=fixed_axes)
   x = random_features(space_in, sizes, in_features, key)
   x_new = new_in.unflatten(space_in.flatten(x))
   renaming = {**space_in.match(new_in), **space_out.match(new_out)}
   out_only = {label: sizes[label] for label in space_out.labels if label not in space_in.labels}
-  y = _apply(params, x, space_in, space_out, out_only)
-  y_new = _apply(moved, x_new, new_in, new_out, {renaming[a]: n for a, n in out_only.items()})
+  y = _apply(params, x, space_in, space_out, out_only, fixed_axes)
+  y_new = _apply(moved, x_new, new_in, new_out, {renaming[a]: n for a, n in out_only.items()}, fixed_axes)
   for path, a, b in zip(space_out.paths, space_out.flatten(y), new_out.flatten(y_new)):
     np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12, err_msg=f"output leaf {path}")
   return moved
@@ -148,13 +151,45 @@ def renamed_pairs(draw):
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(spaces=renamed_pairs(), data=st.data())
 def test_transfer_random_spaces_and_renamings(spaces, data, key):
+  # Fixed axes mixed: the new paths pair input and output leaves at random, which labelled fixed axes do
+  # not allow (test_transfer_with_labelled_fixed_axes).
   space_in, space_out, new_in, new_out = spaces
   sizes = {label: data.draw(st.integers(1, 3)) for label in sorted(set(space_in.labels) | set(space_out.labels))}
   in_features, out_features = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
-  params = _random_params(space_in, space_out, in_features, out_features)
-  moved = _assert_same_map(params, space_in, space_out, new_in, new_out, sizes, in_features, key)
-  back = linear.transfer(moved, new_in, new_out, space_in, space_out)
+  params = _random_params(space_in, space_out, in_features, out_features, fixed_axes="mix")
+  moved = _assert_same_map(params, space_in, space_out, new_in, new_out, sizes, in_features, key, fixed_axes="mix")
+  back = linear.transfer(moved, new_in, new_out, space_in, space_out, fixed_axes="mix")
   assert back.keys() == params.keys() and all(np.array_equal(back[k], params[k]) for k in params)
+
+
+# A Dense layer after a flatten (24 positions) and an 11-class head: "auto" labels both fixed axes.
+FLATTENED = unf.WeightSpace(
+  {"dense": {"kernel": (None, "h"), "bias": ("h",)}, "head": {"kernel": ("h", None), "bias": ("out",)}},
+  fixed_sizes={("dense", "kernel"): (24, None), ("head", "kernel"): (None, 11)},
+)
+
+
+def test_transfer_with_labelled_fixed_axes(key):
+  renaming = {"h": "hidden", "out": "classes"}
+  paths = [("net", "d0", "b"), ("net", "d0", "w"), ("net", "d1", "b"), ("net", "d1", "w")]
+  new = _rename(FLATTENED, renaming, paths)
+  assert unf.basis.label_fixed_axes(FLATTENED, FLATTENED).sizes == (("dense/kernel[0]", 24), ("head/kernel[1]", 11))
+  params = _random_params(FLATTENED, FLATTENED, 2, 1)
+  moved = _assert_same_map(params, FLATTENED, FLATTENED, new, new, {"h": 3, "out": 11}, 2, key)
+  assert "net/d0/w|net/d0/w[0],hidden" in moved and "dense/kernel|dense/kernel[0],h" in params
+  back = linear.transfer(moved, new, new, FLATTENED, FLATTENED)
+  assert all(np.array_equal(back[name], params[name]) for name in params)
+
+
+def test_transfer_refuses_paths_that_pair_labelled_fixed_axes_otherwise():
+  """The same leaves, but the output's paths no longer those of the input: its labelled axes would not be shared."""
+  params = _random_params(FLATTENED, FLATTENED, 2, 1)
+  new_in = _rename(FLATTENED, {"h": "h", "out": "out"}, [("a",), ("b",), ("c",), ("d",)])
+  new_out = _rename(FLATTENED, {"h": "h", "out": "out"}, [("e",), ("f",), ("g",), ("i",)])
+  with pytest.raises(ValueError, match=r"fixed_axes='auto', long fixed axes get labels of their own.*fixed_axes='mix'"):
+    linear.transfer(params, FLATTENED, FLATTENED, new_in, new_out)
+  mixed = _random_params(FLATTENED, FLATTENED, 2, 1, fixed_axes="mix")
+  linear.transfer(mixed, FLATTENED, FLATTENED, new_in, new_out, fixed_axes="mix")  # mixed, the pairing is free
 
 
 # --- refusals --------------------------------------------------------------------------
