@@ -72,13 +72,20 @@ _OPTIONS = (
   "reference_fan_in",
   "initial_weight_decay",
   "horizon",
+  "fixed_axes",
 )
+
+#: What an option missing from a description meant when it was written (where that is not today's default).
+_WRITTEN_BEFORE = {"unf": {"fixed_axes": "mix"}}
 
 
 def from_json(values: dict[str, Any]) -> LearnedOptimizer:
   """The learned optimizer that :meth:`LearnedOptimizer.to_json` wrote: ``{"kind", <options>, "space"}``.
 
-  Options missing from ``values`` (descriptions written before they existed) take their defaults.
+  Options missing from ``values`` (descriptions written before they existed) take their defaults, except
+  where the behaviour of that time was another value: a UNF described without ``fixed_axes`` mixed every
+  fixed axis (``"mix"``; the same layer as ``"auto"`` on spaces without long fixed axes, such as the four
+  tasks').
 
   Args:
     values: the description, as read from JSON.
@@ -100,7 +107,7 @@ def from_json(values: dict[str, Any]) -> LearnedOptimizer:
     raise ValueError(f"unknown learned optimizer {kind!r}; choose one of {sorted(LEARNED_OPTIMIZERS)}.")
   try:
     space = WeightSpace.from_json(json.dumps(values["space"]))
-    options = {name: values[name] for name in _OPTIONS if name in values}
+    options = {**_WRITTEN_BEFORE.get(kind, {}), **{name: values[name] for name in _OPTIONS if name in values}}
     return LEARNED_OPTIMIZERS[kind](space, **options)
   except (KeyError, TypeError) as error:
     raise ValueError(f"malformed description of a {kind!r} learned optimizer ({error!r}).") from error

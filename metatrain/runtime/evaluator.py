@@ -12,7 +12,11 @@ Evaluation runs use ``jax.random.key(SELECTION_SEED + i)`` (:func:`evaluation_ke
 apart from ``metatrain eval``'s (which reports the theta selected on them, :mod:`metatrain.runtime.selection`);
 workers derive theirs from ``fold_in(key(seed), worker_id)``, so meta-training never sees them, and an
 evaluation touches no randomness of the learner or the workers (a resumed run stays deterministic).
-With a task family, the runs are of the worker config's ``task``.
+With a task family, every evaluation also runs a fixed sample of the family
+(:func:`family_members`: the distinct variants that the evaluation keys draw),
+each under its name (``eval/<member>/valid_loss`` in TensorBoard), and the
+selection (:mod:`metatrain.runtime.selection`) compares thetas on the mean
+validation loss over that sample: what the run meta-trains for.
 
 Once per run the evaluator also computes a reference: Adam with warm-up and
 cosine decay (:func:`metatrain.adam_cosine`), its peak rate tuned by
@@ -60,6 +64,30 @@ from metatrain.types import Theta
 
 #: How often the evaluator looks whether an evaluation ended, while waiting for it (seconds).
 POLL_SECONDS = 0.05
+
+#: Draws from a task family for its evaluation sample (:func:`family_members`; repeated variants count once).
+FAMILY_DRAWS = 4
+
+
+def family_members(worker: WorkerConfig, draws: int = FAMILY_DRAWS) -> list[tasks.Task]:
+  """The fixed sample of ``worker.task_family`` that every evaluation runs: ``[]`` without a family.
+
+  The distinct variants (by name, in order of first draw) that keys ``SELECTION_SEED + i``, ``i < draws``, draw:
+  the same members in every evaluation, every run and every resume.
+
+  Example:
+    >>> from metatrain import WorkerConfig
+    >>> [task.name for task in family_members(WorkerConfig(task_family="mlp_fashion8_sizes"))]
+    ['mlp_fashion8_32_relu_n5000', 'mlp_fashion8_32_relu', 'mlp_fashion8_32_relu_n2000']
+  """
+  if not worker.task_family:
+    return []
+  family = tasks.families()[worker.task_family]
+  members: dict[str, tasks.Task] = {}
+  for i in range(draws):
+    task = family.sample(jax.random.key(SELECTION_SEED + i))
+    members.setdefault(task.name, task)
+  return list(members.values())
 
 
 def evaluation_keys(seeds: int) -> jax.Array:
@@ -139,6 +167,8 @@ class Evaluation:
     seconds: the wall time of the runs (compilation included in the first; the reference's not).
     reference: the run's Adam reference (None where it failed: every tuning run diverged...).
     theta: the meta-parameters evaluated (numpy leaves), for the run's selection of the best theta.
+    members: with a task family, the learned optimizer's runs on each member of its sample, by name
+      (:func:`family_members`); empty without one.
   """
 
   step: int
@@ -146,6 +176,14 @@ class Evaluation:
   seconds: float
   reference: Reference | None = None
   theta: Theta | None = None
+  members: dict[str, Losses] = dataclasses.field(default_factory=dict)
+
+  @property
+  def selection_loss(self) -> float:
+    """What the run's selection compares: the validation loss, its mean over the family's sample with one."""
+    if self.members:
+      return float(np.mean([losses.valid_loss for losses in self.members.values()]))
+    return self.losses.valid_loss
 
 
 class EvaluationRuns:
@@ -172,6 +210,16 @@ class EvaluationRuns:
   ):
     self.task = tasks.get(worker.task)
     self.learned_optimizer = worker.build_learned_optimizer()
+    # The family's sample, each with the learned optimizer on its space (as the workers build it).
+    self.members = [
+      (
+        task,
+        functools.partial(
+          dataclasses.replace(self.learned_optimizer, space=task.space).optimizer, total_steps=worker.horizon
+        ),
+      )
+      for task in family_members(worker)
+    ]
     self.horizon = worker.horizon
     self.keys = evaluation_keys(seeds)
     self.reference_rates, self.tune_seeds = tuple(reference_rates), tune_seeds
@@ -184,9 +232,14 @@ class EvaluationRuns:
     theta = jax.tree.map(jnp.asarray, theta)
     return self._losses(theta, self._learned)
 
-  def _losses(self, hyper: Any, make_optimizer: Callable) -> Losses:
+  def member_losses(self, theta: Theta) -> dict[str, Losses]:
+    """The learned optimizer's runs at ``theta`` on each member of the family's sample, by name."""
+    theta = jax.tree.map(jnp.asarray, theta)
+    return {task.name: self._losses(theta, learned, task) for task, learned in self.members}
+
+  def _losses(self, hyper: Any, make_optimizer: Callable, task: tasks.Task | None = None) -> Losses:
     batch, evals = evaluation_curves(
-      self.task, hyper, self.keys, make_optimizer=make_optimizer, steps=self.horizon, every=self.horizon
+      task or self.task, hyper, self.keys, make_optimizer=make_optimizer, steps=self.horizon, every=self.horizon
     )
     return Losses.of(batch, evals)
 
@@ -210,9 +263,9 @@ class EvaluationRuns:
       except FloatingPointError as error:
         tqdm.tqdm.write(f"warning: no Adam reference for the evaluations ({error}).")
     start = time.perf_counter()
-    losses = self.learned(theta)
+    losses, members = self.learned(theta), self.member_losses(theta)
     theta = jax.tree.map(np.asarray, theta)
-    return Evaluation(int(step), losses, time.perf_counter() - start, adam, theta)
+    return Evaluation(int(step), losses, time.perf_counter() - start, adam, theta, members)
 
 
 class Evaluator:

@@ -51,8 +51,12 @@ class Selection:
     return float(self.info.get("valid_loss", math.inf))
 
   def offer(self, evaluation: Evaluation) -> bool:
-    """Selects ``evaluation``'s theta when its validation loss is the lowest yet; returns whether it did."""
-    loss = evaluation.losses.valid_loss
+    """Selects ``evaluation``'s theta when its validation loss is the lowest yet; returns whether it did.
+
+    The validation loss is :attr:`Evaluation.selection_loss`: with a task family, its mean over the family's
+    evaluation sample.
+    """
+    loss = evaluation.selection_loss
     if evaluation.step == 0:
       self.info["start_valid_loss"] = loss
     if self.folder is None or evaluation.theta is None or not math.isfinite(loss) or loss >= self.valid_loss:

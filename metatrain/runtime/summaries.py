@@ -80,13 +80,17 @@ class Summaries:
   def evaluation(self, evaluation: Evaluation) -> None:
     """An evaluation of theta, at the outer step of the theta evaluated.
 
-    Writes ``eval/final_train_loss``, ``eval/mean_train_loss`` and ``eval/valid_loss``; the same tags
+    Writes ``eval/final_train_loss``, ``eval/mean_train_loss`` and ``eval/valid_loss`` (with a task family,
+    also ``eval/<member>/...`` for each member of its evaluation sample); the same tags
     for the Adam reference in the :data:`REFERENCE_RUN` run (at every evaluation's step: a flat line);
     and the image ``eval/curve``, the mean training loss of every inner step, learned against Adam; and
     the evaluation's wall time as ``throughput/eval_seconds``.
     """
     step = evaluation.step
     self.scalars({**evaluation.losses.scalars(), "eval_seconds": evaluation.seconds}, step)
+    for name, losses in evaluation.members.items():  # a task family's sample, one section per member
+      for metric, value in losses.scalars().items():
+        self.writer.add_scalar(f"eval/{name}/{metric}", value, step)
     if evaluation.reference is not None:
       if self.reference_writer is None:
         self.reference_writer = tensorboardX.SummaryWriter(os.path.join(self.folder, REFERENCE_RUN))

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -306,9 +307,15 @@ def test_description_round_trips_through_json(make_lopt, task):
   assert lopt.from_json(learned.to_json()) == learned
   with pytest.raises(ValueError, match="unknown learned optimizer 'adam'"):
     lopt.from_json({**learned.to_json(), "kind": "adam"})
-  # A description written before the options existed reads as the defaults.
+  # A description written before the options existed reads as the defaults, except where the behaviour of
+  # that time was another value: a UNF then mixed every fixed axis.
   old = {"kind": learned.name, "width": 8, "space": learned.to_json()["space"]}
-  assert lopt.from_json(old) == lopt.LEARNED_OPTIMIZERS[learned.name](task.space, width=8)
+  before = {"fixed_axes": "mix"} if learned.name == "unf" else {}
+  assert lopt.from_json(old) == lopt.LEARNED_OPTIMIZERS[learned.name](task.space, width=8, **before)
+  if learned.name == "unf":  # every value of the option travels
+    for value in ("mix", "label", 20):
+      described = make_lopt(task.space, width=8, fixed_axes=value)
+      assert lopt.from_json(json.loads(json.dumps(described.to_json()))) == described
 
 
 # mlp_fashion8's space as a flax ``nnx.Sequential`` lays it out (layers/0 and layers/2, an activation between),

@@ -286,3 +286,41 @@ def test_make_evaluator_gives_the_ray_actor_the_free_cpus_and_says_so(monkeypatc
   train_module.make_evaluator(config, CONFIG)
   assert asked == [0.0]  # 1 CPU would never be scheduled beside 2 workers on 2 CPUs: every evaluation skipped
   assert "TrainConfig.eval_cpus = 1 asks for more CPUs than are free" in capsys.readouterr().out
+
+
+def test_a_task_family_is_evaluated_on_a_fixed_sample_named_in_the_tags_and_selected_on_its_mean(tmp_path):
+  import contextlib
+  import dataclasses
+
+  from metatrain.runtime.selection import Selection
+  from metatrain.runtime.summaries import Summaries
+
+  worker = dataclasses.replace(_smoke()[1], task_family="mlp_fashion8_sizes")
+  members = evaluator_module.family_members(worker)
+  names = [task.name for task in members]
+  # The draws of the evaluation keys, distinct: the same in every evaluation and every run.
+  family = tasks.families()["mlp_fashion8_sizes"]
+  drawn = [family.sample(jax.random.key(30_000 + i)).name for i in range(evaluator_module.FAMILY_DRAWS)]
+  assert names == list(dict.fromkeys(drawn)) and len(names) >= 2
+  assert [task.name for task in evaluator_module.family_members(worker)] == names
+  runs = evaluator_module.EvaluationRuns(worker, 2)
+  theta = _theta(worker)
+  evaluation = runs.evaluate(theta, 3)
+  assert list(evaluation.members) == names
+  # One member against a direct computation, with the learned optimizer on that member's space.
+  small = next(task for task in members if task.name.endswith("_n2000"))
+  lopt = dataclasses.replace(worker.build_learned_optimizer(), space=small.space)
+  _assert_losses(
+    evaluation.members[small.name], *_direct(small, jax.tree.map(jnp.asarray, theta), lopt.optimizer, worker.horizon, 2)
+  )
+  # The members differ (2,000 examples against 50,000), and the selection compares their mean.
+  valid = [losses.valid_loss for losses in evaluation.members.values()]
+  assert len(set(valid)) == len(valid)
+  assert evaluation.selection_loss == pytest.approx(np.mean(valid))
+  assert evaluation.selection_loss != evaluation.losses.valid_loss
+  selection = Selection(tmp_path / "selected", worker.build_learned_optimizer(), worker.to_json())
+  assert selection.offer(evaluation) and selection.valid_loss == pytest.approx(np.mean(valid))
+  with contextlib.closing(Summaries(tmp_path / "tensorboard", run=MAIN_RUN)) as summaries:
+    summaries.evaluation(evaluation)
+  tags = set(_events(tmp_path / "tensorboard" / MAIN_RUN).Tags()["scalars"])
+  assert {f"eval/{name}/valid_loss" for name in names} <= tags and EVAL_TAGS <= tags
