@@ -82,9 +82,10 @@ lint: $(STAMP)
 docs: $(STAMP)
 	RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/sphinx-build -E -W --keep-going -n -q -b html docs/api build/docs
 
-# pytest collects tests/ and the packages' doctests (pyproject's [tool.pytest.ini_options]).
+# pytest collects tests/ and the packages' doctests (pyproject's [tool.pytest.ini_options]). Hypothesis runs
+# derandomized here (the "ci" profile of tests/conftest.py): a red run reproduces; plain pytest explores.
 test: lint docs data
-	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest
+	RAY_USAGE_STATS_ENABLED=0 HYPOTHESIS_PROFILE=ci $(PY) -m pytest
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

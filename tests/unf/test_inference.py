@@ -445,7 +445,7 @@ def models(draw):
   """A random stack of dense layers, residual skips, norms, attention and 1-d convolutions; params named at random."""
   width = draw(st.integers(2, 4))
   kinds = draw(st.lists(st.sampled_from(["dense", "residual", "norm", "attention", "conv"]), min_size=1, max_size=4))
-  names = draw(st.permutations([f"p{i}" for i in range(3 * len(kinds) + 2)]))
+  names = draw(st.permutations([f"p{i}" for i in range(5 * len(kinds) + 2)]))  # a norm may take a dense first
   shapes, layers, d = {}, [], width
 
   def new(shape):
@@ -463,6 +463,10 @@ def models(draw):
       hidden = draw(st.integers(2, 4))
       layers.append(("residual", new((d, hidden)), new((hidden, d))))
     elif kind == "norm":
+      if d < 3:  # a norm over 2 entries is a sign function: untying an axis after it changes nothing
+        out = draw(st.integers(3, 4))
+        layers.append(("dense", new((d, out)), new((out,))))
+        d = out
       layers.append(("norm", new((d,)), new((d,))))
     elif kind == "attention":
       layers.append(("attention", new((d, 2, 2)), new((d, 2, 2)), new((2, 2, d))))
