@@ -18,8 +18,10 @@ that fails (disk full, quota, permissions) removes its partial folder and
 raises :class:`SaveFailed`: the checkpoints already written are untouched.
 
 Paths are ``etils.epath`` paths: a workdir may be a local folder or, with
-the filesystem package of its scheme installed, ``gs://...`` or ``s3://...``
-(``launch/README.md``, "Checkpoints on cloud storage").
+gcsfs installed, a ``gs://...`` bucket (``launch/README.md``, "Checkpoints on
+cloud storage"; tested against a GCS server in ``tests/metatrain/runtime/test_bucket.py``).
+Other URLs (``s3://...``) are refused at start-up (:class:`UnsupportedWorkdir`):
+orbax cannot write them.
 
 :func:`load_learned_optimizer` turns a workdir or one of its checkpoint folders
 back into ``(learned_optimizer, theta)``, with no dataset and no learner.
@@ -60,14 +62,31 @@ FILES = "FILES.json"
 
 
 def as_path(path: str | os.PathLike) -> epath.Path:
-  """``path`` as an ``epath.Path``: absolute when local (orbax reads absolute paths only), as given for a URL."""
-  if "://" in str(path):
-    return epath.Path(path)
-  return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+  """``path`` as an ``epath.Path``: absolute when local (orbax reads absolute paths only), as given for a URL.
+
+  Raises:
+    UnsupportedWorkdir: a URL that orbax cannot write checkpoints to (any but ``gs://``), before anything is written.
+  """
+  if "://" not in str(path):
+    return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+  scheme = str(path).split("://", 1)[0]
+  if scheme != "gs":
+    # orbax's tensorstore paths keep the "//" of gs:// only: s3://bucket/run reaches tensorstore as s3:/bucket/run
+    # and the first save fails ("Checkpoint path should be absolute"); tests/metatrain/runtime/test_bucket.py.
+    raise UnsupportedWorkdir(
+      f"{path}: orbax (orbax-checkpoint {ocp.__version__}) cannot write checkpoints to {scheme}:// URLs, only to "
+      "gs:// and local folders: use a gs:// bucket, a local folder or a mounted bucket (mountpoint-s3, s3fs-fuse, "
+      "gcsfuse) as --workdir."
+    )
+  return epath.Path(path)
 
 
 class CheckpointError(ValueError):
   """The checkpoints of a workdir cannot be resumed: none restores, or they belong to another run."""
+
+
+class UnsupportedWorkdir(CheckpointError):
+  """A workdir on storage that orbax cannot write (an ``s3://`` URL): refused before the run starts."""
 
 
 class SaveFailed(OSError):
