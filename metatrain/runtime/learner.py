@@ -72,7 +72,7 @@ class Learner:
     leaves = jax.tree.leaves(self.theta)
     self._treedef = jax.tree.structure(self.theta)
     self._shapes = [leaf.shape for leaf in leaves]
-    self._dtype = np.result_type(*leaves)
+    self._dtype = np.result_type(*[leaf.dtype for leaf in leaves])
     self._bounds = np.cumsum([0] + [leaf.size for leaf in leaves])
     bounds, dtypes = self._bounds, [leaf.dtype for leaf in leaves]
 
