@@ -155,23 +155,44 @@ def _reason(error: BaseException) -> str:
   return text if len(text) <= 200 else text[:197] + "..."
 
 
+def listed_damage(folder: epath.Path) -> str | None:
+  """A file of the checkpoint ``folder`` missing or cut short, by the sizes :data:`FILES` recorded; None if none.
+
+  Checked before orbax reads a checkpoint: a restore that fails part-way leaves tensorstore's reads running
+  into an event loop already closed, whose errors surface later, anywhere ("Event loop is closed").
+  """
+  listed = folder / FILES
+  if not listed.exists():
+    return None
+  try:
+    recorded = json.loads(listed.read_text())
+  except (ValueError, OSError):
+    return f"{FILES} does not read"
+  for name, size in sorted(recorded.items()):
+    if not (folder / name).exists():
+      return f"{name} is missing"
+    if (actual := (folder / name).stat().length) != size:
+      return f"{name} is cut short ({actual} of {size} bytes)"
+  return None
+
+
+class DamagedCheckpoint(Exception):
+  """A checkpoint whose files are not the ones listed at save time (:func:`listed_damage`): not read at all."""
+
+
+def _check_listed(folder: epath.Path) -> None:
+  if what := listed_damage(folder):
+    raise DamagedCheckpoint(what)
+
+
 def damage(folder: epath.Path, error: BaseException) -> str:
   """What is wrong with the checkpoint ``folder`` that raised ``error`` when read: the file, in a few words.
 
   The file cut short or removed, by the sizes :data:`FILES` recorded at save time; else the first file of
   the folder the error names; else the error's first line.
   """
-  listed = folder / FILES
-  if listed.exists():
-    try:
-      recorded = json.loads(listed.read_text())
-    except (ValueError, OSError):
-      return f"{FILES} does not read"
-    for name, size in sorted(recorded.items()):
-      if not (folder / name).exists():
-        return f"{name} is missing"
-      if (actual := (folder / name).stat().length) != size:
-        return f"{name} is cut short ({actual} of {size} bytes)"
+  if listed := listed_damage(folder):
+    return listed
   for named in re.findall(r"(?:file://)?(/[^\s\"']+)", str(error)):
     if named.startswith(os.fspath(folder) + "/"):
       return f"{os.path.relpath(named, os.fspath(folder))}: {_reason(error)}"
@@ -266,7 +287,10 @@ class Checkpoints:
     """The steps of the checkpoints present, oldest first."""
     return sorted(self.manager.all_steps())
 
-  def _restore(self, step: int, **items: Any) -> dict:
+  def _restore(self, step: int, *, arrays: bool = True, **items: Any) -> dict:
+    """Restores ``items`` of checkpoint ``step``; with ``arrays`` (tensorstore reads), its files checked first."""
+    if arrays:
+      _check_listed(self.directory / str(step))
     with _quiet_orbax():
       return self.manager.restore(step, args=ocp.args.Composite(**items))
 
@@ -305,7 +329,7 @@ class Checkpoints:
     for step in reversed(self.steps()):
       folder = self.directory / str(step)
       try:
-        config = self._restore(step, config=ocp.args.JsonRestore())["config"]
+        config = self._restore(step, arrays=False, config=ocp.args.JsonRestore())["config"]
         if not isinstance(config, dict):
           raise ValueError(f"config/ holds {type(config).__name__}, not a JSON object")
       except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is skipped, loudly
@@ -349,7 +373,7 @@ class Checkpoints:
     """The JSON config of the newest checkpoint that has a readable one (None if there is none)."""
     for step in reversed(self.steps()):
       try:
-        return self._restore(step, config=ocp.args.JsonRestore())["config"]
+        return self._restore(step, arrays=False, config=ocp.args.JsonRestore())["config"]
       except Exception as error:  # noqa: BLE001
         folder = self.directory / str(step)
         log.warning("checkpoint %s has no readable config (%s).", folder, damage(folder, error))
@@ -411,6 +435,7 @@ def _described_optimizer(manager: ocp.CheckpointManager, step: int, folder: epat
 
 def _read(directory: epath.Path, step: int) -> tuple[LearnedOptimizer, Theta]:
   folder = directory / str(step)
+  _check_listed(folder)
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False), item_names=ITEMS)
   try:
     learned_optimizer = _described_optimizer(manager, step, folder)
