@@ -135,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
   from metatrain.runtime.checkpoint import CheckpointError, SaveFailed, as_path  # orbax
   from metatrain.runtime.train import INTERRUPTED_EXIT_STATUS, Preempted, train  # tensorboardX, tqdm
 
-  workdir = as_path(args.workdir)
+  try:
+    workdir = as_path(args.workdir)
+  except CheckpointError as error:  # a URL orbax cannot write (s3://): refused before anything is written
+    print(f"metatrain: {error}", file=sys.stderr)
+    return 2
   print(f"workdir: {workdir}")
   print(f"  checkpoints: {workdir / 'checkpoints'}")
   print(f"  TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")

@@ -377,7 +377,7 @@ def parameter_count(
   *,
   fixed_axes: str | int = "auto",
 ) -> int:
-  """The number of scalars in :func:`init`'s params, counted without building them.
+  """The number of scalars in :func:`unf.linear.init`'s params, counted without building them.
 
   Per (output leaf, input leaf) pair, every basis term has a weight per pair of channels (fixed coordinates x
   features), and every equivariant bias term a bias per output channel; with ``fixed_axes="mix"`` this is

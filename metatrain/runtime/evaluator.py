@@ -42,7 +42,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -176,11 +176,11 @@ class Evaluation:
   seconds: float
   reference: Reference | None = None
   theta: Theta | None = None
-  members: dict[str, Losses] = dataclasses.field(default_factory=dict)
+  members: Mapping[str, Losses] = dataclasses.field(default_factory=dict)
 
   @property
   def selection_loss(self) -> float:
-    """What the run's selection compares: the validation loss, its mean over the family's sample with one."""
+    """The validation loss that the run's selection compares (with a task family, its mean over the sample)."""
     if self.members:
       return float(np.mean([losses.valid_loss for losses in self.members.values()]))
     return self.losses.valid_loss

@@ -50,7 +50,7 @@ TAGS = {
 #: The subfolder of the tuned Adam's evaluation values (a run of its own in TensorBoard).
 REFERENCE_RUN = "adam_reference"
 
-#: The subfolder of a meta-training run's own metrics: its name in TensorBoard, beside :data:`REFERENCE_RUN`.
+#: The subfolder of a meta-training run's own metrics, and so its name in TensorBoard beside :data:`REFERENCE_RUN`.
 MAIN_RUN = "learned"
 
 

@@ -122,7 +122,7 @@ def train(
   Returns:
     ``(theta, history)``: final meta-parameters and the metrics of every outer step run.
   """
-  folder = _writable(as_path(workdir))  # an epath: local, or gs://... and s3://... with their filesystems
+  folder = _writable(as_path(workdir))  # an epath: local, or gs://... (s3:// is refused by as_path)
   cache = enable_compilation_cache(config.compilation_cache_dir())
   with contextlib.closing(Checkpoints(folder, keep=config.keep_checkpoints)) as checkpoints:
     worker = resolve(worker, checkpoints)
@@ -148,7 +148,12 @@ def train(
       selection = Selection(folder / SELECTED, learned_optimizer, worker.to_json()) if evaluator else None
       run = Run(config, worker, learner, pool, checkpoints, summaries, saved, evaluator=evaluator, selection=selection)
       stops: list[str] = []
-      with _on_stop_signals(lambda name: (stops.append(name), pool.interrupt())):
+
+      def stop(name: str) -> None:
+        stops.append(name)
+        pool.interrupt()
+
+      with _on_stop_signals(stop):
         history = run.loop()
       if pool.interrupted:
         raise Preempted(str(folder), learner.step, stops[0] if stops else "SIGTERM")

@@ -225,3 +225,9 @@ def test_orbax_still_cannot_write_to_s3():
 
   with pytest.raises(ValueError, match="Checkpoint path should be absolute. Got s3:/runs/run/state"):
     tensorstore_utils.build_kvstore_tspec("s3://runs/run/state")
+
+
+def test_metatrain_train_refuses_an_s3_workdir(capsys):
+  capsys.readouterr()
+  assert cli.main(["train", "--config", SMOKE, "--workdir", "s3://runs/smoke"]) == 2
+  assert capsys.readouterr().err.startswith("metatrain: s3://runs/smoke: orbax")
