@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from etils import epath
 from flax import nnx
 
 import tasks
@@ -141,6 +142,9 @@ def test_loads_a_checkpoint_written_before_it_described_its_optimizer(smoke_run,
     config["worker"].update(estimator=estimator.pop("name"), **{k: estimator[k] for k in ("num_pairs", "std", "clip")})
     config["worker"]["truncation"] = estimator["truncation"]
     config_file.write_text(json.dumps(config))
+    # Complete as saved in that layout: its file listing says so (a listing of other sizes means damage).
+    listing = folder / checkpoint.FILES
+    listing.write_text(json.dumps(checkpoint._files(epath.Path(folder)), indent=0, sort_keys=True))
   lopt, theta = load_learned_optimizer(workdir)
   assert lopt == smoke_run.worker.build_learned_optimizer()
   for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(smoke_run.theta)):
