@@ -421,6 +421,11 @@ class RayPool(WorkerPool):
 # --- the evaluation actor (metatrain.runtime.evaluator computes; this places it in Ray) -----------------
 
 
+def cluster_cpus() -> float:
+  """The CPUs of the Ray cluster this process is connected to (``ray.cluster_resources()``)."""
+  return float(ray.cluster_resources().get("CPU", 0.0))
+
+
 class RayEvaluator(Evaluator):
   """Evaluates in a Ray actor (``num_cpus`` CPUs), in the Ray this process is connected to.
 

@@ -356,13 +356,9 @@ def make_evaluator(config: TrainConfig, worker: WorkerConfig, *, cache: str | No
     return None
   if not config.use_ray:
     return InProcessEvaluator(worker, config.eval_seeds)
-  import ray  # Ray only where it is used
+  from metatrain.runtime.ray_pool import RayEvaluator, cluster_cpus  # Ray only where it is used
 
-  from metatrain.runtime.ray_pool import RayEvaluator
-
-  cpus, warning = evaluator_cpus(
-    config.eval_cpus, float(ray.cluster_resources().get("CPU", 0.0)), config.worker_count * config.worker_cpus
-  )
+  cpus, warning = evaluator_cpus(config.eval_cpus, cluster_cpus(), config.worker_count * config.worker_cpus)
   if warning:
     tqdm.tqdm.write(f"warning: {warning}")
   return RayEvaluator(worker, config.eval_seeds, num_cpus=cpus, env_vars=cache_env(cache))

@@ -275,12 +275,10 @@ def test_the_evaluator_asks_for_no_more_cpus_than_the_workers_leave(requested, c
 
 
 def test_make_evaluator_gives_the_ray_actor_the_free_cpus_and_says_so(monkeypatch, capsys):
-  import ray
-
   from metatrain.runtime import ray_pool
 
   asked = []
-  monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+  monkeypatch.setattr(ray_pool.ray, "cluster_resources", lambda: {"CPU": 2.0})
   monkeypatch.setattr(ray_pool, "RayEvaluator", lambda worker, seeds, *, num_cpus, env_vars: asked.append(num_cpus))
   config = TrainConfig(eval_every=1, use_ray=True, num_workers=2, worker_cpus=1, eval_cpus=1.0)
   train_module.make_evaluator(config, CONFIG)
