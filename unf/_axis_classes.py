@@ -12,7 +12,7 @@ stays sound.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 Nodes = tuple[int, ...]
 
@@ -63,15 +63,22 @@ class AxisClasses:
 
   def merged(self, nodes: Sequence[int]) -> int:
     """A new axis that is the merge of ``nodes`` (major first); a merged factor contributes its own factors."""
+    return self._composite(nodes, self.factors, unit=1, length=math.prod)
+
+  def _composite(
+    self, nodes: Sequence[int], parts: dict[int, tuple[int, ...]], *, unit: int, length: Callable[[Iterable[int]], int]
+  ) -> int:
+    """A new axis made of ``nodes`` (flattened through ``parts``, without parts of length ``unit``), recorded
+    in ``parts``; ``length`` combines the parts' lengths (a product for merges, a sum for concatenations)."""
     flat: list[int] = []
     for node in nodes:
-      flat.extend(self.factors.get(self.find(node), (node,)))
-    flat = [node for node in flat if self.size[node] != 1]
+      flat.extend(parts.get(self.find(node), (node,)))
+    flat = [node for node in flat if self.size[node] != unit]
     if len(flat) == 1:
       return flat[0]
-    (merged,) = self.new((math.prod(self.size[node] for node in flat),), fresh=False)
-    self.factors[merged] = tuple(flat)
-    return merged
+    (composite,) = self.new((length(self.size[node] for node in flat),), fresh=False)
+    parts[composite] = tuple(flat)
+    return composite
 
   def tie_factors(self, a: Sequence[int], b: Sequence[int], where: str) -> None:
     """Ties two factorisations of one axis, group by group of equal products (``_reshape_groups``)."""
@@ -88,15 +95,7 @@ class AxisClasses:
 
   def concatenated(self, nodes: Sequence[int]) -> int:
     """A new axis that is ``nodes`` end to end; a concatenated block contributes its own blocks."""
-    flat: list[int] = []
-    for node in nodes:
-      flat.extend(self.blocks.get(self.find(node), (node,)))
-    flat = [node for node in flat if self.size[node] != 0]
-    if len(flat) == 1:
-      return flat[0]
-    (joined,) = self.new((sum(self.size[node] for node in flat),), fresh=False)
-    self.blocks[joined] = tuple(flat)
-    return joined
+    return self._composite(nodes, self.blocks, unit=0, length=sum)
 
   def part(self, node: int, start: int, stop: int) -> int | None:
     """Entries ``[start, stop)`` of a concatenated axis, when they are whole blocks: that block, or those blocks
