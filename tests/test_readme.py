@@ -1,4 +1,8 @@
-"""The README is true: its examples run, its commands parse, its set-up is CI's, its layout is the tree."""
+"""The README and the guide are true: examples run, commands parse, the set-up is CI's, the layout is the tree.
+
+The README is the door (under 400 lines); the guide (docs/api/guide/*.md, pages of the docs site) holds the
+reference. Both are checked alike: their examples, their commands and their links.
+"""
 
 import pathlib
 import re
@@ -12,12 +16,15 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "api" / "guide"
+PAGES = (README, *sorted(GUIDE.glob("*.md")))
+README_LINES = 400
 
 
-def _blocks(language):
-  """The fenced code blocks of the README in ``language`` ("" for a plain fence), in order."""
+def _blocks(language, pages=PAGES):
+  """The fenced code blocks in ``language`` ("" for a plain fence) of ``pages``, in order."""
   blocks, current, opened = [], None, None
-  for line in README.read_text().splitlines():
+  for line in (line for page in pages for line in page.read_text().splitlines()):
     if current is None and line.startswith("```"):
       current, opened = [], line[3:].strip()
     elif current is not None and line.strip() == "```":
@@ -34,16 +41,16 @@ def _block_with(text, language="python"):
   return block
 
 
-def _section(title):
-  """The text of the README section ``## title`` (up to the next ``## ``)."""
-  match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README.read_text(), flags=re.S | re.M)
-  assert match, f"no section '## {title}'"
+def _section(title, page=README):
+  """The text of the section ``## title`` of ``page`` (up to the next ``## ``)."""
+  match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", page.read_text(), flags=re.S | re.M)
+  assert match, f"{page.name} has no section '## {title}'"
   return match.group(1)
 
 
 def test_quick_start_runs():
   namespace = {}
-  exec(_blocks("python")[0], namespace)  # noqa: S102 - the README's own code
+  exec(_blocks("python", [README])[0], namespace)  # noqa: S102 - the README's own code
   assert namespace["update"]["layers"][0]["kernel"].shape == (64, 32, 1)
   assert namespace["score"].shape == (1,)
   assert jnp.all(jnp.isfinite(namespace["score"]))
@@ -87,7 +94,7 @@ def test_in_process_metatrain_example_runs():
 
 
 def test_the_set_up_commands_are_the_makefile_targets_ci_runs():
-  (setup,) = [b for b in _blocks("bash") if "make run" in b and "make test" in b]
+  (setup,) = [b for b in _blocks("bash", [README]) if "make run" in b and "make test" in b]
   commands = [line.split("#")[0].strip() for line in setup.strip().splitlines()]
   assert commands == ["make run", "make test"]
   for target in ("run", "test", "lint", "docs", "lock"):  # the targets the README names
@@ -98,7 +105,7 @@ def test_the_set_up_commands_are_the_makefile_targets_ci_runs():
 
 
 def _shell_commands():
-  """Every command of the README's bash blocks, continuation lines joined and comments dropped."""
+  """Every command of the bash blocks of the README and the guide, continuation lines joined, comments dropped."""
   commands = []
   for block in _blocks("bash"):
     text = re.sub(r"\\\n\s*", " ", block)
@@ -109,7 +116,7 @@ def _shell_commands():
   return commands
 
 
-def test_every_metatrain_command_in_the_readme_parses():
+def test_every_metatrain_command_in_the_readme_and_the_guide_parses():
   """Flags parse, configs exist and their gin bindings (with the README's overrides) give valid configs."""
   from metatrain import cli
 
@@ -125,7 +132,7 @@ def test_every_metatrain_command_in_the_readme_parses():
   assert seen >= 4
 
 
-def test_every_experiment_command_in_the_readme_parses():
+def test_every_experiment_command_in_the_readme_and_the_guide_parses():
   from experiments.rnn_zoo.main import build_parser
 
   commands = [argv for argv in _shell_commands() if argv[:3] == [".venv/bin/python", "-m", "experiments.rnn_zoo"]]
@@ -152,19 +159,45 @@ def test_the_layout_section_is_the_tree():
   named = _layout_folders()
   assert {"unf/", "metatrain/runtime/", "experiments/rnn_zoo/"} <= named
   for folder in named:
-    assert (ROOT / folder).is_dir(), f"the README's layout names {folder}, which does not exist"
+    assert (ROOT / folder).is_dir(), f"the guide's layout names {folder}, which does not exist"
   packages = {p.parent for p in ROOT.glob("*/__init__.py")} | {p.parent for p in ROOT.glob("*/*/__init__.py")}
   packages = {f"{p.relative_to(ROOT)}/" for p in packages if p.parts[len(ROOT.parts)] not in ("tests", "benchmarks")}
   assert packages <= named, f"the layout leaves out {sorted(packages - named)}"
 
 
-@pytest.mark.parametrize("title", ["Set-up: two commands", "Quick start", "Tests", "Layout"])
-def test_the_readme_has_its_sections(title):
-  assert _section(title).strip()
+@pytest.mark.parametrize(
+  ("page", "title"),
+  [
+    (README, "Set-up: two commands"),
+    (README, "Quick start"),
+    (README, "Any model"),
+    (README, "Results at a glance"),
+    (README, "Where the rest is"),
+    (GUIDE / "development.md", "Tests"),
+    (GUIDE / "development.md", "Layout"),
+  ],
+)
+def test_the_pages_have_their_sections(page, title):
+  assert _section(title, page).strip()
+
+
+def test_the_readme_is_a_door():
+  """Under 400 lines, and it links every page of the guide (the guide is in the docs site's toctree: -W)."""
+  lines = len(README.read_text().splitlines())
+  assert lines < README_LINES, f"README.md has {lines} lines; move reference material into docs/api/guide/"
+  linked = set(re.findall(r"\]\(docs/api/guide/(\w+\.md)\)", README.read_text()))
+  assert linked == {page.name for page in PAGES[1:]}
+
+
+def test_every_relative_link_and_image_exists():
+  for page in PAGES:
+    for target in re.findall(r"\]\(([^)#\s]+)\)", page.read_text()):
+      if "://" not in target:
+        assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links {target}, which does not exist"
 
 
 def test_benchmark_tables_name_existing_benchmarks():
-  for module in set(re.findall(r"python -m (benchmarks\.\w+)", README.read_text())):
+  for module in set(re.findall(r"python -m (benchmarks\.\w+)", " ".join(p.read_text() for p in PAGES))):
     assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), module
 
 

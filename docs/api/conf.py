@@ -1,4 +1,4 @@
-"""Sphinx configuration of the API reference (``make docs``, built into ``build/docs``).
+"""Sphinx configuration of the docs site (``make docs``, built into ``build/docs``): the guide and the API.
 
 Each package's page is written by the ``public-modules`` directive below: the
 package docstring, a table of its public API (``__all__``), then one section per
@@ -33,7 +33,11 @@ project = "unf-metatrain"
 author = "unf-metatrain authors"
 copyright = "2024, unf-metatrain authors"  # noqa: A001 - the name Sphinx reads
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.autosummary", "sphinx.ext.napoleon"]
+# The guide (guide/*.md: the reference the README points to) is Markdown, read by MyST; tests/test_readme.py
+# runs its examples and parses its commands as it does the README's.
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.autosummary", "sphinx.ext.napoleon", "myst_parser"]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+myst_heading_anchors = 3
 html_theme = "alabaster"
 
 autodoc_member_order = "bysource"

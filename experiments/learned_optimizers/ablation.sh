@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The learned-optimizer ablation of the README: meta-train every row of configs/ablation/ (same task, budget
+# The learned-optimizer ablation (docs/api/guide/results.md): meta-train every row of configs/ablation/ (same task, budget
 # and seed), then evaluate all rows on shared evaluation seeds against the tuned baselines.
 # Resumable: a row whose run is complete starts nothing, an interrupted one resumes from its checkpoint.
 #   experiments/learned_optimizers/ablation.sh [ROWS...]     (default: every row; RUNS=runs/ablation, JOBS=2)

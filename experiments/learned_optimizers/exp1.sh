@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Experiment 1 of the README: UNF and Deep Sets learned optimizers (preset PRESET) and the meta-trained SGDM,
+# Experiment 1 (docs/api/guide/results.md): UNF and Deep Sets learned optimizers (preset PRESET) and the meta-trained SGDM,
 # three meta-training seeds each, then one evaluation of all nine against the tuned baselines at T = 2000.
 # Resumable: a finished run starts nothing, an interrupted one resumes from its checkpoint.
 #   PRESET=adam experiments/learned_optimizers/exp1.sh        (RUNS=runs/exp1, JOBS=2, SEEDS="0 1 2")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 22's headline (README "Results"): UNF and Deep Sets learned optimizers that start as tuned Adam-cosine
+# Issue 22's headline (docs/api/guide/results.md): UNF and Deep Sets learned optimizers that start as tuned Adam-cosine
 # (configs/nominal/base.gin), SEEDS meta-training seeds each, ONE AT A TIME (2 cores: a wall time means
 # something only for a run alone), then one evaluation of the thetas each run selected on validation
 # (WORKDIR/selected) against the tuned baselines, on mlp_fashion8 and on the held-out small-data task.

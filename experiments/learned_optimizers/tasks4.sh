@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Experiment 1 on the paper's other architectures (README "Results"): UNF and Deep Sets learned optimizers
+# Experiment 1 on the paper's other architectures (docs/api/guide/results.md): UNF and Deep Sets learned optimizers
 # meta-trained on each task of configs/tasks4/ (one meta-training seed, the task file's outer steps), then one
 # evaluation per task against the tuned baselines on shared evaluation seeds, at the meta-training horizon.
 # Resumable: a finished run starts nothing, an interrupted one resumes from its checkpoint.

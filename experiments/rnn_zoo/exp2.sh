@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Experiment 2 (README "Results"): both zoos, every predictor at the paper's sizes, three seeds, under two
+# Experiment 2 (docs/api/guide/results.md): both zoos, every predictor at the paper's sizes, three seeds, under two
 # budgets: the paper's (BCE on the accuracy, Adam 1e-3, batch 10, 10 epochs, a checkpoint per epoch) and ours
 # (MSE on the standardized accuracy, 1,500 steps of 32 models, a checkpoint every 100). Checkpoints are always
 # selected by validation tau; the test split is read once per seed.

@@ -292,7 +292,7 @@ def test_unf_meta_parameter_count(task, key):
   # per basis term and input channel, one bias per equivariant bias term (both counted by unf.basis).
   head = 32 * unf.basis.count_terms(task.space, task.space) + unf.basis.count_bias_terms(task.space)
   assert count == 3 + (19 * 32 + 32) + (32 * 32 + 32) + head
-  assert head == 1028  # the 2,727 the README quotes
+  assert head == 1028  # the 2,727 the guide quotes (learned_optimizers.md)
 
 
 def test_every_learned_optimizer_is_registered():
