@@ -16,9 +16,10 @@ estimators (:class:`PES`, :class:`TruncatedES`, :class:`FullES`, :class:`NoiseRe
 is the main job (workers, learner, checkpoints, TensorBoard).
 
 Subpackages: :mod:`metatrain.learned_optimizers`, :mod:`metatrain.estimators`,
-:mod:`metatrain.runtime` (the only one that imports ray, orbax or
-tensorboardX, on demand), :mod:`metatrain.evaluation`. ``import metatrain``
-loads none of ray, gin, orbax or tensorboardX: :func:`train` and
+:mod:`metatrain.runtime` (the only one that imports ray or tensorboardX, on
+demand), :mod:`metatrain.evaluation`; :mod:`metatrain.loading` loads and exports
+meta-trained optimizers (it and :mod:`metatrain.runtime.checkpoint` import orbax).
+``import metatrain`` loads none of ray, gin, orbax or tensorboardX: :func:`train` and
 :func:`load_learned_optimizer` import them when first called. :func:`pretrained_names` lists the
 meta-trained optimizers shipped in the package (:mod:`metatrain.pretrained`), which
 :func:`load_learned_optimizer` loads by name.
@@ -63,11 +64,11 @@ PRESETS = _learned_optimizers.PRESETS
 ESTIMATORS = _estimators.ESTIMATORS
 
 if TYPE_CHECKING:
-  from metatrain.runtime.checkpoint import load_learned_optimizer
+  from metatrain.loading import load_learned_optimizer
   from metatrain.runtime.train import train
 
 # Imported on first use: they bring orbax, tensorboardX and tqdm.
-_LAZY = {"load_learned_optimizer": "metatrain.runtime.checkpoint", "train": "metatrain.runtime.train"}
+_LAZY = {"load_learned_optimizer": "metatrain.loading", "train": "metatrain.runtime.train"}
 
 
 def __getattr__(name: str) -> Any:

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.command == "eval":
     return _eval(args)
   if args.command == "export":
-    from metatrain.runtime.checkpoint import export
+    from metatrain.loading import export  # orbax
 
     try:
       folder = export(args.checkpoint, args.out, note=args.note)
@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
   except (ValueError, TypeError, FileNotFoundError) as error:
     print(f"metatrain: bad configuration: {error}", file=sys.stderr)
     return 2
-  from metatrain.runtime.checkpoint import CheckpointError, SaveFailed, as_path  # orbax
+  from metatrain.loading import CheckpointError, as_path  # orbax
+  from metatrain.runtime.checkpoint import SaveFailed
   from metatrain.runtime.train import INTERRUPTED_EXIT_STATUS, Preempted, train  # tensorboardX, tqdm
 
   try:

@@ -37,11 +37,11 @@ import optax
 import tqdm
 
 import tasks
+from metatrain import loading
 from metatrain.evaluation.baselines import EVAL_SEED, TUNE_SEED, adam, adam_cosine, adamw_cosine, grid_search, sgdm
 from metatrain.evaluation.curves import evaluation_curves
 from metatrain.evaluation.stats import PairedDifference, mean_se, paired_difference
 from metatrain.learned_optimizers import LearnedOptimizer
-from metatrain.runtime import checkpoint
 from metatrain.runtime.summaries import write_series
 from metatrain.types import Theta
 
@@ -315,7 +315,7 @@ def write_tensorboard(results: Sequence[Curves], folder: pathlib.Path) -> None:
   write_series(folder, series)
 
 
-def load_all(sources: Sequence[str | pathlib.Path], task: tasks.Task) -> list[checkpoint.LoadedOptimizer]:
+def load_all(sources: Sequence[str | pathlib.Path], task: tasks.Task) -> list[loading.LoadedOptimizer]:
   """The meta-trained optimizer of each source (a workdir or a checkpoint folder), built for ``task``'s space.
 
   A learned optimizer's meta-parameters do not depend on the widths of the
@@ -323,10 +323,10 @@ def load_all(sources: Sequence[str | pathlib.Path], task: tasks.Task) -> list[ch
   architecture; another architecture (more layers, a CNN for an MLP's
   optimizer) is a clear error.
   """
-  return [checkpoint.load(source, space=task.space) for source in sources]
+  return [loading.load(source, space=task.space) for source in sources]
 
 
-def names_of(loaded: Sequence[checkpoint.LoadedOptimizer]) -> list[str]:
+def names_of(loaded: Sequence[loading.LoadedOptimizer]) -> list[str]:
   """Display names ``"<kind> (step N)"``, with the workdir's name added where two are of the same kind.
 
   (Runs of one kind selected at different steps then still name their run, which the pooling of meta-training

@@ -59,8 +59,9 @@ import tqdm
 from etils import epath
 
 from metatrain.learned_optimizers import LearnedOptimizer
+from metatrain.loading import CheckpointError, as_path
 from metatrain.outer import outer_optimizer, outer_schedule
-from metatrain.runtime.checkpoint import CheckpointError, Checkpoints, SaveFailed, as_path
+from metatrain.runtime.checkpoint import Checkpoints, SaveFailed
 from metatrain.runtime.config import TrainConfig, WorkerConfig
 from metatrain.runtime.evaluator import Evaluation, Evaluator, InProcessEvaluator
 from metatrain.runtime.learner import Learner

@@ -9,9 +9,8 @@ import pytest
 
 import metatrain
 import tasks
-from metatrain import cli, pretrained
+from metatrain import cli, loading, pretrained
 from metatrain.evaluation.compare import EVAL_SEED
-from metatrain.runtime import checkpoint
 
 
 def test_export_writes_files_that_read_back_as_the_checkpoint(smoke_run, tmp_path, monkeypatch):
@@ -21,7 +20,7 @@ def test_export_writes_files_that_read_back_as_the_checkpoint(smoke_run, tmp_pat
   assert cli.main(["export", "--checkpoint", source, "--out", str(folder), "--note", "n"]) == 0
   assert sorted(p.name for p in folder.iterdir()) == ["optimizer.json", "theta.npz"]
   lopt, theta = pretrained.read(folder)
-  expected = checkpoint.load(smoke_run.workdir)
+  expected = loading.load(smoke_run.workdir)
   assert lopt == expected.learned_optimizer
   jax.tree.map(np.testing.assert_array_equal, theta, expected.theta)
   info = pretrained._read_json(folder)["info"]

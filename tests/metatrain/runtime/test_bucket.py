@@ -35,7 +35,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboardX import record_writer
 
 import metatrain
-from metatrain import cli
+from metatrain import cli, loading
 from metatrain.runtime import checkpoint
 from metatrain.runtime.summaries import MAIN_RUN
 from metatrain.runtime.train import train
@@ -137,12 +137,12 @@ def test_a_run_on_the_bucket_checkpoints_there_and_equals_the_run_on_local_disk(
   directory = finished / "checkpoints"
   assert sorted(p.name for p in directory.iterdir()) == ["2", "4"]
   assert checkpoint.Checkpoints(finished).steps() == [2, 4]
-  listed = json.loads((directory / "4" / checkpoint.FILES).read_text())  # every file, listed after the save
+  listed = json.loads((directory / "4" / loading.FILES).read_text())  # every file, listed after the save
   assert {"state/_METADATA", "state/manifest.ocdbt", "config/metadata", "learned_optimizer/metadata"} <= set(listed)
   assert any(name.startswith("state/d/") for name in listed) and any(name.startswith("particles/") for name in listed)
   for name, size in listed.items():
     assert (directory / "4" / name).stat().length == size
-  loaded = checkpoint.load(finished)
+  loaded = loading.load(finished)
   assert loaded.step == 4 and loaded.path == directory / "4"
   _assert_same(loaded.theta, smoke_run.theta)
   assert not os.path.exists("gs:")  # nothing went to a local folder named after the URL
@@ -154,13 +154,13 @@ def test_a_resume_from_the_bucket_is_bit_identical(finished, smoke_run):
   assert checkpoint.Checkpoints(workdir).steps() == [2]
   assert _train(workdir) == 0  # resumes from 2 (its inner runs too), computes steps 3 and 4 again
   assert checkpoint.Checkpoints(workdir).steps() == [2, 4]
-  _assert_same(checkpoint.load(workdir).theta, smoke_run.theta)
+  _assert_same(loading.load(workdir).theta, smoke_run.theta)
 
 
 def test_a_damaged_checkpoint_on_the_bucket_is_moved_aside(finished, smoke_run, caplog):
   workdir = _copy(finished, "damaged")
   latest = workdir / "checkpoints" / "4"
-  listed = json.loads((latest / checkpoint.FILES).read_text())
+  listed = json.loads((latest / loading.FILES).read_text())
   name = max((n for n in listed if n.startswith("state/d/")), key=listed.get)  # the arrays of theta
   (latest / name).write_bytes((latest / name).read_bytes()[:10])  # as a killed upload leaves it
   with caplog.at_level(logging.WARNING, logger="metatrain.runtime.checkpoint"):
@@ -172,9 +172,9 @@ def test_a_damaged_checkpoint_on_the_bucket_is_moved_aside(finished, smoke_run, 
     "resuming from step 2."
   ]
   aside = workdir / "checkpoints" / "4.corrupt"
-  assert json.loads((aside / checkpoint.FILES).read_text()) == listed  # moved whole, never deleted
+  assert json.loads((aside / loading.FILES).read_text()) == listed  # moved whole, never deleted
   assert (aside / name).read_bytes() == (finished / "checkpoints" / "4" / name).read_bytes()[:10]
-  loaded = checkpoint.load(workdir)
+  loaded = loading.load(workdir)
   assert loaded.step == 4
   _assert_same(loaded.theta, smoke_run.theta)
 
@@ -184,7 +184,7 @@ def test_load_learned_optimizer_reads_the_bucket(finished, smoke_run):
   assert learned_optimizer == smoke_run.worker.build_learned_optimizer()
   _assert_same(theta, smoke_run.theta)
   learned_optimizer, theta = metatrain.load_learned_optimizer(str(finished / "checkpoints" / "2"))  # a step folder
-  _assert_same(theta, checkpoint.load(smoke_run.workdir / "checkpoints" / "2").theta)
+  _assert_same(theta, loading.load(smoke_run.workdir / "checkpoints" / "2").theta)
 
 
 def _scalars(folder: str) -> dict[str, list[tuple[int, float]]]:
@@ -207,19 +207,19 @@ def test_the_tensorboard_events_on_the_bucket_read_back(finished, smoke_run):
 def test_an_s3_workdir_is_refused_at_start_up(capsys):
   """orbax cannot write ``s3://`` (below): the run stops with a clear message, exit status 2, before writing."""
   capsys.readouterr()
-  with pytest.raises(checkpoint.UnsupportedWorkdir) as refused:
+  with pytest.raises(loading.UnsupportedWorkdir) as refused:
     train(*cli.parse_config(SMOKE, BINDINGS)[:2], "s3://runs/smoke")
   assert str(refused.value).startswith("s3://runs/smoke: orbax")
   assert "use a gs:// bucket, a local folder or a mounted bucket" in str(refused.value)
   assert capsys.readouterr().out == ""  # refused before the run prints anything
-  with pytest.raises(checkpoint.UnsupportedWorkdir):
+  with pytest.raises(loading.UnsupportedWorkdir):
     metatrain.load_learned_optimizer("s3://runs/smoke")
-  assert isinstance(refused.value, checkpoint.CheckpointError)  # `metatrain train` reports it and exits with 2
+  assert isinstance(refused.value, loading.CheckpointError)  # `metatrain train` reports it and exits with 2
 
 
 def test_orbax_still_cannot_write_to_s3():
   """Why ``s3://`` is refused: orbax 0.12 turns ``s3://bucket/run`` into ``s3:/bucket/run`` before tensorstore
-  sees it. This fails when an orbax upgrade mends that: then try lifting the refusal (``checkpoint.as_path``)
+  sees it. This fails when an orbax upgrade mends that: then try lifting the refusal (``loading.as_path``)
   against an S3 server (moto's), with tensorstore's ``endpoint`` (it does not read ``AWS_ENDPOINT_URL``)."""
   from orbax.checkpoint._src.serialization import tensorstore_utils
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from metatrain import cli
+from metatrain import cli, loading
 from metatrain.runtime import checkpoint
 from metatrain.runtime.train import train
 
@@ -45,7 +45,7 @@ def finished(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("finished")
   assert _train(workdir) == 0
   assert checkpoint.Checkpoints(workdir).steps() == [6, 7, 8]
-  return workdir, checkpoint.load(workdir).theta
+  return workdir, loading.load(workdir).theta
 
 
 def _biggest(folder: pathlib.Path) -> pathlib.Path:
@@ -89,7 +89,7 @@ def test_a_damaged_checkpoint_is_moved_aside_and_the_run_goes_on_past_it(finishe
   # Moved aside, byte for byte, never deleted; the new checkpoint 8 is the uninterrupted run's.
   aside = workdir / "checkpoints" / "8.corrupt"
   assert {p.relative_to(aside): p.read_bytes() for p in aside.rglob("*") if p.is_file()} == damaged
-  loaded = checkpoint.load(workdir)
+  loaded = loading.load(workdir)
   assert loaded.step == 8
   _assert_same(loaded.theta, finished[1])
 
@@ -139,11 +139,11 @@ def test_a_full_disk_stops_the_run_and_keeps_the_checkpoints_written(tmp_path, c
     assert f"metatrain: checkpoint {written[-1] + 1} could not be written in {workdir / 'checkpoints'}" in error
     assert "No space left on device" in error and f"the checkpoint of step {written[-1]} is intact" in error
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == sorted(str(s) for s in written)
-    before = checkpoint.load(workdir)
+    before = loading.load(workdir)
     assert before.step == written[-1]
     _resize(disk, "64m")
     assert _train(workdir, *bindings) == 0
-    assert checkpoint.load(workdir).step == 60
+    assert loading.load(workdir).step == 60
   assert written[-1] < 60
 
 
@@ -155,8 +155,8 @@ def test_a_workdir_given_as_an_epath_is_used_through_epath(tmp_path):
   assert isinstance(train_config, TrainConfig) and isinstance(worker_config, WorkerConfig)
   workdir = epath.Path(tmp_path) / "run"
   theta, _ = train(train_config, worker_config, workdir)
-  loaded = checkpoint.load(workdir)
+  loaded = loading.load(workdir)
   assert isinstance(loaded.path, epath.Path) and loaded.path == workdir / "checkpoints" / "4"
   _assert_same(loaded.theta, theta)
-  assert str(checkpoint.as_path("gs://bucket/run")) == "gs://bucket/run"  # a URL is left as it is
-  assert checkpoint.as_path("relative") == epath.Path(pathlib.Path("relative").absolute())
+  assert str(loading.as_path("gs://bucket/run")) == "gs://bucket/run"  # a URL is left as it is
+  assert loading.as_path("relative") == epath.Path(pathlib.Path("relative").absolute())

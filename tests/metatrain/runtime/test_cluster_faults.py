@@ -26,7 +26,7 @@ import psutil
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from metatrain.runtime import checkpoint
+from metatrain import loading
 from metatrain.runtime.summaries import MAIN_RUN
 from metatrain.runtime.train import PREEMPTED_EXIT_STATUS
 
@@ -158,7 +158,7 @@ def _scalars(workdir: pathlib.Path, tag: str) -> list[tuple[int, float]]:
 
 
 def _theta(workdir: pathlib.Path):
-  loaded = checkpoint.load(workdir)
+  loaded = loading.load(workdir)
   return loaded.step, loaded.theta
 
 

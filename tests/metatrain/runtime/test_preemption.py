@@ -16,8 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from metatrain import cli
-from metatrain.runtime import checkpoint
+from metatrain import cli, loading
 from metatrain.runtime.train import INTERRUPTED_EXIT_STATUS, PREEMPTED_EXIT_STATUS
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
@@ -30,7 +29,7 @@ def straight(tmp_path_factory):
   """The run without a stop, once for the module: what every resumed run must end at."""
   folder = tmp_path_factory.mktemp("straight")
   assert cli.main(["train", "--config", SMOKE, "--workdir", str(folder), "--gin_bindings", *BINDINGS]) == 0
-  return checkpoint.load(folder)
+  return loading.load(folder)
 
 
 def _start(tmp_path, jax_cache_env, bindings, **env_vars):
@@ -72,11 +71,11 @@ def test_a_stop_signal_checkpoints_the_current_step_and_the_restart_resumes_exac
   assert 12 <= applied < 40
   assert said in err
   assert "KeyboardInterrupt" not in err  # Ctrl-C is a stop like SIGTERM, not a traceback
-  loaded = checkpoint.load(workdir)
+  loaded = loading.load(workdir)
   assert loaded.step == applied  # the step it was on, not the last periodic checkpoint (there was none)
   assert (workdir / "checkpoints" / str(applied) / "particles").is_dir()  # the inner runs, for an exact resume
   assert cli.main(["train", "--config", SMOKE, "--workdir", str(workdir), "--gin_bindings", *BINDINGS]) == 0
-  resumed = checkpoint.load(workdir)
+  resumed = loading.load(workdir)
   assert resumed.step == straight.step == 40
   for a, b in zip(jax.tree.leaves(resumed.theta), jax.tree.leaves(straight.theta), strict=True):
     np.testing.assert_array_equal(a, b)
@@ -87,7 +86,7 @@ def test_a_second_ctrl_c_during_the_checkpoint_stops_at_once_and_keeps_the_previ
   first = [*BINDINGS[:1], "TrainConfig.outer_steps = 10"]
   process, workdir, log = _start(tmp_path, jax_cache_env, first)
   assert process.wait(timeout=300) == 0, process.communicate()[1][-3000:]
-  assert checkpoint.load(workdir).step == 10  # the previous checkpoint
+  assert loading.load(workdir).step == 10  # the previous checkpoint
   process, workdir, log = _start(tmp_path, jax_cache_env, BINDINGS, SLOW_SAVE=str(armed))
   _wait_for(log, 14, process)  # resumed from 10, and on
   armed.write_text("armed")  # the next save (the stop's checkpoint) takes 30 s: the second Ctrl-C lands in it
@@ -107,4 +106,4 @@ def test_a_second_ctrl_c_during_the_checkpoint_stops_at_once_and_keeps_the_previ
   folder = workdir / "checkpoints"
   assert not (folder / str(applied)).exists()  # the interrupted checkpoint is gone, not left half-written
   assert not list(folder.glob("*.orbax-checkpoint-tmp*"))
-  assert checkpoint.load(workdir).step == 10  # the previous checkpoint, intact
+  assert loading.load(workdir).step == 10  # the previous checkpoint, intact

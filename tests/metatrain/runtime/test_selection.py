@@ -9,10 +9,9 @@ import pytest
 
 import metatrain
 import tasks
-from metatrain import PES, WorkerConfig
+from metatrain import PES, WorkerConfig, loading
 from metatrain import learned_optimizers as lopt
 from metatrain.evaluation.baselines import tune_adam_cosine
-from metatrain.runtime import checkpoint
 from metatrain.runtime import train as train_module
 from metatrain.runtime.evaluator import Evaluation, Losses
 from metatrain.runtime.selection import Selection
@@ -50,7 +49,20 @@ def test_selects_the_lowest_validation_loss_and_never_worse_than_the_start(nomin
   again = Selection(folder, learned, {"task": "mlp_fashion8"})
   assert again.valid_loss == 0.47
   assert not again.offer(_evaluation(500, 0.48, theta)) and again.offer(_evaluation(600, 0.46, theta))
-  assert checkpoint.load(folder).step == 600
+  assert loading.load(folder).step == 600
+
+
+def test_export_ships_the_selected_theta_from_the_workdir_or_its_selected_folder(nominal, tmp_path):
+  learned, theta = nominal
+  selection = Selection(tmp_path / "run" / "selected", learned, {"task": "mlp_fashion8"})
+  assert selection.offer(_evaluation(300, 0.45, _shifted(theta, 0.5)))
+  for name, source in [("from_workdir", tmp_path / "run"), ("from_selected", tmp_path / "run" / "selected")]:
+    loading.export(source, tmp_path / name, note=name)
+    shipped_lopt, shipped = metatrain.pretrained.read(tmp_path / name)
+    assert shipped_lopt == learned
+    np.testing.assert_allclose(shipped["log_alpha"], np.asarray(theta["log_alpha"]) + 0.5)
+    info = json.loads((tmp_path / name / "optimizer.json").read_text())["info"]
+    assert info["outer_steps"] == 300 and info["selection"]["valid_loss"] == 0.45 and info["note"] == name
 
 
 def test_a_shipped_nominal_optimizer_carries_its_horizon_and_needs_total_steps(nominal, tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from metatrain import PES, NoiseReuseES, TrainConfig, WorkerConfig, cli
+from metatrain import PES, NoiseReuseES, TrainConfig, WorkerConfig, cli, loading
 from metatrain.runtime import checkpoint
 from metatrain.runtime import train as train_module
 from metatrain.runtime.summaries import MAIN_RUN
@@ -29,7 +29,7 @@ def _train(workdir, *bindings):
 
 def _theta(workdir):
   """``(step, theta, config)`` of the workdir's newest checkpoint."""
-  loaded = checkpoint.load(workdir)
+  loaded = loading.load(workdir)
   with contextlib.closing(checkpoint.Checkpoints(workdir)) as checkpoints:
     config = checkpoints.latest_config()
   return loaded.step, loaded.theta, config

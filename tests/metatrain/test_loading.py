@@ -1,4 +1,5 @@
-"""The loader of meta-trained optimizers: round trips from a real smoke run, other spaces, and clear refusals."""
+"""The loader of meta-trained optimizers (:mod:`metatrain.loading`): round trips from a real smoke run, other
+spaces, and clear refusals."""
 
 import json
 import os
@@ -11,13 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from etils import epath
 from flax import nnx
 
 import tasks
 import unf
-from metatrain import UNFLOpt, load_learned_optimizer
-from metatrain.runtime import checkpoint
+from metatrain import UNFLOpt, load_learned_optimizer, loading
 
 
 def _updates(learned_optimizer, theta, params, grads):
@@ -47,9 +46,9 @@ def test_loads_the_optimizer_the_run_trained(smoke_run):
     _updates(in_run, smoke_run.theta, params, grads),
   )
   # A step folder gives the same; the newest checkpoint is the last step.
-  loaded = checkpoint.load(smoke_run.workdir / "checkpoints" / "4")
+  loaded = loading.load(smoke_run.workdir / "checkpoints" / "4")
   assert loaded.step == 4 and loaded.path == smoke_run.workdir / "checkpoints" / "4"
-  assert checkpoint.load(smoke_run.workdir / "checkpoints").step == 4
+  assert loading.load(smoke_run.workdir / "checkpoints").step == 4
 
 
 def _user_mlp(hidden):
@@ -84,13 +83,16 @@ def test_loading_reads_no_dataset_and_builds_no_learner(smoke_run):
       from metatrain import load_learned_optimizer
       lopt, theta = load_learned_optimizer({str(smoke_run.workdir)!r})
       print(type(lopt).__name__, "metatrain.runtime.learner" in sys.modules, "tasks.fashion_mnist" in sys.modules)
+      print("metatrain.runtime.checkpoint" in sys.modules, "metatrain.evaluation.compare" in sys.modules)
       """
   )
   env = {**os.environ, "UNF_FASHION_MNIST_DIR": "/nonexistent", "UNF_DATA_DIR": "/nonexistent"}
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
   assert out.returncode == 0, out.stderr[-3000:]
-  name, learner, _ = out.stdout.split()
+  found, imported = out.stdout.splitlines()
+  name, learner, _ = found.split()
   assert name == "UNFLOpt" and learner == "False"
+  assert imported == "False False"  # the loader is no part of the runtime's checkpoints or of `metatrain eval`
 
 
 def test_refuses_another_architecture(smoke_run):
@@ -123,9 +125,9 @@ def test_refuses_a_truncated_checkpoint(smoke_run, tmp_path):
 def test_falls_back_to_the_newest_checkpoint_that_reads(smoke_run, tmp_path):
   workdir = shutil.copytree(smoke_run.workdir, tmp_path / "run")
   shutil.rmtree(workdir / "checkpoints" / "4" / "state")
-  assert checkpoint.load(workdir).step == 2
+  assert loading.load(workdir).step == 2
   with pytest.raises(ValueError, match="checkpoints/4: state/_METADATA is missing"):
-    checkpoint.load(workdir / "checkpoints" / "4")
+    loading.load(workdir / "checkpoints" / "4")
 
 
 def test_loads_a_checkpoint_written_before_it_described_its_optimizer(smoke_run, tmp_path):
@@ -143,8 +145,9 @@ def test_loads_a_checkpoint_written_before_it_described_its_optimizer(smoke_run,
     config["worker"]["truncation"] = estimator["truncation"]
     config_file.write_text(json.dumps(config))
     # Complete as saved in that layout: its file listing says so (a listing of other sizes means damage).
-    listing = folder / checkpoint.FILES
-    listing.write_text(json.dumps(checkpoint._files(epath.Path(folder)), indent=0, sort_keys=True))
+    sizes = {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+    sizes.pop(loading.FILES)
+    (folder / loading.FILES).write_text(json.dumps(sizes, indent=0, sort_keys=True))
   lopt, theta = load_learned_optimizer(workdir)
   assert lopt == smoke_run.worker.build_learned_optimizer()
   for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(smoke_run.theta)):
