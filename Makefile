@@ -84,8 +84,9 @@ docs: $(STAMP)
 
 # pytest collects tests/ and the packages' doctests (pyproject's [tool.pytest.ini_options]). Hypothesis runs
 # derandomized here (the "ci" profile of tests/conftest.py): a red run reproduces; plain pytest explores.
+# The 30 slowest tests close the report: where the suite's time goes, on every CI run.
 test: lint docs data
-	RAY_USAGE_STATS_ENABLED=0 HYPOTHESIS_PROFILE=ci $(PY) -m pytest
+	RAY_USAGE_STATS_ENABLED=0 HYPOTHESIS_PROFILE=ci $(PY) -m pytest --durations=30
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
