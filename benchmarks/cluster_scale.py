@@ -73,8 +73,8 @@ class SimulatedPool(RayPool):
   def _new_actor(self, index: int) -> Any:
     return self._hosts[index % len(self._hosts)]
 
-  def _start(self, index: int) -> ray.ObjectRef:
-    ref = self.actors[index].compute.remote(self._theta, self._step, index)
+  def _start(self, index: int, theta: ray.ObjectRef, step: int) -> ray.ObjectRef:
+    ref = self.actors[index].compute.remote(theta, step, index)
     calls = getattr(self, "_calls", None)
     if calls is not None:
       calls[ref] = index

@@ -10,7 +10,9 @@ A pool turns published meta-parameters into a stream of
     pool.publish(theta, step)
 
 Scheduling rules, shared by :class:`InProcessPool` and
-:class:`metatrain.runtime.ray_pool.RayPool` through :class:`WorkerPool`:
+:class:`metatrain.runtime.ray_pool.RayPool` through :class:`WorkerPool`, which
+asks :func:`schedule` (a pure function of the pool's state, the time and
+the patience) whom to start:
 
 - ``publish`` starts every idle worker on the new theta;
 - ``gather`` first starts every idle worker on the latest published theta,
@@ -35,7 +37,8 @@ restarted gets that worker's estimate, computed on the inner runs it had
 (when the pool keeps them, see :class:`metatrain.runtime.ray_pool.RayPool`),
 and the run retraces the one without the fault; a worker down for longer
 (a lost node, a cluster without room for it) is given up on for this
-theta, and the live ones compute the estimates it owes.
+theta, and the live ones compute the estimates it owes. A worker that comes
+back up starts on the latest theta if it has not yet and a call is needed.
 
 :meth:`WorkerPool.interrupt` (a SIGTERM handler calls it) makes a ``gather`` in
 progress return at once, with the estimates it has.
@@ -45,7 +48,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence, Set
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -55,21 +59,111 @@ from metatrain.runtime.worker import Estimate, GradientWorker
 from metatrain.types import Theta
 
 
+class PoolView(NamedTuple):
+  """A pool's workers at one moment, as :func:`schedule` sees them.
+
+  Attributes:
+    idle: the workers that can take a call now (up, not computing), in the order to try them.
+    started: the workers started on the current theta (computing, done, or down since).
+    down_since: the workers that are down, each with the time it went down.
+    in_flight: the estimates on their way: calls computing, and estimates ended but not yet
+      handed out by ``gather``.
+  """
+
+  idle: Sequence[int]
+  started: Set[int]
+  down_since: Mapping[int, float]
+  in_flight: int
+
+
+def waiting_for(view: PoolView, *, now: float, patience: float) -> tuple[int, ...]:
+  """The down workers still waited for: not started on the current theta, down for less than ``patience``.
+
+  A down worker that has not started on the current theta owes its estimate
+  on it; after ``patience`` seconds it is given up on (for this theta).
+
+  Args:
+    view: the pool's workers.
+    now: the time, on the clock of ``view.down_since``.
+    patience: seconds a down worker is waited for.
+
+  Returns:
+    Their indices, in increasing order.
+  """
+  down = sorted(view.down_since.items())
+  return tuple(index for index, since in down if index not in view.started and now - since < patience)
+
+
+def schedule(view: PoolView, needed: int, *, now: float, patience: float) -> tuple[int, ...]:
+  """The workers to start now, in order: the scheduling rule of every :class:`WorkerPool`.
+
+  Starts idle workers until ``needed`` estimates are in flight. Workers not
+  yet started on the current theta go first, in ``view.idle``'s order; one
+  already started on it goes again only when no down worker is still waited
+  for (:func:`waiting_for`), since that one owes its estimate on this theta
+  and the others would compute it in its place. A pure function: the pool
+  passes the time and applies the decision.
+
+  Args:
+    view: the pool's workers.
+    needed: the estimates wanted in flight (what ``publish`` or ``gather`` still wants).
+    now: the time, on the clock of ``view.down_since``.
+    patience: seconds a down worker is waited for.
+
+  Returns:
+    The indices of the workers to start, at most ``needed - view.in_flight``.
+
+  Example (worker 2 went down at time 0 before starting on this theta)::
+
+    >>> view = PoolView(idle=[0, 1], started={0, 1}, down_since={2: 0.0}, in_flight=0)
+    >>> schedule(view, 3, now=10.0, patience=60.0)  # worker 2 is waited for: nobody goes again
+    ()
+    >>> schedule(view, 3, now=60.0, patience=60.0)  # given up on: 0 and 1 compute what it owes
+    (0, 1)
+  """
+  room = needed - view.in_flight
+  if room <= 0:
+    return ()
+  fresh = [index for index in view.idle if index not in view.started]
+  again = [index for index in view.idle if index in view.started]
+  if len(fresh) < room and waiting_for(view, now=now, patience=patience):
+    again = []  # the estimate still owed on this theta is the down worker's to compute, not theirs
+  return tuple(fresh + again)[:room]
+
+
 class WorkerPool:
   """The scheduling rules of every pool (see the module docstring); subclasses say how a call runs.
 
-  Subclasses implement ``_put(theta)`` (how a theta is shared with workers),
-  ``_start(index)`` (start worker ``index`` on ``self._theta`` at
-  ``self._step``; returns a handle kept in ``self._busy[index]``) and
-  ``_next(deadline)``: wait for the next event, and return ``(index,
-  estimate)`` when a call ended (removing it from ``self._busy``), with
-  ``estimate=None`` when the call was lost (the subclass counts it in
-  ``self.lost``) or when worker ``index`` became available again; return
-  ``None`` when ``deadline`` passed first or nothing is left to wait for.
-  ``_available(index)`` says whether a worker can take a call now (a
-  restarting one cannot).
+  The bookkeeping lives here: the latest theta, the calls in flight
+  (``self._busy``: worker index -> the handle ``_start`` returned; subclasses
+  read it, never write it), the workers started on the current theta, and
+  ``lost``. Whom to start is :func:`schedule`'s decision. A subclass tells the
+  pool what happened to its calls and workers by calling:
 
-  ``_down_since(index)`` says since when a worker has been down (None: it is up).
+  - ``_call_ended(index)``: worker ``index``'s call ended (with an estimate or
+    not); returns its handle;
+  - ``_call_lost(index)``: that call's estimate was lost (after
+    ``_call_ended``): it counts in ``lost``, and the worker owes an estimate on
+    the current theta again;
+  - ``_came_up(index)``: worker ``index``, down until now, is up.
+
+  And implements these hooks:
+
+  - ``_start(index, theta, step)``: start worker ``index`` on ``theta`` (what
+    ``_put`` returned) at outer step ``step``; returns a handle for the call;
+  - ``_next(deadline)``: wait for the next event and return ``(index,
+    estimate)`` when a call ended, with ``estimate=None`` when the call was
+    lost or when worker ``index`` came up, or ``(-1, None)`` when nothing
+    happened for a while (the pool looks again: a patience may have run
+    out); return ``None`` when ``deadline`` passed first or nothing is left
+    to wait for;
+  - ``_put(theta)``: how a theta is shared with workers (default: as it is);
+  - ``_down_since(index)``: since when worker ``index`` has been down (None:
+    it is up; default: always up); a down worker takes no call;
+  - ``_queued()``: estimates that ended and wait to be handed out (default: 0);
+  - ``_published()``: called by ``publish`` before it starts the workers;
+  - ``_settled``, ``_get_particles``, ``_set_particles``: the workers'
+    particles, for checkpoints; ``_stop()``: called once by ``close``.
 
   Args:
     num_workers: the number of workers (at least 1).
@@ -190,66 +284,61 @@ class WorkerPool:
   def __exit__(self, *exc_info):
     self.close()
 
-  def _start_idle(self, needed: int) -> None:
-    """Starts idle workers until ``needed`` calls are in flight (or all are busy).
+  # --- scheduling: the pool's state, handed to `schedule` ----------------------------------------------
 
-    Workers not yet started on the current theta go first, lowest index first;
-    one already started on it goes again only when no worker that has not
-    been is down for less than ``patience`` seconds.
+  def _start_idle(self, needed: int, among: Iterable[int] | None = None) -> None:
+    """Starts the workers :func:`schedule` picks for ``needed`` estimates in flight.
+
+    Args:
+      needed: the estimates wanted in flight; the latest value is kept for :meth:`_came_up`.
+      among: the workers that may start (default: all).
     """
     self._needed = needed
-    if self._in_flight() >= needed:
-      return
-    idle = [i for i in range(self.num_workers) if i not in self._busy and self._available(i)]
-    fresh = [i for i in idle if i not in self._started]
-    again = [i for i in idle if i in self._started]
-    if again and self._in_flight() + len(fresh) < needed and self._waiting():
-      again = []
-    for index in fresh + again:
-      if self._in_flight() >= needed:
-        return
-      self._start_worker(index)
+    candidates = range(self.num_workers) if among is None else among
+    down_since = {index: since for index in range(self.num_workers) if (since := self._down_since(index)) is not None}
+    idle = [index for index in candidates if index not in self._busy and index not in down_since]
+    view = PoolView(idle=idle, started=frozenset(self._started), down_since=down_since, in_flight=self._in_flight())
+    for index in schedule(view, needed, now=time.monotonic(), patience=self.patience):
+      assert self._step is not None  # a theta is published: every caller checks it
+      self._busy[index] = self._start(index, self._theta, self._step)
+      self._started.add(index)
 
   def _in_flight(self) -> int:
     """Estimates on their way: the calls computing, and those ended but not yet handed to ``gather``."""
     return len(self._busy) + self._queued()
 
-  def _start_worker(self, index: int) -> None:
-    self._busy[index] = self._start(index)
-    self._started.add(index)
+  # --- what a subclass reports ---------------------------------------------------------------------------
+
+  def _call_ended(self, index: int) -> Any:
+    """Worker ``index``'s call ended: it is idle; returns the handle ``_start`` gave for the call."""
+    return self._busy.pop(index)
+
+  def _call_lost(self, index: int) -> None:
+    """Worker ``index``'s call ended without an estimate: counted, and it owes one on this theta again."""
+    self.lost += 1
+    self._started.discard(index)  # so it is waited for (patience), or the others compute its estimate
 
   def _came_up(self, index: int) -> None:
-    """A worker that was down is up: it starts on the latest theta if it has not yet and is needed."""
-    if self._theta is None or self._closed or index in self._started or index in self._busy:
+    """Worker ``index``, down until now, is up: it starts on the latest theta if it has not yet and is needed."""
+    if self._theta is None or self._closed or index in self._started:
       return
-    if self._in_flight() < self._needed:
-      self._start_worker(index)
-
-  def _waiting(self) -> bool:
-    """Whether a worker not started on the current theta is down, for less than ``patience`` seconds."""
-    now = time.monotonic()
-    for index in range(self.num_workers):
-      since = self._down_since(index) if index not in self._started else None
-      if since is not None and now - since < self.patience:
-        return True
-    return False
+    self._start_idle(self._needed, among=[index])
 
   def _check_open(self) -> None:
     if self._closed:
       raise RuntimeError("this pool is closed.")
 
+  # --- hooks ---------------------------------------------------------------------------------------------
+
   def _put(self, theta: Any) -> Any:
     return theta
 
-  def _available(self, index: int) -> bool:
-    return True
+  def _down_since(self, index: int) -> float | None:
+    return None
 
   def _queued(self) -> int:
     """Estimates that ended and wait to be handed out by ``gather`` (a subclass that batches them)."""
     return 0
-
-  def _down_since(self, index: int) -> float | None:
-    return None
 
   def _published(self) -> None:
     """Called by ``publish`` before it starts the workers (a subclass may snapshot what it keeps)."""
@@ -264,7 +353,7 @@ class WorkerPool:
   def _set_particles(self, index: int, leaves: dict) -> bool:
     raise NotImplementedError
 
-  def _start(self, index: int) -> Any:
+  def _start(self, index: int, theta: Any, step: int) -> Any:
     raise NotImplementedError
 
   def _next(self, deadline: float | None) -> tuple[int, Estimate | None] | None:
@@ -311,9 +400,8 @@ class InProcessPool(WorkerPool):
         saved[f"worker_{index}"] = {f"{i:04d}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(state))}
     return saved
 
-  def _start(self, index: int) -> tuple[Any, int]:
-    assert self._step is not None  # publish() ran: gather() checks it
-    return self._theta, self._step
+  def _start(self, index: int, theta: Any, step: int) -> tuple[Any, int]:
+    return theta, step  # the call runs when gather reaches it
 
   def _settled(self, index: int) -> bool:
     return True  # a started call computes only when gathered
@@ -332,6 +420,6 @@ class InProcessPool(WorkerPool):
       for i in range(self._cursor, self._cursor + self.num_workers)
       if i % self.num_workers in self._busy
     )
-    theta, step = self._busy.pop(index)
+    theta, step = self._call_ended(index)
     self._cursor = index + 1
     return index, self.workers[index].compute(theta, step)

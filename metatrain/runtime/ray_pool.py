@@ -225,9 +225,6 @@ class RayPool(WorkerPool):
   def _published(self) -> None:
     self._snapshot = dict(self._kept)
 
-  def _available(self, index: int) -> bool:
-    return index not in self._restarting
-
   def _queued(self) -> int:
     return self._queued_estimates
 
@@ -235,22 +232,22 @@ class RayPool(WorkerPool):
     down = self._restarting.get(index)
     return None if down is None else down[2]
 
-  def _start(self, index: int) -> ray.ObjectRef:
+  def _start(self, index: int, theta: ray.ObjectRef, step: int) -> ray.ObjectRef:
     actor = self.actors[index]
     if index in self._restore:
       self._restore.discard(index)
       actor.load_particles.remote(self._kept[index])  # runs before the call below (one caller: in order)
     if self.keep_particles:
-      ref, kept = actor.compute_and_keep.options(num_returns=2).remote(self._theta, self._step)
+      ref, kept = actor.compute_and_keep.options(num_returns=2).remote(theta, step)
       self._in_flight_kept[index] = kept
     else:
-      ref = actor.compute.remote(self._theta, self._step)
+      ref = actor.compute.remote(theta, step)
     self._calls[ref] = index
     return ref
 
   def _next(self, deadline: float | None) -> tuple[int, Estimate | None] | None:
     """The next event: an ended call, a worker back up, or (-1, None) after ``WAIT_SECONDS`` of nothing."""
-    if not self._events and (self._busy or self._restarting):
+    if not self._events and (self._calls or self._restarting):
       if self.interrupted or (deadline is not None and time.monotonic() >= deadline):
         return None
       self._pump(deadline)
@@ -325,7 +322,7 @@ class RayPool(WorkerPool):
       values = [None] * len(refs)
     for ref, value in zip(refs, values):
       index = self._calls.pop(ref)
-      del self._busy[index]
+      self._call_ended(index)
       kept = self._in_flight_kept.pop(index, None)
       if value is None:
         try:
@@ -340,8 +337,7 @@ class RayPool(WorkerPool):
       self._queued_estimates += 1
 
   def _lost(self, index: int, error: RayActorError) -> None:
-    self.lost += 1
-    self._started.discard(index)  # it owes its estimate on this theta: it is waited for (patience)
+    self._call_lost(index)  # it owes its estimate on this theta: it is waited for (patience)
     self._failed(index, error)
     if isinstance(error, ActorDiedError):  # dead for good (restarts exhausted or disabled)
       self._replace(index)
@@ -359,7 +355,7 @@ class RayPool(WorkerPool):
       ) from error
 
   def _settled(self, index: int) -> bool:
-    return index not in self._busy and index not in self._restarting
+    return super()._settled(index) and index not in self._restarting
 
   def _get_particles(self, indices: list[int]) -> list[dict | None]:
     if self.keep_particles:
