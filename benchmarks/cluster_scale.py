@@ -126,7 +126,7 @@ def synchronous(pool: SimulatedPool, learner: Learner, theta: dict, steps: int, 
       learner.apply(estimates)
       del estimates
       published = time.time()
-      pool.publish(jax.tree.map(np.asarray, learner.theta), learner.step)
+      pool.publish(learner.host_theta(), learner.step)
       wall = time.perf_counter() - start
     if step >= warmup:
       walls.append(wall)
@@ -148,7 +148,7 @@ def asynchronous(pool: SimulatedPool, learner: Learner, theta: dict, seconds: fl
   pool.publish(theta, learner.step)
   for _ in range(warmup):
     learner.apply(pool.gather(per_step))
-    pool.publish(jax.tree.map(np.asarray, learner.theta), learner.step)
+    pool.publish(learner.host_theta(), learner.step)
   absorbed, rss = 0, []
   with WaitClock() as clock:
     start = time.perf_counter()
@@ -157,7 +157,7 @@ def asynchronous(pool: SimulatedPool, learner: Learner, theta: dict, seconds: fl
       absorbed += len(estimates)
       learner.apply(estimates)
       del estimates
-      pool.publish(jax.tree.map(np.asarray, learner.theta), learner.step)
+      pool.publish(learner.host_theta(), learner.step)
       rss.append(_peak_rss())
     wall = time.perf_counter() - start
   return {

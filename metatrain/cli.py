@@ -18,6 +18,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import gin  # noqa: E402
 
 from metatrain.estimators import ESTIMATORS  # noqa: E402
+from metatrain.exit_status import BAD_INPUT_EXIT_STATUS, INTERRUPTED_EXIT_STATUS, SAVE_FAILED_EXIT_STATUS  # noqa: E402
 from metatrain.runtime.config import TrainConfig, WorkerConfig  # noqa: E402
 
 GinTrainConfig = gin.external_configurable(TrainConfig, name="TrainConfig")
@@ -96,19 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-#: The exit status of ``metatrain train`` when a checkpoint could not be written (EX_IOERR).
-SAVE_FAILED_EXIT_STATUS = 74
-
-
 def main(argv: list[str] | None = None) -> int:
   """Runs ``metatrain train``, ``eval`` or ``export``; returns the exit status.
 
-  0 when done, 2 for bad input (a configuration, or checkpoints that do not resume), 75
-  (:data:`metatrain.runtime.train.PREEMPTED_EXIT_STATUS`) when ``train`` was stopped by SIGTERM after
-  writing its checkpoint (run it again to resume), 130 (:data:`metatrain.runtime.train.INTERRUPTED_EXIT_STATUS`)
-  when stopped by Ctrl-C (after writing its checkpoint; at a second Ctrl-C at once, the earlier checkpoints
-  intact), 74 (:data:`SAVE_FAILED_EXIT_STATUS`) when a checkpoint
-  could not be written (the earlier ones are intact: make room and run it again).
+  The statuses are named in :mod:`metatrain.exit_status`: 0 when done, 2 (:data:`BAD_INPUT_EXIT_STATUS`) for
+  bad input (a configuration, or checkpoints that do not resume), 75 (:data:`PREEMPTED_EXIT_STATUS`) when
+  ``train`` was stopped by SIGTERM after writing its checkpoint (run it again to resume), 130
+  (:data:`INTERRUPTED_EXIT_STATUS`) when stopped by Ctrl-C (after writing its checkpoint; at a second Ctrl-C at
+  once, the earlier checkpoints intact), 74 (:data:`SAVE_FAILED_EXIT_STATUS`) when a checkpoint could not be
+  written (the earlier ones are intact: make room and run it again).
 
   Args:
     argv: the arguments (default: ``sys.argv[1:]``).
@@ -123,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
       folder = export(args.checkpoint, args.out, note=args.note)
     except (ValueError, FileNotFoundError) as error:
       print(f"metatrain export: {error}", file=sys.stderr)
-      return 2
+      return BAD_INPUT_EXIT_STATUS
     print(f"written to {folder.resolve()}: optimizer.json, theta.npz")
     return 0
   bindings = list(args.gin_bindings) + ([f"TrainConfig.address = {args.address!r}"] if args.address else [])
@@ -131,16 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     train_config, worker_config, operative = parse_config(args.config, bindings)
   except (ValueError, TypeError, FileNotFoundError) as error:
     print(f"metatrain: bad configuration: {error}", file=sys.stderr)
-    return 2
+    return BAD_INPUT_EXIT_STATUS
   from metatrain.loading import CheckpointError, as_path  # orbax
   from metatrain.runtime.checkpoint import SaveFailed
-  from metatrain.runtime.train import INTERRUPTED_EXIT_STATUS, Preempted, train  # tensorboardX, tqdm
+  from metatrain.runtime.train import Preempted, train  # tensorboardX, tqdm
 
   try:
     workdir = as_path(args.workdir)
   except CheckpointError as error:  # a URL orbax cannot write (s3://): refused before anything is written
     print(f"metatrain: {error}", file=sys.stderr)
-    return 2
+    return BAD_INPUT_EXIT_STATUS
   print(f"workdir: {workdir}")
   print(f"  checkpoints: {workdir / 'checkpoints'}")
   print(f"  TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")
@@ -158,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     return INTERRUPTED_EXIT_STATUS
   except CheckpointError as error:
     print(f"metatrain: {error}", file=sys.stderr)
-    return 2
+    return BAD_INPUT_EXIT_STATUS
   except SaveFailed as error:
     print(f"metatrain: {error}", file=sys.stderr)
     return SAVE_FAILED_EXIT_STATUS
@@ -172,7 +169,7 @@ def _eval(args: argparse.Namespace) -> int:
 
   if args.steps < 1 or args.seeds < 1 or args.every < 1 or args.steps % args.every:
     print("metatrain eval: --steps, --seeds, --every must be positive, --steps a multiple of --every.", file=sys.stderr)
-    return 2
+    return BAD_INPUT_EXIT_STATUS
   try:
     results, out = compare.compare(
       args.checkpoint,
@@ -188,7 +185,7 @@ def _eval(args: argparse.Namespace) -> int:
     )
   except (KeyError, ValueError, FileNotFoundError) as error:
     print(f"metatrain eval: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
-    return 2
+    return BAD_INPUT_EXIT_STATUS
   print(compare.summary(results, args.task, args.steps))
   print(f"written to {out.resolve()}: curves.csv, curves.png, summary.md, tensorboard/")
   return 0

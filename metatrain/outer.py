@@ -40,11 +40,27 @@ def outer_optimizer(
     max_grad_norm: global-norm clip (the paper's 1.0).
 
   Returns:
-    ``optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(outer_schedule(...)))``.
+    ``clipped_adam(outer_schedule(...), max_grad_norm=max_grad_norm)``.
   """
   schedule = outer_schedule(
     learning_rate, total_steps=total_steps, warmup_steps=warmup_steps, final_fraction=final_fraction
   )
+  return clipped_adam(schedule, max_grad_norm=max_grad_norm)
+
+
+def clipped_adam(schedule: optax.Schedule, *, max_grad_norm: float = 1.0) -> optax.GradientTransformation:
+  """Gradient-norm clipping, then Adam stepping by ``schedule``: :func:`outer_optimizer` on a schedule built once.
+
+  The main job's learner is built on it, so that the rate it logs is the schedule its Adam steps by
+  (:meth:`metatrain.runtime.learner.Learner.learning_rate`).
+
+  Args:
+    schedule: Adam's learning rate at each update (e.g. :func:`outer_schedule`).
+    max_grad_norm: global-norm clip.
+
+  Returns:
+    ``optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(schedule))``.
+  """
   return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(schedule))
 
 

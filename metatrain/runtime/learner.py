@@ -53,12 +53,20 @@ class Learner:
     theta: initial meta-parameters.
     staleness: the largest accepted ``step - estimate.theta_step`` (0: synchronous).
     mesh: devices for the reduction (default: all local devices).
+    schedule: the learning-rate schedule ``outer`` steps by (:func:`metatrain.outer.clipped_adam`), for
+      :meth:`learning_rate` (None: not known).
   """
 
   def __init__(
-    self, outer: optax.GradientTransformation, theta: Theta, *, staleness: int = 0, mesh: Mesh | None = None
+    self,
+    outer: optax.GradientTransformation,
+    theta: Theta,
+    *,
+    staleness: int = 0,
+    mesh: Mesh | None = None,
+    schedule: optax.Schedule | None = None,
   ):
-    self.outer, self.staleness = outer, staleness
+    self.outer, self.staleness, self.schedule = outer, staleness, schedule
     self.mesh = local_mesh() if mesh is None else mesh
     # Replicated on the mesh from the start, as the update's outputs are: one compilation.
     replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -101,6 +109,17 @@ class Learner:
         for a, b, leaf in zip(self._bounds[:-1], self._bounds[1:], jax.tree.leaves(estimate.grad)):
           stacked[row, a:b] = np.ravel(leaf)
     return stacked, np.asarray(np.isfinite(stacked[: len(estimates)]).all(axis=1))
+
+  def host_theta(self) -> Theta:
+    """Theta as numpy arrays in this process's memory: what the workers and the evaluator receive."""
+    return jax.tree.map(np.asarray, self.theta)
+
+  def learning_rate(self) -> float | None:
+    """The schedule's rate at the learner's step: the rate of its next update (None without a schedule).
+
+    Adam's step count is the learner's step: both count the updates applied (a skipped step is neither).
+    """
+    return None if self.schedule is None else float(np.asarray(self.schedule(self.step)))
 
   def state(self) -> dict:
     """What a checkpoint holds of the learner."""

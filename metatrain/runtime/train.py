@@ -11,18 +11,19 @@ returns within half a second (an in-process pool finishes the estimate it is
 computing), a checkpoint of the step the learner is on is written, with the
 workers' inner runs as they were at that step when the pool keeps them
 (:attr:`TrainConfig.keep_particles`), and :func:`train` raises
-:class:`Preempted`; ``metatrain train`` then exits with status
-:data:`PREEMPTED_EXIT_STATUS` (75; after Ctrl-C :data:`INTERRUPTED_EXIT_STATUS`,
-130). Run it again and it resumes from that step, in a synchronous run exactly
-where it stopped. A second Ctrl-C while that checkpoint is written stops at
-once: the partial checkpoint is removed, the previous one is intact, and the
-status is 130.
+:class:`Preempted`; ``metatrain train`` then exits with status 75
+(:data:`~metatrain.exit_status.PREEMPTED_EXIT_STATUS`; after Ctrl-C 130,
+:data:`~metatrain.exit_status.INTERRUPTED_EXIT_STATUS`). Run it again and it
+resumes from that step, in a synchronous run exactly where it stopped. A second
+Ctrl-C while that checkpoint is written stops at once: the partial checkpoint is
+removed, the previous one is intact, and the status is 130.
 
 Checkpoints that cannot be written (a full disk, a quota, lost permissions)
 stop the run with :class:`metatrain.runtime.checkpoint.SaveFailed` rather
 than go on without them: the failed save leaves nothing behind, the earlier
 checkpoints are intact, and ``metatrain train`` exits with status 74
-(EX_IOERR) and a one-line message; run it again once there is room.
+(:data:`~metatrain.exit_status.SAVE_FAILED_EXIT_STATUS`, EX_IOERR) and a
+one-line message; run it again once there is room.
 
 Evaluation (:attr:`TrainConfig.eval_every` > 0): an evaluator
 (:func:`make_evaluator`, :mod:`metatrain.runtime.evaluator`; a Ray actor with
@@ -58,10 +59,12 @@ import numpy as np
 import tqdm
 from etils import epath
 
+from metatrain.exit_status import INTERRUPTED_EXIT_STATUS, PREEMPTED_EXIT_STATUS
 from metatrain.learned_optimizers import LearnedOptimizer
 from metatrain.loading import CheckpointError, as_path
-from metatrain.outer import outer_optimizer, outer_schedule
+from metatrain.outer import clipped_adam, outer_schedule
 from metatrain.runtime.checkpoint import Checkpoints, SaveFailed
+from metatrain.runtime.compilation_cache import cache_env, enable_compilation_cache
 from metatrain.runtime.config import TrainConfig, WorkerConfig
 from metatrain.runtime.evaluator import Evaluation, Evaluator, InProcessEvaluator
 from metatrain.runtime.learner import Learner
@@ -73,14 +76,6 @@ from metatrain.types import Theta
 
 # Fields of the worker config that a checkpoint must agree with to be resumed.
 _COMPATIBLE = ("task", "learned_optimizer", "width", "preset", "options")
-
-#: The exit status of ``metatrain train`` stopped by SIGTERM once its checkpoint is written (EX_TEMPFAIL:
-#: run it again to resume; launch/slurm.sbatch requeues the job on it).
-PREEMPTED_EXIT_STATUS = 75
-
-#: The exit status of ``metatrain train`` stopped by Ctrl-C (SIGINT; 128 + 2, the shell's convention), after its
-#: checkpoint is written or, at a second Ctrl-C, at once.
-INTERRUPTED_EXIT_STATUS = 130
 
 #: The longest the end of a run waits for its final evaluation (seconds).
 FINAL_EVALUATION_TIMEOUT = 120.0
@@ -210,43 +205,15 @@ def _writable(workdir: epath.Path) -> epath.Path:
   return workdir
 
 
-def enable_compilation_cache(folder: str | None) -> str | None:
-  """Points this process's JAX at the persistent compilation cache ``folder`` (None: leaves JAX as it is).
-
-  Every program is cached, however short its compilation (``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``
-  overrides it): the many small programs of a start-up (initialising theta and the inner runs, the
-  learner's first step) add up to seconds. Measured on ``configs/default.gin``, 2 cores: one worker's
-  start-up up to its first estimate took 13 s with JAX's default threshold (1 s) and 6 s with none.
-
-  Returns:
-    ``folder``, for the workers' environment (:func:`cache_env`).
-  """
-  if folder is None:
-    return None
-  from jax.experimental.compilation_cache import compilation_cache
-
-  os.makedirs(folder, exist_ok=True)
-  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  if jax.config.values.get("jax_compilation_cache_dir") != folder:
-    jax.config.update("jax_compilation_cache_dir", folder)
-    compilation_cache.reset_cache()  # a cache already set up (or off) in this process is re-read
-  return folder
-
-
-def cache_env(folder: str | None) -> dict[str, str] | None:
-  """The environment variables that give a worker process the compilation cache ``folder`` (None: none)."""
-  if folder is None:
-    return None
-  threshold = os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-  return {"JAX_COMPILATION_CACHE_DIR": folder, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": threshold}
-
-
 def make_learner(config: TrainConfig, learned_optimizer: LearnedOptimizer) -> Learner:
-  """The learner at the initial theta of ``config.seed``, with the outer optimizer of ``config``."""
+  """The learner at the initial theta of ``config.seed``, with the outer optimizer of ``config``.
+
+  The outer schedule is built here once: Adam steps by it, and the learner reports it
+  (:meth:`Learner.learning_rate`, TensorBoard's ``meta/learning_rate``).
+  """
   theta = jax.tree.map(np.asarray, learned_optimizer.init_meta(jax.random.key(config.seed)))
-  outer = outer_optimizer(config.learning_rate, total_steps=config.outer_steps, warmup_steps=config.warmup_steps)
-  return Learner(outer, theta, staleness=config.staleness)
+  schedule = outer_schedule(config.learning_rate, total_steps=config.outer_steps, warmup_steps=config.warmup_steps)
+  return Learner(clipped_adam(schedule), theta, staleness=config.staleness, schedule=schedule)
 
 
 def resolve(worker: WorkerConfig, checkpoints: Checkpoints) -> WorkerConfig:
@@ -430,9 +397,6 @@ class Run:
     self.evaluator, self.selection = evaluator, selection
     self.reference_reported = False
     self.final_timeout = FINAL_EVALUATION_TIMEOUT if final_timeout is None else final_timeout
-    self.schedule = outer_schedule(
-      config.learning_rate, total_steps=config.outer_steps, warmup_steps=config.warmup_steps
-    )
     self.last_saved = learner.step
     self.stopped = False  # a gather was interrupted: the workers' particles are not at the learner's step
     self.save_failed = False  # a checkpoint could not be written (disk full): the exit does not try again
@@ -447,7 +411,7 @@ class Run:
           "compiling the workers' step: the first estimate waits for it "
           "(a minute on 2 cores; seconds when the compilation cache has it)"
         )
-      self.pool.publish(jax.tree.map(np.asarray, self.learner.theta), self.learner.step)
+      self.pool.publish(self.learner.host_theta(), self.learner.step)
       self.evaluate_if_due()
       while self.learner.step < self.config.outer_steps:
         metrics = self.step()
@@ -474,7 +438,7 @@ class Run:
   def evaluate_if_due(self) -> None:
     """Submits the learner's theta to the evaluator when its step is a multiple of ``eval_every``."""
     if self.evaluator is not None and self.learner.step % self.config.eval_every == 0:
-      self.evaluator.submit(jax.tree.map(np.asarray, self.learner.theta), self.learner.step)
+      self.evaluator.submit(self.learner.host_theta(), self.learner.step)
 
   def write(self, evaluations: list[Evaluation]) -> None:
     """Writes evaluations to TensorBoard (:meth:`Summaries.evaluation`)."""
@@ -496,7 +460,7 @@ class Run:
     tqdm.tqdm.write(f"evaluating the final theta (waiting {self.final_timeout:.0f} s at most)")
     self.write(
       self.evaluator.finish(
-        jax.tree.map(np.asarray, self.learner.theta),
+        self.learner.host_theta(),
         self.learner.step,
         timeout=self.final_timeout,
         stop=lambda: self.pool.interrupted,
@@ -520,16 +484,17 @@ class Run:
     if self.learner.step - self.last_saved >= self.config.checkpoint_every:
       self.save()
     if self.learner.step < self.config.outer_steps:
-      self.pool.publish(jax.tree.map(np.asarray, self.learner.theta), self.learner.step)
+      self.pool.publish(self.learner.host_theta(), self.learner.step)
     self.evaluate_if_due()  # after the publish: the workers are busy on the new theta already
     seconds = time.perf_counter() - start
     metrics.update(
       outer_steps_per_second=1.0 / seconds,
       inner_steps_per_second=len(estimates) * self.worker.inner_steps_per_estimate / seconds,
-      learning_rate=float(np.asarray(self.schedule(self.learner.step))),
-      lost_estimates=float(self.pool.lost),
-      live_workers=float(self.pool.live_workers()),
     )
+    learning_rate = self.learner.learning_rate()  # the one Adam steps by (make_learner)
+    if learning_rate is not None:
+      metrics["learning_rate"] = learning_rate
+    metrics.update(lost_estimates=float(self.pool.lost), live_workers=float(self.pool.live_workers()))
     if self.evaluator is not None:
       metrics.update(skipped_evals=float(self.evaluator.skipped), lost_evals=float(self.evaluator.lost))
     return metrics

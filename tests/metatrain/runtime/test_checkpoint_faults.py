@@ -19,6 +19,7 @@ import pytest
 from etils import epath
 
 from metatrain import cli, loading
+from metatrain.exit_status import SAVE_FAILED_EXIT_STATUS
 from metatrain.runtime import checkpoint
 from metatrain.runtime.train import train
 
@@ -132,7 +133,7 @@ def test_a_full_disk_stops_the_run_and_keeps_the_checkpoints_written(tmp_path, c
     workdir = disk / "run"
     bindings = ["TrainConfig.outer_steps = 60", "TrainConfig.keep_checkpoints = 100"]
     capsys.readouterr()
-    assert _train(workdir, *bindings) == cli.SAVE_FAILED_EXIT_STATUS
+    assert _train(workdir, *bindings) == SAVE_FAILED_EXIT_STATUS
     error = capsys.readouterr().err.strip().splitlines()[-1]
     written = checkpoint.Checkpoints(workdir).steps()
     assert written and written == list(range(1, written[-1] + 1))

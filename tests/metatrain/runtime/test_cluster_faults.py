@@ -27,8 +27,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from metatrain import loading
+from metatrain.exit_status import PREEMPTED_EXIT_STATUS
 from metatrain.runtime.summaries import MAIN_RUN
-from metatrain.runtime.train import PREEMPTED_EXIT_STATUS
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 SMOKE = str(ROOT / "configs" / "smoke.gin")

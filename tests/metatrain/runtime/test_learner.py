@@ -24,6 +24,9 @@ def test_learner_step_equals_optax_on_the_mean():
   updates, _ = outer.update({"w": np.mean(grads, axis=0).astype(np.float32)}, state)
   np.testing.assert_allclose(learner.theta["w"], updates["w"], rtol=1e-6)
   assert learner.step == 1 and metrics["used_estimates"] == 3
+  host = learner.host_theta()  # what the workers receive: numpy, theta's values
+  assert type(host["w"]) is np.ndarray and np.array_equal(host["w"], np.asarray(learner.theta["w"]))
+  assert learner.learning_rate() is None  # built without its schedule
   assert np.isclose(metrics["grad_norm"], np.linalg.norm(np.mean(grads, axis=0)), rtol=1e-6)
 
 

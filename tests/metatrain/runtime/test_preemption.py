@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from metatrain import cli, loading
-from metatrain.runtime.train import INTERRUPTED_EXIT_STATUS, PREEMPTED_EXIT_STATUS
+from metatrain.exit_status import INTERRUPTED_EXIT_STATUS, PREEMPTED_EXIT_STATUS
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 SMOKE = str(ROOT / "configs" / "smoke.gin")

@@ -15,9 +15,12 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from metatrain import PES, NoiseReuseES, TrainConfig, WorkerConfig, cli, loading
+from metatrain.exit_status import INTERRUPTED_EXIT_STATUS
+from metatrain.outer import outer_schedule
 from metatrain.runtime import checkpoint
 from metatrain.runtime import train as train_module
 from metatrain.runtime.summaries import MAIN_RUN
+from metatrain.runtime.worker import Estimate
 
 SMOKE = str(pathlib.Path(__file__).resolve().parents[3] / "configs" / "smoke.gin")
 IN_PROCESS = ["TrainConfig.use_ray = False"]
@@ -58,8 +61,36 @@ def test_train_writes_checkpoints_and_tensorboard(tmp_path):
   assert len(losses) == 4 and all(np.isfinite(losses))
   assert [e.step for e in events.Scalars("meta/loss")] == [1, 2, 3, 4]
   assert [e.value for e in events.Scalars("faults/live_workers")] == [2.0] * 4
+  # The rate logged at step s is the outer schedule's at s: the rate of the learner's next update.
+  train_config = cli.parse_config(SMOKE, IN_PROCESS)[0]
+  schedule = outer_schedule(train_config.learning_rate, total_steps=4, warmup_steps=train_config.warmup_steps)
+  logged = [e.value for e in events.Scalars("meta/learning_rate")]
+  np.testing.assert_allclose(logged, [float(schedule(step)) for step in (1, 2, 3, 4)], rtol=1e-6)
   texts = events.Tags()["tensors"]
   assert any("operative_config" in t for t in texts)
+
+
+class _Constant:
+  """A learned optimizer with one parameter vector, for :func:`make_learner` (it only calls ``init_meta``)."""
+
+  def init_meta(self, key):
+    return {"w": np.zeros(2, np.float32)}
+
+
+def test_the_learner_reports_the_schedule_its_adam_steps_by():
+  """With a constant gradient, Adam's bias-corrected step is exactly its learning rate: each update is the rate
+  the learner reported before it."""
+  config = TrainConfig(learning_rate=0.5, outer_steps=10, warmup_steps=3)
+  learner = train_module.make_learner(config, _Constant())
+  expected = outer_schedule(0.5, total_steps=10, warmup_steps=3)
+  for step in range(12):  # past the end of the schedule too
+    rate = learner.learning_rate()
+    assert rate == float(expected(step))
+    before = np.asarray(learner.theta["w"])
+    learner.apply([Estimate({"w": np.float32([0.3, -0.4])}, 1.0, step, 0, {})])
+    np.testing.assert_allclose(np.asarray(learner.theta["w"]) - before, [-rate, rate], rtol=1e-4, atol=1e-7)
+  skipped = learner.apply([Estimate({"w": np.float32([np.nan, 0.0])}, 1.0, 12, 0, {})])
+  assert skipped["skipped_step"] == 1.0 and learner.learning_rate() == float(expected(12))  # no update, same rate
 
 
 def test_a_finished_run_starts_no_workers(tmp_path, monkeypatch, capsys):
@@ -105,7 +136,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, estimator):
   make_pool = train_module.make_pool
   monkeypatch.setattr(train_module, "make_pool", lambda *a, **k: _Interrupt(make_pool(*a, **k), after=2))
   # A KeyboardInterrupt raised inside the loop (not through the signal handler): saved at exit, status 130.
-  assert _train(tmp_path / "resumed", *bindings) == train_module.INTERRUPTED_EXIT_STATUS
+  assert _train(tmp_path / "resumed", *bindings) == INTERRUPTED_EXIT_STATUS
   assert _theta(tmp_path / "resumed")[0] == 2  # saved at exit
   monkeypatch.setattr(train_module, "make_pool", make_pool)
   assert _train(tmp_path / "resumed", *bindings) == 0
