@@ -100,12 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   """Runs ``metatrain train``, ``eval`` or ``export``; returns the exit status.
 
-  The statuses are named in :mod:`metatrain.exit_status`: 0 when done, 2 (:data:`BAD_INPUT_EXIT_STATUS`) for
-  bad input (a configuration, or checkpoints that do not resume), 75 (:data:`PREEMPTED_EXIT_STATUS`) when
-  ``train`` was stopped by SIGTERM after writing its checkpoint (run it again to resume), 130
-  (:data:`INTERRUPTED_EXIT_STATUS`) when stopped by Ctrl-C (after writing its checkpoint; at a second Ctrl-C at
-  once, the earlier checkpoints intact), 74 (:data:`SAVE_FAILED_EXIT_STATUS`) when a checkpoint could not be
-  written (the earlier ones are intact: make room and run it again).
+  The statuses are named in :mod:`metatrain.exit_status`: 0 when done; 2
+  (:data:`~metatrain.exit_status.BAD_INPUT_EXIT_STATUS`) for bad input (a configuration, or checkpoints that do
+  not resume); 75 (:data:`~metatrain.exit_status.PREEMPTED_EXIT_STATUS`) when ``train`` was stopped by SIGTERM
+  after writing its checkpoint (run it again to resume); 130 (:data:`~metatrain.exit_status.INTERRUPTED_EXIT_STATUS`)
+  when stopped by Ctrl-C (after writing its checkpoint; at a second Ctrl-C at once, the earlier checkpoints
+  intact); 74 (:data:`~metatrain.exit_status.SAVE_FAILED_EXIT_STATUS`) when a checkpoint could not be written
+  (the earlier ones are intact: make room and run it again).
 
   Args:
     argv: the arguments (default: ``sys.argv[1:]``).

@@ -4,7 +4,7 @@
 :data:`PREEMPTED_EXIT_STATUS`.
 """
 
-#: Bad input: a configuration, arguments, or checkpoints that do not resume (argparse's own status for bad flags).
+#: For bad input (a configuration, arguments, or checkpoints that do not resume), as argparse exits on bad flags.
 BAD_INPUT_EXIT_STATUS = 2
 
 #: ``metatrain train`` could not write a checkpoint (EX_IOERR); the earlier ones are intact: make room and run
