@@ -189,6 +189,12 @@ def test_the_readme_is_a_door():
   assert linked == {page.name for page in PAGES[1:]}
 
 
+def test_every_code_fence_closes():
+  for page in PAGES:
+    fences = [n for n, line in enumerate(page.read_text().splitlines(), 1) if line.startswith("```")]
+    assert len(fences) % 2 == 0, f"{page.relative_to(ROOT)}: a code fence opened at line {fences[-1]} never closes"
+
+
 def test_every_relative_link_and_image_exists():
   for page in PAGES:
     for target in re.findall(r"\]\(([^)#\s]+)\)", page.read_text()):
