@@ -75,6 +75,11 @@ class LearnedOptimizerProblem:
     """The learned optimizer at ``theta`` for runs of ``horizon`` steps (its ``total_steps``)."""
     return self.learned_optimizer.optimizer(theta, total_steps=self.horizon)
 
+  def noise_scales(self, theta: Theta) -> Theta:
+    """The scale of every part of ``theta`` for ES perturbations: the learned optimizer's
+    (:meth:`metatrain.LearnedOptimizer.noise_scales`), read by estimators with ``per_part_noise=True``."""
+    return self.learned_optimizer.noise_scales(theta)
+
   def init(self, theta: Theta, key: jax.Array) -> InnerState:
     """A fresh inner run: the task's params initialised from ``key`` and the optimizer's initial state."""
     params = self.task.init(key)

@@ -4,7 +4,8 @@
 affine map between two weight spaces (Zhou et al. 2024, Eq. 5-7);
 ``invariant_pool`` the maximal invariant linear map; ``transfer`` moves a
 layer's params to spaces renamed (:meth:`~unf.WeightSpace.match`);
-``parameter_count`` gives a layer's size before it is built. The flax
+``parameter_count`` gives a layer's size before it is built, ``input_channels``
+how many inputs each output entry sums. The flax
 modules in :mod:`unf.layers` are thin wrappers around them.
 
 The ``fixed_axes`` option of every function (default ``"auto"``): fixed (None)
@@ -107,15 +108,12 @@ def init(
   """
   space_in, space_out, _ = label_fixed_axes(space_in, space_out, fixed_axes)
   p = plan(space_in, space_out)
-  pooled = {g.name: [bool(p.reductions[pc.reduction].pooled_labels) for pc in g.pieces] for g in p.groups}
-  fan = [0] * len(space_out)
-  for g in p.groups:
-    unpooled = sum(n for n, is_pooled in zip(_piece_rows(p, g, in_features), pooled[g.name]) if not is_pooled)
-    fan[g.out_leaf] += unpooled * sum(pattern.singleton for pattern in g.patterns)
+  pooled = _pooled_pieces(p)
+  fans = _fan_ins(p, in_features)
   shapes = []
-  for g in p.groups:
+  for g, fan in zip(p.groups, fans):
     rows = _piece_rows(p, g, in_features)
-    std = 1.0 / math.sqrt(fan[g.out_leaf] or sum(rows))
+    std = 1.0 / math.sqrt(fan)
     row_scale = np.repeat([std * (_POOLED_SCALE if is_pooled else 1.0) for is_pooled in pooled[g.name]], rows)
     shapes.append((sum(rows), len(g.patterns) * _channels(p.layouts_out[g.out_leaf], out_features), row_scale))
   # One draw for every weight: a draw per group would compile a sampler per shape (seconds on large spaces).
@@ -132,6 +130,64 @@ def init(
       zeros = np.zeros(columns, dtype)
       params[_bias_name(space_out, g)] = jnp.asarray(zeros) if concrete else jnp.asarray(zeros, dtype)
   return params
+
+
+def _pooled_pieces(p: Plan) -> dict[str, list[bool]]:
+  """Per group (by name), whether each of its pieces pools some label."""
+  return {g.name: [bool(p.reductions[pc.reduction].pooled_labels) for pc in g.pieces] for g in p.groups}
+
+
+def _fan_ins(p: Plan, in_features: int) -> list[int]:
+  """Per group, the fan-in that :func:`init` scales its weights by: the input channels that reach a generic
+  output entry of its output leaf through terms that pool nothing (all of the group's rows where none do)."""
+  pooled = _pooled_pieces(p)
+  fan = [0] * len(p.layouts_out)
+  for g in p.groups:
+    unpooled = sum(n for n, is_pooled in zip(_piece_rows(p, g, in_features), pooled[g.name]) if not is_pooled)
+    fan[g.out_leaf] += unpooled * sum(pattern.singleton for pattern in g.patterns)
+  return [fan[g.out_leaf] or sum(_piece_rows(p, g, in_features)) for g in p.groups]
+
+
+def input_channels(
+  space_in: WeightSpace,
+  space_out: WeightSpace,
+  in_features: int,
+  *,
+  fixed_axes: str | int = "auto",
+) -> dict[str, int]:
+  """How many input channels each weight matrix's output leaf sums, by the matrix's name (biases have none).
+
+  A generic output entry (all its permutable indices distinct) of a leaf is a
+  sum of products of weights and input channels (features times fixed
+  coordinates, kept or pooled), one per row of every matrix that writes the
+  leaf; this counts them, pooled rows included. A perturbation of std ``s`` on
+  every weight then moves the entry by about ``s * sqrt(count)`` on inputs of
+  unit mean square (relu features and their means alike). A Deep Sets layer
+  (:class:`metatrain.DeepSetsLOpt`) sums ``2 * in_features``: an entry and a
+  mean. Meta-training reads it to perturb a UNF's last layer no more than that
+  (:meth:`metatrain.LearnedOptimizer.noise_scales`).
+
+  Args:
+    space_in: input weight space (with fixed sizes).
+    space_out: output weight space (with fixed sizes).
+    in_features: trailing feature axis size of the input.
+    fixed_axes: as given to :func:`init`.
+
+  Returns:
+    ``{weight name: input channels summed by its output leaf}`` for every weight matrix of the layer.
+
+  Example:
+    >>> import unf
+    >>> space = unf.WeightSpace({"w": ("a", "h"), "b": ("h",)})
+    >>> unf.linear.input_channels(space, space, 8)
+    {'b|-': 32, 'b|h': 32, 'w|-': 48, 'w|a': 48, 'w|a,h': 48, 'w|h': 48}
+  """
+  space_in, space_out, _ = label_fixed_axes(space_in, space_out, fixed_axes)
+  p = plan(space_in, space_out)
+  channels = [0] * len(space_out)
+  for g in p.groups:
+    channels[g.out_leaf] += sum(_piece_rows(p, g, in_features)) * sum(pattern.singleton for pattern in g.patterns)
+  return {_weight_name(space_out, g): channels[g.out_leaf] for g in p.groups}
 
 
 def _to_layer(leaf: jax.Array, layout: LeafLayout) -> jax.Array:

@@ -84,12 +84,51 @@ def check_truncation(horizon: int, truncation: int) -> None:
     )
 
 
-def sample_noise(key: jax.Array, theta: Theta, num: int, std: float) -> Theta:
-  """``num`` Gaussian perturbations of ``theta`` with standard deviation ``std`` (leading axis ``num``)."""
+def sample_noise(key: jax.Array, theta: Theta, num: int, std: float, scales: Theta | None = None) -> Theta:
+  """``num`` Gaussian perturbations of ``theta`` with standard deviation ``std`` (leading axis ``num``).
+
+  With ``scales`` (a pytree like ``theta`` of factors broadcastable to its leaves, :func:`noise_scales`),
+  each part's standard deviation is ``std * scale``; the draws are the same, only multiplied.
+  """
   leaves, treedef = jax.tree.flatten(theta)
+  factors = [1.0] * len(leaves) if scales is None else treedef.flatten_up_to(scales)
   keys = jax.random.split(key, len(leaves))
-  noise = [std * jax.random.normal(k, (num, *jnp.shape(x)), jnp.result_type(x)) for k, x in zip(keys, leaves)]
+  noise = [
+    std * jnp.asarray(s, jnp.result_type(x)) * jax.random.normal(k, (num, *jnp.shape(x)), jnp.result_type(x))
+    for k, x, s in zip(keys, leaves, factors)
+  ]
   return jax.tree.unflatten(treedef, noise)
+
+
+def noise_scales(problem: Any, theta: Theta, per_part: bool) -> Theta | None:
+  """The problem's scale of every part of ``theta`` when ``per_part`` (its ``noise_scales(theta)``), else None.
+
+  Raises:
+    ValueError: ``per_part`` with a problem that does not say its scales.
+  """
+  if not per_part:
+    return None
+  scales = getattr(problem, "noise_scales", None)
+  if scales is None:
+    raise ValueError(
+      f"per_part_noise=True scales the noise of each part of theta by the problem's noise_scales(theta), and "
+      f"{type(problem).__name__} has none: give it one, or set per_part_noise=False."
+    )
+  return scales(theta)
+
+
+def whiten(directions: Theta, scales: Theta | None) -> Theta:
+  """``directions / scales**2``: what turns perturbations of std ``std * scale`` into an unbiased estimate.
+
+  With noise ``eps ~ N(0, std^2 diag(s^2))`` the antithetic estimate of the gradient of the smoothed loss is
+  ``Sigma^-1 eps (L+ - L-) / 2 = eps / s^2 * (L+ - L-) / (2 std^2)``; :func:`estimate` applies the rest.
+  """
+  if scales is None:
+    return directions
+  treedef = jax.tree.structure(directions)
+  factors = treedef.flatten_up_to(scales)
+  leaves = [d / jnp.square(jnp.asarray(s, d.dtype)) for d, s in zip(jax.tree.leaves(directions), factors)]
+  return jax.tree.unflatten(treedef, leaves)
 
 
 def add(theta: Theta, delta: Theta, sign: float = 1.0) -> Theta:
@@ -253,6 +292,9 @@ class TruncatedEstimator(Estimator):
     std: perturbation standard deviation.
     clip: optional bound on each pair's loss difference.
     random_offsets: start pairs at random multiples of K (spreads resets over the horizon).
+    per_part_noise: perturb each part of theta with std ``std * scale``, the scales the problem gives
+      (:meth:`metatrain.LearnedOptimizer.noise_scales`: a UNF's last layer less than the rest); the estimate
+      stays unbiased for the loss smoothed with that noise (:func:`whiten`). False: one std for all.
   """
 
   num_pairs: int = 8
@@ -260,6 +302,7 @@ class TruncatedEstimator(Estimator):
   std: float = 0.01
   clip: float | None = None
   random_offsets: bool = True
+  per_part_noise: bool = False
 
   def inner_steps(self, horizon: int) -> int:
     """``2 * num_pairs * truncation``: both members of every pair advance one truncation."""

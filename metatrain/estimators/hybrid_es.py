@@ -105,7 +105,8 @@ class HybridES(common.TruncatedEstimator):
     reparameterization gradient's, ``w``), ``es_variance`` and ``reparam_variance``.
     """
     noise_key, data_key, reset_key = jax.random.split(key, 3)  # as TruncatedES: the same noise and data
-    eps = common.sample_noise(noise_key, theta, self.num_pairs, self.std)
+    scales = common.noise_scales(problem, theta, self.per_part_noise)
+    eps = common.sample_noise(noise_key, theta, self.num_pairs, self.std, scales)
     thetas = jax.tree.map(lambda t, e: jnp.stack([t + e, t - e]), theta, eps)  # (sign, pair, ...)
     keys = jax.random.split(data_key, self.truncation * self.num_pairs).reshape(self.truncation, self.num_pairs).T
     pairs = jax.vmap(common.truncation_value_and_grad, in_axes=(None, 0, 0, 0))
@@ -114,7 +115,8 @@ class HybridES(common.TruncatedEstimator):
     grads_finite = common.finite_rows(jax.tree.map(lambda g: jnp.moveaxis(g, 0, 1), grads))
     # A pair with a non-finite gradient is dropped from both estimates (`estimate` zeroes a NaN difference).
     loss_pos, loss_neg = jnp.where(grads_finite, losses[0], jnp.nan), losses[1]
-    es_grad, metrics = common.estimate(loss_pos, loss_neg, eps, std=self.std, clip=self.clip)
+    directions = common.whiten(eps, scales)
+    es_grad, metrics = common.estimate(loss_pos, loss_neg, directions, std=self.std, clip=self.clip)
 
     # Both estimates pair by pair, for their variances.
     finite = jnp.isfinite(loss_pos - loss_neg)
@@ -122,7 +124,7 @@ class HybridES(common.TruncatedEstimator):
     if self.clip is not None:
       difference = jnp.clip(difference, -self.clip, self.clip)
     scale = difference / (2.0 * self.std**2)
-    es_pairs = jax.tree.map(lambda e: e * scale.reshape((-1,) + (1,) * (e.ndim - 1)), eps)
+    es_pairs = jax.tree.map(lambda e: e * scale.reshape((-1,) + (1,) * (e.ndim - 1)), directions)
     reparam_pairs = common.where(
       finite, jax.tree.map(lambda g: 0.5 * (g[0] + g[1]), grads), jax.tree.map(jnp.zeros_like, eps)
     )

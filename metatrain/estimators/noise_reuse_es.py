@@ -49,7 +49,9 @@ class NoiseReuseES(common.TruncatedEstimator):
     """Fresh pairs of runs, both members from the same init, and each pair's perturbation."""
     start_key, noise_key = jax.random.split(key)
     runs, steps = self._start(problem, theta, start_key)
-    return NoiseReuseESState(runs, runs, common.sample_noise(noise_key, theta, self.num_pairs, self.std), steps)
+    scales = common.noise_scales(problem, theta, self.per_part_noise)
+    noise = common.sample_noise(noise_key, theta, self.num_pairs, self.std, scales)
+    return NoiseReuseESState(runs, runs, noise, steps)
 
   def step(
     self, problem: Any, state: NoiseReuseESState, theta: Theta, key: jax.Array
@@ -59,12 +61,15 @@ class NoiseReuseES(common.TruncatedEstimator):
     pos, neg, loss_pos, loss_neg = common.unroll_perturbed(
       problem, theta, state.noise, state.pos, state.neg, data_key, self.truncation
     )
-    grad, metrics = common.estimate(loss_pos, loss_neg, state.noise, std=self.std, clip=self.clip)
+    scales = common.noise_scales(problem, theta, self.per_part_noise)
+    directions = common.whiten(state.noise, scales)
+    grad, metrics = common.estimate(loss_pos, loss_neg, directions, std=self.std, clip=self.clip)
     done, fresh, steps = common.end_truncation(problem, theta, reset_key, state.step, self.truncation)
+    new_noise = common.sample_noise(noise_key, theta, self.num_pairs, self.std, scales)
     state = NoiseReuseESState(
       pos=common.where(done, fresh, pos),
       neg=common.where(done, fresh, neg),
-      noise=common.where(done, common.sample_noise(noise_key, theta, self.num_pairs, self.std), state.noise),
+      noise=common.where(done, new_noise, state.noise),
       step=steps,
     )
     metrics["resets"] = jnp.sum(done)

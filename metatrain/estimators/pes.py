@@ -49,12 +49,14 @@ class PES(common.TruncatedEstimator):
   def step(self, problem: Any, state: PESState, theta: Theta, key: jax.Array) -> tuple[PESState, Theta, Metrics]:
     """One truncation: ``(state, theta, key) -> (state, gradient estimate, metrics)``."""
     noise_key, data_key, reset_key = jax.random.split(key, 3)
-    eps = common.sample_noise(noise_key, theta, self.num_pairs, self.std)
+    scales = common.noise_scales(problem, theta, self.per_part_noise)
+    eps = common.sample_noise(noise_key, theta, self.num_pairs, self.std, scales)
     accumulated = jax.tree.map(jnp.add, state.accumulated, eps)
     pos, neg, loss_pos, loss_neg = common.unroll_perturbed(
       problem, theta, eps, state.pos, state.neg, data_key, self.truncation
     )
-    grad, metrics = common.estimate(loss_pos, loss_neg, accumulated, std=self.std, clip=self.clip)
+    directions = common.whiten(accumulated, scales)
+    grad, metrics = common.estimate(loss_pos, loss_neg, directions, std=self.std, clip=self.clip)
     done, fresh, steps = common.end_truncation(problem, theta, reset_key, state.step, self.truncation)
     state = PESState(
       pos=common.where(done, fresh, pos),

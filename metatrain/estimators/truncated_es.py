@@ -43,11 +43,12 @@ class TruncatedES(common.TruncatedEstimator):
   ) -> tuple[TruncatedESState, Theta, Metrics]:
     """One truncation: ``(state, theta, key) -> (state, gradient estimate, metrics)``."""
     noise_key, data_key, reset_key = jax.random.split(key, 3)
-    eps = common.sample_noise(noise_key, theta, self.num_pairs, self.std)
+    scales = common.noise_scales(problem, theta, self.per_part_noise)
+    eps = common.sample_noise(noise_key, theta, self.num_pairs, self.std, scales)
     pos, _, loss_pos, loss_neg = common.unroll_perturbed(
       problem, theta, eps, state.runs, state.runs, data_key, self.truncation
     )
-    grad, metrics = common.estimate(loss_pos, loss_neg, eps, std=self.std, clip=self.clip)
+    grad, metrics = common.estimate(loss_pos, loss_neg, common.whiten(eps, scales), std=self.std, clip=self.clip)
     done, fresh, steps = common.end_truncation(problem, theta, reset_key, state.step, self.truncation)
     metrics["resets"] = jnp.sum(done)
     return TruncatedESState(common.where(done, fresh, pos), steps), grad, metrics

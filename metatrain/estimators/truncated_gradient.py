@@ -42,6 +42,7 @@ class TruncatedGradient(common.TruncatedEstimator):
     std: unused (no perturbation); kept so that every truncated estimator takes the same fields.
     clip: optional bound on the norm of each run's gradient.
     random_offsets: start runs at random multiples of K (spreads resets over the horizon).
+    per_part_noise: unused, as ``std``.
   """
 
   name: ClassVar[str] = "truncated_grad"

@@ -286,6 +286,33 @@ class LearnedOptimizer:
         scalars["log_weight_decay"] = jnp.asarray(math.log(self.initial_weight_decay), dtype)
     return scalars
 
+  def noise_scales(self, theta: Theta) -> Theta:
+    """The scale of every part of ``theta`` for evolution strategies' perturbations (``per_part_noise``).
+
+    ES perturbs every meta-parameter with the same std. A UNF's last layer sums many more inputs per
+    output entry than a Deep Sets layer (:func:`unf.linear.input_channels`: 192-320 on ``mlp_fashion8``,
+    up to 2,880 on ``transformer_lm``, against Deep Sets' 64), so the same std moves ``f``'s output 2-7x
+    further, and on ``rnn_lm`` the perturbed runs diverged (issue 22, part 5). Here every weight matrix of
+    the last layer has scale ``sqrt(2 * width / input_channels)``, so that a perturbation moves each output
+    entry of ``f`` about as far as it moves a Deep Sets layer's; everything else has scale 1 (so Deep Sets'
+    scales are all 1).
+
+    Args:
+      theta: meta-parameters of this optimizer.
+
+    Returns:
+      A pytree shaped like ``theta`` of scalar factors (arrays of ``theta``'s dtypes).
+    """
+    scales = jax.tree.map(lambda x: jnp.ones((), jnp.result_type(x)), theta)
+    if not self.uses_f:
+      return scales
+    head = self._head_noise_scales(theta["f"]["head"])
+    return {**scales, "f": {**scales["f"], "head": head}}
+
+  def _head_noise_scales(self, head: dict) -> dict:
+    """The scales of ``f``'s last layer for :meth:`noise_scales`: 1 everywhere unless a kind says otherwise."""
+    return jax.tree.map(lambda x: jnp.ones((), jnp.result_type(x)), head)
+
   def num_meta_parameters(self, theta: Theta) -> int:
     """Number of scalars in one ``theta`` (independent of the inner network's widths)."""
     return _size(theta)

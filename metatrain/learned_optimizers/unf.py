@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 import jax
+import jax.numpy as jnp
 
 import unf
 from metatrain.learned_optimizers.base import LearnedOptimizer
@@ -49,3 +51,11 @@ class UNFLOpt(LearnedOptimizer):
 
   def _transfer_head(self, head: dict, space: unf.WeightSpace) -> dict:
     return unf.linear.transfer(head, self.space, self.space, space, space, fixed_axes=self.fixed_axes)
+
+  def _head_noise_scales(self, head: dict) -> dict:
+    # sqrt(2 width / channels): a Deep Sets layer sums 2 * width inputs per entry (its entry and its mean).
+    channels = unf.linear.input_channels(self.space, self.space, self.width, fixed_axes=self.fixed_axes)
+    return {
+      name: jnp.asarray(math.sqrt(2 * self.width / channels[name]) if name in channels else 1.0, value.dtype)
+      for name, value in head.items()
+    }

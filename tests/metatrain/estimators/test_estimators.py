@@ -53,12 +53,15 @@ def _full_loss(problem, thetas, truncation):
   return jnp.mean(jnp.stack(losses))
 
 
-def _exact_gradient(problem, truncation, std, *, shared, samples=4000):
-  """E over the smoothing noise of the autodiff gradient (independent noise per truncation, or one shared)."""
+def _exact_gradient(problem, truncation, std, *, shared, samples=4000, scales=None):
+  """E over the smoothing noise of the autodiff gradient (independent noise per truncation, or one shared).
+
+  ``scales``: the noise of each part of theta is ``std * scale`` (``per_part_noise``).
+  """
   m = problem.horizon // truncation
 
   def one(key):
-    eps = common.sample_noise(key, THETA, 1 if shared else m, std)
+    eps = common.sample_noise(key, THETA, 1 if shared else m, std, scales)
     eps = jax.tree.map(lambda e: jnp.broadcast_to(e, (m,)), eps)
     return jax.grad(lambda th: _full_loss(problem, common.add(th, eps), truncation))(THETA)
 
