@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 import unf
-from tasks import cifar10, fashion_mnist, text
+from tasks import cifar10, digits, fashion_mnist, text
 from tasks.base import ClassificationData, SequenceData, Task, TaskFamily, as_device_arrays, shuffled
 from tasks.models import CNN, MLP, RNNLM, TransformerLM
 
@@ -54,6 +54,28 @@ def fashion_mnist_subset(size: int, num_train: int) -> ClassificationData:
 
 
 @functools.cache
+def digits_data(num_train: int, num_valid: int) -> ClassificationData:
+  """scikit-learn's 8x8 digits (:mod:`tasks.digits`) in a fixed shuffle: ``num_train`` examples to train on,
+  the next ``num_valid`` to validate on, the rest to test on; on the device.
+
+  Raises:
+    ValueError: when the two leave no test examples.
+  """
+  images, labels = digits.load()
+  if num_train < 1 or num_valid < 1 or num_train + num_valid >= len(labels):
+    raise ValueError(
+      f"num_train={num_train} and num_valid={num_valid} must be positive and leave test examples of the "
+      f"{len(labels)} digits."
+    )
+  data = shuffled({"x": images[..., None], "y": labels})
+  cuts = {"train": slice(0, num_train), "valid": slice(num_train, num_train + num_valid)}
+  cuts["test"] = slice(num_train + num_valid, None)
+  inputs = {split: data["x"][cut] for split, cut in cuts.items()}
+  targets = {split: data["y"][cut] for split, cut in cuts.items()}
+  return ClassificationData(**as_device_arrays({"inputs": inputs, "labels": targets}), num_classes=10)
+
+
+@functools.cache
 def cifar10_data(size: int) -> ClassificationData:
   """CIFAR-10 at ``size x size``: 45k train, 5k valid, 10k test, on the device."""
   return ClassificationData(**_image_splits(cifar10.load, size, 5000), num_classes=10)
@@ -87,6 +109,18 @@ def mlp_fashion(
     name=name or f"mlp_fashion{size}_{'-'.join(map(str, hidden))}_{activation}{subset}",
     make_model=lambda rngs: MLP(sizes, activation=ACTIVATIONS[activation], rngs=rngs),
     data=fashion_mnist_subset(size, num_train) if num_train else fashion_mnist_data(size),
+    batch_size=128,
+    space_builder=unf.mlp_space,
+  )
+
+
+@functools.cache
+def mlp_digits(hidden: tuple[int, ...], *, num_train: int, num_valid: int, name: str) -> Task:
+  """An MLP on scikit-learn's 8x8 digits (:func:`digits_data`): ``mlp_fashion8``'s architecture on other data."""
+  return Task(
+    name=name,
+    make_model=lambda rngs: MLP((64, *hidden, 10), activation=jax.nn.relu, rngs=rngs),
+    data=digits_data(num_train, num_valid),
     batch_size=128,
     space_builder=unf.mlp_space,
   )
@@ -136,8 +170,10 @@ def transformer_lm(*, name: str = "transformer_lm") -> Task:
   )
 
 
-#: Training examples of the small-data task ``mlp_fashion8_small``.
+#: Training examples of the small-data tasks ``mlp_fashion8_small`` and ``mlp_digits_small``.
 SMALL_TRAIN = 1000
+#: Validation examples of ``mlp_digits_small`` (the other 397 digits are its test split).
+DIGITS_VALID = 400
 
 _TASKS: dict[str, Callable[[], Task]] = {
   "mlp_fashion8": lambda: mlp_fashion(8, (32,), name="mlp_fashion8"),
@@ -146,6 +182,9 @@ _TASKS: dict[str, Callable[[], Task]] = {
   # Held out from meta-training: mlp_fashion8 on 1,000 training examples, the overfitting regime of a
   # user's small dataset (validation and test as mlp_fashion8's).
   "mlp_fashion8_small": lambda: mlp_fashion(8, (32,), num_train=SMALL_TRAIN, name="mlp_fashion8_small"),
+  # Held out from meta-training: mlp_fashion8's architecture on another small dataset, 1,000 of
+  # scikit-learn's 8x8 digits (the small classification set of issue 22's user).
+  "mlp_digits_small": lambda: mlp_digits((32,), num_train=SMALL_TRAIN, num_valid=DIGITS_VALID, name="mlp_digits_small"),
   "cnn_fashion16": lambda: cnn("fashion", 16, name="cnn_fashion16"),
   "cnn_cifar16": lambda: cnn("cifar", 16, name="cnn_cifar16"),
   "rnn_lm": lambda: rnn_lm("irnn", name="rnn_lm"),
