@@ -364,21 +364,22 @@ class WeightSpace:
 
   # --- text and renaming -------------------------------------------------
 
-  def to_json(self) -> str:
-    """This space as JSON text, lossless: :meth:`from_json` gives back an equal space.
+  def to_json(self) -> dict[str, Any]:
+    """This space as JSON-ready values, lossless: :meth:`from_json` gives back an equal space.
 
-    Per leaf, in :attr:`paths` order: its path (str and int keys stay apart,
-    since JSON keeps strings and numbers apart), its axes (a label or null)
-    and its fixed sizes (null if unknown, else an int per fixed axis and null
-    per permutable one).
+    As every ``to_json`` of the project (learned optimizers, estimators), it
+    returns values for ``json.dumps``, not text. Per leaf, in :attr:`paths`
+    order: its path (str and int keys stay apart, since JSON keeps strings and
+    numbers apart), its axes (a label or null) and its fixed sizes (null if
+    unknown, else an int per fixed axis and null per permutable one).
 
     Returns:
-      ``json.dumps({"format": 1, "leaves": [{"path": ..., "axes": ..., "fixed_sizes": ...}, ...]})``.
+      ``{"format": 1, "leaves": [{"path": ..., "axes": ..., "fixed_sizes": ...}, ...]}``.
 
     Example:
-      >>> import unf
+      >>> import json, unf
       >>> space = unf.WeightSpace({"layers": {0: {"kernel": ("in", "hidden")}}})
-      >>> space.to_json()
+      >>> json.dumps(space.to_json())
       '{"format": 1, "leaves": [{"path": ["layers", 0, "kernel"], "axes": ["in", "hidden"], "fixed_sizes": null}]}'
       >>> unf.WeightSpace.from_json(space.to_json()) == space
       True
@@ -387,14 +388,15 @@ class WeightSpace:
       {"path": list(path), "axes": list(axes), "fixed_sizes": None if fixed is None else list(fixed)}
       for (path, axes), fixed in zip(self._leaves, self._fixed)
     ]
-    return json.dumps({"format": _JSON_FORMAT, "leaves": leaves})
+    return {"format": _JSON_FORMAT, "leaves": leaves}
 
   @classmethod
-  def from_json(cls, text: str) -> WeightSpace:
-    """Parses the text of :meth:`to_json` (with or without its ``"format"`` key).
+  def from_json(cls, values: dict[str, Any] | str) -> WeightSpace:
+    """Reads what :meth:`to_json` gave (with or without its ``"format"`` key), as values or as JSON text.
 
     Args:
-      text: JSON text ``{"leaves": [{"path": [...], "axes": [...], "fixed_sizes": null | [...]}, ...]}``.
+      values: ``{"leaves": [{"path": [...], "axes": [...], "fixed_sizes": null | [...]}, ...]}``, or its JSON
+        text (as files written before ``to_json`` returned values hold it).
 
     Returns:
       The weight space it describes.
@@ -403,10 +405,12 @@ class WeightSpace:
       ValueError: naming what is wrong if the text is not JSON, lacks a key,
         holds a value of the wrong type, repeats a path or is not a valid space.
     """
-    try:
-      data = json.loads(text)
-    except (TypeError, json.JSONDecodeError) as error:
-      raise ValueError(f"WeightSpace.from_json: the text is not JSON: {error}.") from None
+    data: Any = values
+    if isinstance(values, str):
+      try:
+        data = json.loads(values)
+      except json.JSONDecodeError as error:
+        raise ValueError(f"WeightSpace.from_json: the text is not JSON: {error}.") from None
     if not isinstance(data, dict) or "leaves" not in data:
       raise ValueError(f'WeightSpace.from_json: expected an object with a "leaves" list, got {_excerpt(data)}.')
     if data.get("format", _JSON_FORMAT) != _JSON_FORMAT:

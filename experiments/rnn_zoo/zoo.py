@@ -15,7 +15,7 @@ budget is spent keeps its weights (a per-model mask on the update).
 The zoo is one ``.npz`` per split (``train``, ``valid``, ``test``: disjoint
 models) holding the stacked weights (``weights/<leaf path>``, leading model
 axis), the accuracy, each model's hyper-parameters, and the weight space as
-JSON text (:meth:`unf.WeightSpace.to_json`); :func:`load_split` gives them back
+JSON text (of :meth:`unf.WeightSpace.to_json`); :func:`load_split` gives them back
 with the rebuilt :class:`unf.WeightSpace`.
 
 Example:
@@ -342,7 +342,7 @@ def save_split(path: str | os.PathLike, split: ZooSplit) -> None:
   }
   arrays["accuracy"] = np.asarray(split.accuracy, np.float32)
   arrays.update({f"hyper/{name}": np.asarray(value) for name, value in split.hyperparameters.items()})
-  arrays["space"] = np.asarray(split.space.to_json())
+  arrays["space"] = np.asarray(json.dumps(split.space.to_json()))
   buffer = io.BytesIO()
   # Numbers and text only: no pickles, as load_split reads them with allow_pickle=False.
   np.savez(buffer, allow_pickle=False, **arrays)

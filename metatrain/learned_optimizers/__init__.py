@@ -13,7 +13,6 @@ this registry, so a new kind is tested as soon as it is registered here.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from metatrain.learned_optimizers import features
@@ -106,7 +105,7 @@ def from_json(values: dict[str, Any]) -> LearnedOptimizer:
   if kind not in LEARNED_OPTIMIZERS:
     raise ValueError(f"unknown learned optimizer {kind!r}; choose one of {sorted(LEARNED_OPTIMIZERS)}.")
   try:
-    space = WeightSpace.from_json(json.dumps(values["space"]))
+    space = WeightSpace.from_json(values["space"])
     options = {**_WRITTEN_BEFORE.get(kind, {}), **{name: values[name] for name in _OPTIONS if name in values}}
     return LEARNED_OPTIMIZERS[kind](space, **options)
   except (KeyError, TypeError) as error:

@@ -57,7 +57,6 @@ Choices made here:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import typing
 from typing import Any, ClassVar, NamedTuple
@@ -354,7 +353,7 @@ class LearnedOptimizer:
 
     :func:`metatrain.learned_optimizers.from_json` reads them back.
     """
-    return {"kind": self.name, **self.options(), "space": json.loads(self.space.to_json())}
+    return {"kind": self.name, **self.options(), "space": self.space.to_json()}
 
   # --- the update rule
 
