@@ -15,7 +15,8 @@ Doubling the pairs should roughly double the SNR at twice the cost. Not a test: 
 ``python -m benchmarks.estimator_snr`` (2 cores: about ten minutes with the defaults).
 
 ``--mode parts`` splits PES's signal-to-noise by part of theta (the scalars, ``f``'s pointwise layers, its
-last layer) for the UNF and the Deep Sets learned optimizer, with each part's share of the total variance.
+last layer) for the UNF and the Deep Sets learned optimizer, with each part's share of the total variance,
+on ``--task`` (mlp_fashion8), with one std for all or ``--per_part_noise``.
 
 ``--mode estimators`` compares every registered estimator (``metatrain.ESTIMATORS``) instead, on a short
 horizon (``--horizon``, 200 by default, so that a long-horizon reference is affordable), each with
@@ -174,19 +175,25 @@ def compare(args: argparse.Namespace) -> None:
 def parts(args: argparse.Namespace) -> None:
   """``--mode parts``: PES's signal-to-noise per part of theta (the scalars, f's pointwise layers, its head),
   for the UNF and the Deep Sets learned optimizer at their initial theta (issue 22, part 5)."""
+  noise = "noise scaled per part (per_part_noise)" if args.per_part_noise else "one std for every part"
   print(
-    f"PES ({args.num_pairs} pairs, truncation {args.truncation}, std 0.01) on mlp_fashion8 at the initial theta "
-    f"of preset {args.preset}, horizon {args.horizon}, {args.estimates} estimates each; debiased SNR per part.\n"
+    f"PES ({args.num_pairs} pairs, truncation {args.truncation}, std 0.01, {noise}) on {args.task} at the initial "
+    f"theta of preset {args.preset}, horizon {args.horizon}, {args.estimates} estimates each; debiased SNR per "
+    "part.\n"
   )
-  print("| learned optimizer | part | meta-parameters | SNR | share of the variance |\n|---|---|---|---|---|")
+  print(
+    "| learned optimizer | part | meta-parameters | SNR | share of the variance | non-finite pairs |\n"
+    "|---|---|---|---|---|---|"
+  )
   for kind in ("unf", "deep_sets"):
     config = WorkerConfig(
+      task=args.task,
       learned_optimizer=kind,
       preset=args.preset,
       horizon=args.horizon,
-      estimator=PES(num_pairs=args.num_pairs, truncation=args.truncation),
+      estimator=PES(num_pairs=args.num_pairs, truncation=args.truncation, per_part_noise=args.per_part_noise),
     )
-    g, _, _ = repeated_estimates(config, args.estimates)
+    g, _, nan = repeated_estimates(config, args.estimates)
     theta = jax.eval_shape(config.resolved().build_learned_optimizer().init_meta, jax.random.key(0))
     paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(theta)[0]]
     sizes = [int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(theta)]
@@ -197,7 +204,8 @@ def parts(args: argparse.Namespace) -> None:
       block = g[:, columns == part]
       share = np.sum(np.var(block, axis=0, ddof=1)) / total
       print(
-        f"| {kind} | {part} | {block.shape[1]:,} | {signal_to_noise(block, debiased=True):.4f} | {share:.3f} |",
+        f"| {kind} | {part} | {block.shape[1]:,} | {signal_to_noise(block, debiased=True):.4f} | {share:.3f} "
+        f"| {nan:.2f} |",
         flush=True,
       )
 
@@ -221,6 +229,8 @@ def main() -> None:
   parser.add_argument("--reference", choices=("full_grad", "full_es"), default="full_grad")
   parser.add_argument("--reference_pairs", type=int, default=2, help="pairs (or 2 x runs) per reference estimate")
   parser.add_argument("--reference_estimates", type=int, default=4)
+  parser.add_argument("--task", default="mlp_fashion8", help="parts mode: the task")
+  parser.add_argument("--per_part_noise", action="store_true", help="parts mode: noise scaled per part of theta")
   args = parser.parse_args()
   if args.mode == "estimators":
     args.estimates = args.estimates or 12
