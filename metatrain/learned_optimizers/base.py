@@ -291,7 +291,7 @@ class LearnedOptimizer:
     ES perturbs every meta-parameter with the same std. A UNF's last layer sums many more inputs per
     output entry than a Deep Sets layer (:func:`unf.linear.input_channels`: 192-320 on ``mlp_fashion8``,
     up to 2,880 on ``transformer_lm``, against Deep Sets' 64), so the same std moves ``f``'s output 2-7x
-    further, and on ``rnn_lm`` the perturbed runs diverged (issue 22, part 5). Here every weight matrix of
+    further (issue 22, part 5). Here every weight matrix of
     the last layer has scale ``sqrt(2 * width / input_channels)``, so that a perturbation moves each output
     entry of ``f`` about as far as it moves a Deep Sets layer's; everything else has scale 1 (so Deep Sets'
     scales are all 1).
