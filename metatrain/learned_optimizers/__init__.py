@@ -31,7 +31,8 @@ LEARNED_OPTIMIZERS: dict[str, type[LearnedOptimizer]] = {cls.name: cls for cls i
 #: - ``"paper"``: the paper's code (Zhou, Finn, Harrison 2024): three pointwise layers before the last layer.
 #: - ``"sgd_scale"``: ``"paper"`` started at ``alpha = 1``, heavy-ball SGD at 0.1 (tuned SGDM's rate).
 #: - ``"adam"``: ``"paper"`` with the second-moment features and the Adam base term, ``alpha`` at 0.01 and
-#:   ``beta`` at 0.05 (``f`` then starts at 0.2% to 2.5% of the update per tensor, as against the momentum base).
+#:   ``beta`` at 0.05 (``f`` then starts at a few percent of the update per tensor, as against the momentum base:
+#:   ``python -m benchmarks.update_share``).
 #: - ``"adam_mup"``: ``"adam"`` with the muP-style ``update_scale="fan_in"`` for transfer across widths.
 #: - ``"nominal"``: ``"adam"``'s features over the ``"nominal"`` base: Adam with warm-up and cosine decay over
 #:   the run, ``f``'s last layer at zero, so that it starts as Adam-cosine. Its ``initial_alpha`` is left to

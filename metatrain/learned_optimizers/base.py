@@ -42,11 +42,10 @@ Choices made here:
 * Initialisation: ``f``'s last layer starts at :data:`HEAD_SCALE` (0.1) times
   its usual scale, so that the initial optimizer is close to momentum SGD with
   learning rate 0.1 on an exponential moving average of the gradient (decay
-  0.9). On ``mlp_fashion8`` ``f`` starts at RMS 0.02 to 0.1 per tensor and
-  ``beta * f`` is 0.5% to 3% of ``m_gamma0`` per tensor after 10 steps
-  (measured; up to 35% at the first step, where ``m_gamma0 = 0.1 g`` is
-  smallest). Not zero: ES perturbations of every layer of ``f`` then change
-  the loss from the start.
+  0.9): ``beta * f`` starts at a few percent of ``m_gamma0`` per tensor
+  (``python -m benchmarks.update_share`` measures it for every preset). Not
+  zero: ES perturbations of every layer of ``f`` then change the loss from
+  the start.
 * Non-finite gradients: NaN and +-inf gradient entries are read as 0 before
   anything else (:func:`metatrain.learned_optimizers.features.finite_or_zero`): they leave the
   state, every update and the meta-gradients finite, the step count advances,
@@ -162,9 +161,9 @@ class LearnedOptimizer:
   * ``initial_alpha``: the initial ``alpha``. With the momentum base, ``alpha * (1 - gamma0)`` is the
     equivalent heavy-ball learning rate: 0.1 (the paper's) starts as heavy-ball SGD at 0.01.
   * ``initial_beta``: the initial ``beta`` (0.001, the paper's). ``f``'s output is O(0.1) per entry at
-    init: against the Adam base (O(1) per entry) 0.001 leaves ``f`` at 0.004% to 0.05% of the update per
-    tensor (measured on mlp_fashion8 after 10 steps), where against the momentum base it is 0.5% to 3%; the
-    Adam presets start at 0.05 (0.2% to 2.5%).
+    init, so against the Adam base (O(1) per entry) 0.001 would leave ``f`` a tiny share of the update,
+    where against the momentum base it is a few percent; the Adam presets start at 0.05, which gives it
+    about the same share (``python -m benchmarks.update_share``).
   * ``initial_weight_decay``: the initial decoupled weight decay of the ``"nominal"`` base (0: none, and
     none is learned).
   * ``horizon``: the horizon T it was meta-trained at (recorded by :class:`metatrain.WorkerConfig`; carried by
