@@ -91,13 +91,23 @@ def sample_noise(key: jax.Array, theta: Theta, num: int, std: float, scales: The
   each part's standard deviation is ``std * scale``; the draws are the same, only multiplied.
   """
   leaves, treedef = jax.tree.flatten(theta)
-  factors = [1.0] * len(leaves) if scales is None else treedef.flatten_up_to(scales)
+  factors = [1.0] * len(leaves) if scales is None else _leaves_like(scales, treedef)
   keys = jax.random.split(key, len(leaves))
   noise = [
     std * jnp.asarray(s, jnp.result_type(x)) * jax.random.normal(k, (num, *jnp.shape(x)), jnp.result_type(x))
     for k, x, s in zip(keys, leaves, factors)
   ]
   return jax.tree.unflatten(treedef, noise)
+
+
+def _leaves_like(scales: Theta, treedef: Any) -> list[Any]:
+  """The leaves of ``scales``, which must have ``treedef``'s structure (a factor per leaf of theta)."""
+  leaves, structure = jax.tree.flatten(scales)
+  if structure != treedef:
+    raise ValueError(
+      f"noise scales must be shaped like theta (a factor per leaf): got {structure}, expected {treedef}."
+    )
+  return leaves
 
 
 def noise_scales(problem: Any, theta: Theta, per_part: bool) -> Theta | None:
@@ -126,7 +136,7 @@ def whiten(directions: Theta, scales: Theta | None) -> Theta:
   if scales is None:
     return directions
   treedef = jax.tree.structure(directions)
-  factors = treedef.flatten_up_to(scales)
+  factors = _leaves_like(scales, treedef)
   leaves = [d / jnp.square(jnp.asarray(s, d.dtype)) for d, s in zip(jax.tree.leaves(directions), factors)]
   return jax.tree.unflatten(treedef, leaves)
 
