@@ -82,6 +82,8 @@ class HybridES(common.TruncatedEstimator):
     std: perturbation standard deviation.
     clip: optional bound on each pair's loss difference (in the ES estimate only).
     random_offsets: start pairs at random multiples of K (spreads resets over the horizon).
+    per_part_noise: as :class:`metatrain.estimators.common.TruncatedEstimator`'s (both estimates are then of
+      the loss smoothed with that noise).
   """
 
   name: ClassVar[str] = "hybrid"
