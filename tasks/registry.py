@@ -199,7 +199,7 @@ def names() -> list[str]:
   Example:
     >>> import tasks
     >>> tasks.names()[:4]
-    ['cnn_cifar16', 'cnn_fashion16', 'lstm_lm', 'mlp_fashion16_wide']
+    ['cnn_cifar16', 'cnn_fashion16', 'lstm_lm', 'mlp_digits_small']
     >>> "mlp_fashion8_small" in tasks.names()
     True
   """
