@@ -137,14 +137,22 @@ def _pooled_pieces(p: Plan) -> dict[str, list[bool]]:
   return {g.name: [bool(p.reductions[pc.reduction].pooled_labels) for pc in g.pieces] for g in p.groups}
 
 
+def _entry_channels(p: Plan, in_features: int, *, unpooled_only: bool) -> list[int]:
+  """Per output leaf, the input channels that a generic output entry sums: one per row of every group that
+  writes the leaf, times the group's patterns that reach such an entry (only pieces that pool nothing, or all)."""
+  pooled = _pooled_pieces(p)
+  channels = [0] * len(p.layouts_out)
+  for g in p.groups:
+    rows = zip(_piece_rows(p, g, in_features), pooled[g.name])
+    counted = sum(n for n, is_pooled in rows if not (unpooled_only and is_pooled))
+    channels[g.out_leaf] += counted * sum(pattern.singleton for pattern in g.patterns)
+  return channels
+
+
 def _fan_ins(p: Plan, in_features: int) -> list[int]:
   """Per group, the fan-in that :func:`init` scales its weights by: the input channels that reach a generic
   output entry of its output leaf through terms that pool nothing (all of the group's rows where none do)."""
-  pooled = _pooled_pieces(p)
-  fan = [0] * len(p.layouts_out)
-  for g in p.groups:
-    unpooled = sum(n for n, is_pooled in zip(_piece_rows(p, g, in_features), pooled[g.name]) if not is_pooled)
-    fan[g.out_leaf] += unpooled * sum(pattern.singleton for pattern in g.patterns)
+  fan = _entry_channels(p, in_features, unpooled_only=True)
   return [fan[g.out_leaf] or sum(_piece_rows(p, g, in_features)) for g in p.groups]
 
 
@@ -184,9 +192,7 @@ def input_channels(
   """
   space_in, space_out, _ = label_fixed_axes(space_in, space_out, fixed_axes)
   p = plan(space_in, space_out)
-  channels = [0] * len(space_out)
-  for g in p.groups:
-    channels[g.out_leaf] += sum(_piece_rows(p, g, in_features)) * sum(pattern.singleton for pattern in g.patterns)
+  channels = _entry_channels(p, in_features, unpooled_only=False)
   return {_weight_name(space_out, g): channels[g.out_leaf] for g in p.groups}
 
 
