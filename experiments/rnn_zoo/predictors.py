@@ -45,16 +45,27 @@ PREDICTORS = ("unf", "deep_sets", "statnn")
 # Test Kendall's tau on the Tiny RNN Zoo, Zhou et al. 2024, Table 2.
 PAPER_TAU = {"unf": 0.8968, "deep_sets": 0.8306, "statnn": 0.8839}
 DISPLAY_NAMES = {"unf": "UNF (invariant)", "deep_sets": "Deep Sets", "statnn": "StatNN"}
-#: Per size preset, each predictor's keyword arguments, ``"small"`` (this project's first zoo) and
-#: ``"paper"`` (the authors' code, 16-channel UNF and Deep Sets layers with an MLP head of 512, StatNN with
-#: three hidden layers of 600).
+#: The label that the authors' code gives every fixed axis of a zoo's models (the character axes of the
+#: arithmetic zoo's encoder, decoder and head; the IRNN zoo's vocabulary), shared by all of them.
+CHARACTERS = "characters"
+_PAPER_HEADS: dict[str, dict[str, Any]] = {
+  "deep_sets": {"width": 16, "head_hidden": (512,)},
+  "statnn": {"head_hidden": (600, 600, 600)},
+}
+#: Per size preset, each predictor's keyword arguments:
+#:
+#: - ``"small"``: this project's first zoo;
+#: - ``"paper"``: the authors' code (``gen_pred``): 16-channel UNF and Deep Sets layers with an MLP head of
+#:   512, StatNN with three hidden layers of 600, and the UNF's space with every fixed axis given one shared,
+#:   permutable label (:data:`CHARACTERS`), as the authors do;
+#: - ``"paper3"``: the same with the paper's three equivariant layers (its code has two);
+#: - ``"bounded"``: the paper's sizes, with the fixed axes as ``unf.infer_space`` gives them; the UNF's
+#:   default ``fixed_axes="auto"`` gives each long one a label of its own (:func:`unf.basis.label_fixed_axes`).
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
   "small": {"unf": {}, "deep_sets": {}, "statnn": {}},
-  "paper": {
-    "unf": {"hidden": (16, 16), "head_hidden": (512,)},
-    "deep_sets": {"width": 16, "head_hidden": (512,)},
-    "statnn": {"head_hidden": (600, 600, 600)},
-  },
+  "paper": {"unf": {"hidden": (16, 16), "head_hidden": (512,), "fixed_label": CHARACTERS}, **_PAPER_HEADS},
+  "paper3": {"unf": {"hidden": (16, 16, 16), "head_hidden": (512,), "fixed_label": CHARACTERS}, **_PAPER_HEADS},
+  "bounded": {"unf": {"hidden": (16, 16), "head_hidden": (512,)}, **_PAPER_HEADS},
 }
 #: The quantiles StatNN reads of every tensor.
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -149,6 +160,39 @@ def _run_mlp(layers: nnx.List, h: jax.Array) -> jax.Array:
   return h
 
 
+def label_fixed_axes(space: unf.WeightSpace, label: str) -> unf.WeightSpace:
+  """``space`` with every fixed axis given one shared label, ``label`` (the authors' code, for the zoos).
+
+  The UNF on the result is equivariant to a larger group than the true one (which permutes no fixed
+  axis): it also permutes the characters, the same way in every tensor that has them.
+
+  Raises:
+    ValueError: when ``label`` is taken, or when the fixed axes differ in length (one label has one size).
+
+  Example:
+    >>> import unf
+    >>> space = unf.WeightSpace({"embed": (None, "h"), "head": ("h", None)},
+    ...                         fixed_sizes={("embed",): (14, None), ("head",): (None, 14)})
+    >>> label_fixed_axes(space, "characters")
+    WeightSpace(
+      embed: (characters, h)
+      head: (h, characters)
+    )
+  """
+  if label in space.labels:
+    raise ValueError(f"label_fixed_axes: the space already has a label {label!r}; choose another name.")
+  lengths = {n for i in range(len(space)) for n in space.fixed_shape(i)}
+  if len(lengths) > 1:
+    raise ValueError(
+      f"label_fixed_axes: the fixed axes have lengths {sorted(lengths)}, but one shared label needs one length; "
+      "label them by hand (unf.WeightSpace) or leave them fixed."
+    )
+  spec = jax.tree.map(
+    lambda axes: tuple(label if a is None else a for a in axes), space.spec(), is_leaf=lambda x: isinstance(x, tuple)
+  )
+  return unf.WeightSpace(spec)
+
+
 class UNFPredictor(nnx.Module):
   """An invariant UNF on the zoo's weight space: ``UNFPredictor(sigma . W) = UNFPredictor(W)``.
 
@@ -156,6 +200,9 @@ class UNFPredictor(nnx.Module):
     space: the weight space of one model.
     hidden: feature sizes of the equivariant layers.
     head_hidden: hidden sizes of the MLP after :class:`unf.InvariantPool`.
+    fixed_label: when given, every fixed axis of ``space`` gets this one shared label first
+      (:func:`label_fixed_axes`, the authors' choice); otherwise fixed axes stay fixed (and the UNF's
+      ``fixed_axes="auto"`` labels the long ones apart).
     rngs: flax random streams.
   """
 
@@ -165,8 +212,11 @@ class UNFPredictor(nnx.Module):
     *,
     hidden: Sequence[int] = (16, 16),
     head_hidden: Sequence[int] = (64,),
+    fixed_label: str | None = None,
     rngs: nnx.Rngs,
   ):
+    if fixed_label is not None:
+      space = label_fixed_axes(space, fixed_label)
     self.net = unf.UNF(space, 1, 1, hidden=hidden, invariant=True, head_hidden=head_hidden, rngs=rngs)
 
   def __call__(self, weights: dict) -> jax.Array:

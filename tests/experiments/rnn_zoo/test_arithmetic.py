@@ -174,13 +174,15 @@ def test_config_errors_name_the_field():
     arithmetic.train_models(TINY, hyper, np.flatnonzero(hyper["batch_size"] > 0))
 
 
-@pytest.mark.parametrize("name", predictors.PREDICTORS)
-def test_paper_sized_predictors_are_invariant_on_the_gru_space(folder, name):
+@pytest.mark.parametrize(
+  "name, sizes", [*((name, "paper") for name in predictors.PREDICTORS), ("unf", "paper3"), ("unf", "bounded")]
+)
+def test_paper_sized_predictors_are_invariant_on_the_gru_space(folder, name, sizes):
   out, _ = folder
   loaded = zoo.load_zoo(out)
   inputs = predictors.prepare(loaded)
   space = loaded["train"].space
-  model = predictors.make_predictor(name, space, train_inputs=inputs["train"][0], rngs=nnx.Rngs(0), sizes="paper")
+  model = predictors.make_predictor(name, space, train_inputs=inputs["train"][0], rngs=nnx.Rngs(0), sizes=sizes)
   one = jax.tree.map(lambda w: jnp.asarray(w[0]), inputs["train"][0])
   fn = jax.jit(lambda w: model(w))
   sigma = unf.sample_permutation(space, jax.random.key(5), space.validate(one))
@@ -190,6 +192,29 @@ def test_paper_sized_predictors_are_invariant_on_the_gru_space(folder, name):
   if name == "unf":
     broken = {**one, "encoder": moved["encoder"]}
     assert abs(float(fn(broken)) - float(fn(one))) > 1e-6
+
+
+def test_the_paper_preset_shares_one_character_label_as_the_authors_code(folder):
+  """``sizes="paper"``: the UNF is also invariant to one permutation of the characters in every tensor
+  (the authors' larger group), but not to one that reorders the characters of the encoder alone."""
+  out, _ = folder
+  loaded = zoo.load_zoo(out)
+  inputs = predictors.prepare(loaded)
+  space = loaded["train"].space
+  labelled = predictors.label_fixed_axes(space, predictors.CHARACTERS)
+  characters = {path: axes for path, axes in zip(labelled.paths, labelled.axes) if predictors.CHARACTERS in axes}
+  # the input kernels of both cells' three gates, the head's kernel and bias: one label, 14 characters each
+  assert len(characters) == 8 and all(None not in axes for axes in labelled.axes)
+  model = predictors.make_predictor("unf", space, train_inputs=None, rngs=nnx.Rngs(0), sizes="paper")
+  one = jax.tree.map(lambda w: jnp.asarray(w[0]), inputs["train"][0])
+  fn = jax.jit(lambda w: model(w))
+  sizes = labelled.validate(one)
+  assert sizes[predictors.CHARACTERS] == 14
+  sigma = unf.sample_permutation(labelled, jax.random.key(6), sizes, labels=[predictors.CHARACTERS])
+  moved = unf.permute(labelled, sigma, one)
+  scale = max(1.0, abs(float(fn(one))))
+  assert abs(float(fn(moved)) - float(fn(one))) <= 1e-5 * scale
+  assert abs(float(fn({**one, "encoder": moved["encoder"]})) - float(fn(one))) > 1e-6
 
 
 def test_the_paper_budget():

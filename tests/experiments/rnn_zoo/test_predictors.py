@@ -85,6 +85,14 @@ def test_invariance_check_catches_a_non_invariant_map(loaded, inputs, key):
   assert _max_deviation(dense, space, one, key, labels=["hidden"]) > 1e-2
 
 
+def test_one_label_for_every_fixed_axis_refuses_what_it_cannot_label():
+  space = unf.WeightSpace({"a": (None, "h"), "b": ("h", None)}, fixed_sizes={("a",): (3, None), ("b",): (None, 4)})
+  with pytest.raises(ValueError, match=r"lengths \[3, 4\].*one length"):
+    predictors.label_fixed_axes(space, "characters")
+  with pytest.raises(ValueError, match="already has a label 'h'"):
+    predictors.label_fixed_axes(space, "h")
+
+
 def test_make_predictor_errors_are_precise(loaded):
   space = loaded["train"].space
   with pytest.raises(ValueError, match="unknown predictor 'deepsets'"):
