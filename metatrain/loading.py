@@ -13,7 +13,7 @@ holds four orbax items (:data:`ITEMS`):
 - ``config`` (JSON): the operative gin config, the worker config and the train config;
 - ``learned_optimizer`` (JSON): the kind, width and weight space theta was built for
   (:meth:`metatrain.LearnedOptimizer.to_json`);
-- ``particles`` (optional): the workers' inner runs (PES particles), for an exact resume.
+- ``particles`` (optional): the workers' particles, for an exact resume.
 
 Beside them, :data:`FILES` lists every file of the checkpoint with its size once the save is
 complete, so that a damaged checkpoint (a file cut short or removed) is named by the file that is

@@ -8,7 +8,11 @@ An *inner problem* is any pytree object with
   (normalised) meta-loss.
 
 :class:`metatrain.problem.LearnedOptimizerProblem` is the one meta-training
-uses; the statistical tests plug in a quadratic. An *estimator* is a frozen
+uses; the statistical tests plug in a quadratic. A *particle* is the state of
+one inner run that an estimator advances a truncation at a time (for PES, with
+the noise it has accumulated): the one name, across the package, for what a
+worker keeps between estimates and a checkpoint may save
+(``TrainConfig.checkpoint_particles``). An *estimator* is a frozen
 dataclass deriving from :class:`Estimator`: a pure state machine
 ``step(problem, state, theta, key) -> (state, grad, metrics)``. Everything
 here is pure.
@@ -156,7 +160,7 @@ def where(mask: jax.Array, new: Any, old: Any) -> Any:
 
 
 def init_particles(problem: Any, theta: Theta, key: jax.Array, num: int) -> Any:
-  """``num`` fresh inner runs (leading axis ``num``)."""
+  """``num`` fresh particles (leading axis ``num``): the states of fresh inner runs."""
   return jax.vmap(problem.init, in_axes=(None, 0))(theta, jax.random.split(key, num))
 
 

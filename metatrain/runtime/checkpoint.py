@@ -170,7 +170,7 @@ class Checkpoints(CheckpointReader):
       return self.restore(step, particles=ocp.args.StandardRestore())["particles"]
     except Exception as error:  # noqa: BLE001 - particles are an optimisation of resuming: start fresh runs
       folder = self.directory / str(step)
-      log.warning("the inner runs saved in %s do not restore (%s); fresh inner runs.", folder, damage(folder, error))
+      log.warning("the particles saved in %s do not restore (%s); fresh particles.", folder, damage(folder, error))
       return {}
 
   def restore_latest(

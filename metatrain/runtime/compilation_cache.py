@@ -16,7 +16,7 @@ def enable_compilation_cache(folder: str | None) -> str | None:
   """Points this process's JAX at the persistent compilation cache ``folder`` (None: leaves JAX as it is).
 
   Every program is cached, however short its compilation (``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``
-  overrides it): the many small programs of a start-up (initialising theta and the inner runs, the
+  overrides it): the many small programs of a start-up (initialising theta and the particles, the
   learner's first step) add up to seconds. Measured on ``configs/default.gin``, 2 cores: one worker's
   start-up up to its first estimate took 13 s with JAX's default threshold (1 s) and 6 s with none.
 

@@ -189,7 +189,7 @@ class TrainConfig:
     staleness: largest accepted age of an estimate in outer steps (0: synchronous).
     checkpoint_every: outer steps between checkpoints (and one at exit).
     keep_checkpoints: checkpoints kept.
-    checkpoint_particles: save the workers' inner runs (PES particles) in checkpoints, for an exact resume;
+    checkpoint_particles: save the workers' particles in checkpoints, for an exact resume;
       they cost 2 x pairs x (params + optimizer state) per worker: turn off for many workers on big tasks.
     seed: seeds theta's initialisation and every worker.
     use_ray: run workers as Ray actors (False: in this process, one after another).
@@ -201,10 +201,10 @@ class TrainConfig:
     compilation_cache: folder of JAX's persistent compilation cache, shared by the learner and every
       worker (a second run with the same config compiles nothing); None turns it off. The environment
       variable ``JAX_COMPILATION_CACHE_DIR``, when set, takes precedence.
-    keep_particles: Ray workers return their inner runs with every estimate, kept in Ray's object store,
+    keep_particles: Ray workers return their particles with every estimate, kept in Ray's object store,
       so that a restarted worker recomputes its lost estimate exactly and a preempted run checkpoints
       the step it was on (:class:`metatrain.runtime.ray_pool.RayPool`); costs one copy of each
-      worker's inner runs per call.
+      worker's particles per call.
     worker_patience: seconds a down worker (restarting, or waiting for resources) is waited for before
       the live workers compute the estimates it owes.
     eval_every: outer steps between evaluations of theta (0: none): ``eval_seeds`` fresh inner runs over

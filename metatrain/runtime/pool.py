@@ -33,7 +33,7 @@ A worker that is down (its actor restarting, or waiting for resources) is
 waited for: while such a worker has not started on the current theta, the
 workers that have are not started on it again, for up to ``patience``
 seconds after it went down. So a synchronous learner whose worker was
-restarted gets that worker's estimate, computed on the inner runs it had
+restarted gets that worker's estimate, computed on the particles it had
 (when the pool keeps them, see :class:`metatrain.runtime.ray_pool.RayPool`),
 and the run retraces the one without the fault; a worker down for longer
 (a lost node, a cluster without room for it) is given up on for this

@@ -10,7 +10,7 @@ call receives the reference (one copy per node, not one per call).
 Faults: an actor that dies during a call loses that call's estimate (counted
 in ``pool.lost``; with ``max_task_retries=0`` a call is never run twice, so an
 estimate is returned at most once). Ray restarts the actor (``max_restarts``,
-unlimited by default; it re-creates its GradientWorker, whose inner runs start
+unlimited by default; it re-creates its GradientWorker, whose particles start
 afresh) and the pool starts it again on the latest theta; an actor that is
 dead for good is replaced by a new one with the same worker id.
 
@@ -44,12 +44,12 @@ from metatrain.types import Theta  # noqa: E402
 
 PROBE_SECONDS = 0.5  # how often a restarting actor is asked whether it is back
 WAIT_SECONDS = 0.5  # the longest a gather blocks in one ray.wait (an interrupt is seen within it)
-BACKUP_TIMEOUT = 30.0  # seconds to read the kept inner runs back for a checkpoint
+BACKUP_TIMEOUT = 30.0  # seconds to read the kept particles back for a checkpoint
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class GradientWorkerActor:
-  """A :class:`GradientWorker` in its own process; its inner runs never leave it.
+  """A :class:`GradientWorker` in its own process; its particles never leave it.
 
   Args: as :class:`GradientWorker`.
   """
@@ -62,7 +62,7 @@ class GradientWorkerActor:
     return self.worker.compute(theta, theta_step)
 
   def compute_and_keep(self, theta: Any, theta_step: int) -> tuple[Estimate, dict | None]:
-    """:meth:`compute`, and the inner runs after it (call with ``num_returns=2``: the pool keeps the second)."""
+    """:meth:`compute`, and the particles after it (call with ``num_returns=2``: the pool keeps the second)."""
     estimate = self.worker.compute(theta, theta_step)
     return estimate, self.worker.particles()
 
@@ -71,11 +71,11 @@ class GradientWorkerActor:
     return self.worker.initial_theta(seed)
 
   def particles(self) -> dict | None:
-    """The inner runs' state as numpy (see :meth:`GradientWorker.particles`)."""
+    """The particles as numpy (see :meth:`GradientWorker.particles`)."""
     return self.worker.particles()
 
   def load_particles(self, leaves: dict) -> bool:
-    """Replaces the inner runs (see :meth:`GradientWorker.load_particles`)."""
+    """Replaces the particles (see :meth:`GradientWorker.load_particles`)."""
     return self.worker.load_particles(leaves)
 
   def devices(self) -> list[str]:
@@ -131,14 +131,14 @@ class RayPool(WorkerPool):
   it answers a probe: an actor waiting for resources (a cluster without room
   for it, until a node joins) is not live, and takes no calls.
 
-  With ``keep_particles``, every call also returns the worker's inner runs
+  With ``keep_particles``, every call also returns the worker's particles
   after it, kept in Ray's object store (the latest per worker, never fetched
   by the learner on the way): a restarted or replaced actor is given them
   back before its next call, so its lost estimate is recomputed exactly,
   and a checkpoint reads them instead of asking the actors. They cost one
-  copy of the inner runs per worker in the object store of the worker's node
+  copy of the particles per worker in the object store of the worker's node
   (or, when small, in the learner's memory); a node's loss loses the copies
-  it held, and those workers start fresh inner runs.
+  it held, and those workers start fresh particles.
 
   Args:
     config: the workers' configuration (plain values: it travels to the actors).
@@ -153,7 +153,7 @@ class RayPool(WorkerPool):
       without an estimate in between, before ``gather`` gives up with a ``RuntimeError`` (a worker
       that cannot even start).
     env_vars: extra environment variables for the actors (see :func:`worker_env`).
-    keep_particles: keep every worker's latest inner runs in the object store (see above).
+    keep_particles: keep every worker's latest particles in the object store (see above).
     patience: seconds a down worker is waited for (see :class:`metatrain.runtime.pool.WorkerPool`).
 
   Example::
@@ -199,10 +199,10 @@ class RayPool(WorkerPool):
     self._calls: dict[ray.ObjectRef, int] = {}  # the calls in flight, by reference
     self._events: collections.deque[tuple[int, Estimate | None]] = collections.deque()
     self._queued_estimates = 0  # the events above that carry an estimate
-    self._kept: dict[int, ray.ObjectRef] = {}  # each worker's inner runs after its latest call
+    self._kept: dict[int, ray.ObjectRef] = {}  # each worker's particles after its latest call
     self._in_flight_kept: dict[int, ray.ObjectRef] = {}
     self._snapshot: dict[int, ray.ObjectRef] = {}  # self._kept at the latest publish
-    self._restore: set[int] = set()  # workers to give their kept inner runs before their next call
+    self._restore: set[int] = set()  # workers to give their kept particles before their next call
     self.actors: list[Any] = []
     for index in range(num_workers):
       self.actors.append(self._new_actor(index))
@@ -375,7 +375,7 @@ class RayPool(WorkerPool):
     return {f"worker_{index}": leaves for index, leaves in saved if leaves}
 
   def _read_kept(self, kept: dict[int, ray.ObjectRef], indices: list[int]) -> list[dict | None]:
-    """The kept inner runs of ``indices`` (None where none is kept or its copy was lost with its node)."""
+    """The kept particles of ``indices`` (None where none is kept or its copy was lost with its node)."""
     values: list[dict | None] = []
     for index in indices:
       try:

@@ -9,7 +9,7 @@ Preemption: SIGTERM (what Slurm, Kubernetes and preemptible TPU hosts send
 before they reclaim a host), or Ctrl-C, stops the run at once: the gather in progress
 returns within half a second (an in-process pool finishes the estimate it is
 computing), a checkpoint of the step the learner is on is written, with the
-workers' inner runs as they were at that step when the pool keeps them
+workers' particles as they were at that step when the pool keeps them
 (:attr:`TrainConfig.keep_particles`), and :func:`train` raises
 :class:`Preempted`; ``metatrain train`` then exits with status 75
 (:data:`~metatrain.exit_status.PREEMPTED_EXIT_STATUS`; after Ctrl-C 130,
@@ -27,7 +27,7 @@ one-line message; run it again once there is room.
 
 Evaluation (:attr:`TrainConfig.eval_every` > 0): an evaluator
 (:func:`make_evaluator`, :mod:`metatrain.runtime.evaluator`; a Ray actor with
-``use_ray``, else a thread of this process) trains fresh inner runs with the
+``use_ray``, else a thread of this process) trains fresh particles with the
 theta of every outer step that is a multiple of ``eval_every`` (step 0, or
 the step a run resumes at, included), in the background: a theta due while
 the previous one is still being evaluated is skipped (``faults/skipped_evals``),
@@ -237,7 +237,7 @@ def resolve(worker: WorkerConfig, checkpoints: Checkpoints) -> WorkerConfig:
 
 
 def particles_fit(saved: WorkerConfig, worker: WorkerConfig) -> bool:
-  """Whether the inner runs that workers of ``saved`` checkpointed may be restored into workers of ``worker``.
+  """Whether the particles that workers of ``saved`` checkpointed may be restored into workers of ``worker``.
 
   Only into the same kind of estimator (the workers then check the shapes): estimators of different kinds
   can keep leaves of the same shapes that mean different things (PES's accumulated noise and noise-reuse
@@ -277,12 +277,12 @@ def resume(learner: Learner, checkpoints: Checkpoints, worker: WorkerConfig) -> 
   saved_worker = WorkerConfig.from_json(saved["worker"])
   if not particles_fit(saved_worker, worker):
     tqdm.tqdm.write(
-      f"resuming from step {learner.step}; the inner runs of the {saved_worker.estimator.name} workers are "
+      f"resuming from step {learner.step}; the particles of the {saved_worker.estimator.name} workers are "
       f"not restored into {worker.estimator.name} workers: they start fresh runs"
     )
     return {}
   particles = checkpoints.restore_particles(step)
-  tqdm.tqdm.write(f"resuming from step {learner.step} ({len(particles)} workers' inner runs restored)")
+  tqdm.tqdm.write(f"resuming from step {learner.step} ({len(particles)} workers' particles restored)")
   return particles
 
 
@@ -517,7 +517,7 @@ class Run:
       else:
         particles = self.pool.particles()
     except Exception as error:  # noqa: BLE001 - the learner state is what must be saved
-      tqdm.tqdm.write(f"warning: the workers' inner runs are not saved ({error}); a resume restarts them.")
+      tqdm.tqdm.write(f"warning: the workers' particles are not saved ({error}); a resume restarts them.")
       particles = {}
     try:
       self.checkpoints.save(self.learner.step, self.learner.state(), particles=particles, **self.saved)

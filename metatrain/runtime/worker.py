@@ -1,4 +1,4 @@
-"""A gradient worker: a pool of inner runs that turns theta into gradient estimates. No Ray here.
+"""A gradient worker: a pool of particles (perturbed inner runs) that turns theta into gradient estimates. No Ray here.
 
 :class:`GradientWorker` is plain Python around the pure estimator step; the Ray
 actor in :mod:`metatrain.runtime.ray_pool` wraps it unchanged, and the in-process
@@ -30,7 +30,7 @@ def pairs_mesh(num_pairs: int, devices: list | None = None) -> Mesh | None:
 
 
 class GradientWorker:
-  """Owns a pool of inner runs (they never leave it) and computes one estimate per call.
+  """Owns a pool of particles (they never leave it) and computes one estimate per call.
 
   On a host with several local devices (a multi-GPU host, a TPU VM) the
   particle state is sharded along its leading (pair) axis over a 1-D mesh of
@@ -41,9 +41,9 @@ class GradientWorker:
 
   With ``config.task_family`` set, every estimate draws its task from the
   family (from ``(seed, worker_id, theta step, n-th estimate)``: a resumed run
-  draws the same), and the worker keeps one pool of inner runs per variant it
+  draws the same), and the worker keeps one pool of particles per variant it
   has drawn; such pools are not saved in checkpoints (:meth:`particles` is None),
-  so a resumed run restarts its inner runs.
+  so a resumed run restarts its particles.
 
   Args:
     config: the worker's configuration.
@@ -82,17 +82,17 @@ class GradientWorker:
     return state if self._state_sharding is None else jax.device_put(state, self._state_sharding)
 
   def particles(self) -> dict[str, np.ndarray] | None:
-    """The inner runs' state as numpy leaves ``{"0000": ..., "0001": ...}`` (None before the first estimate).
+    """The particles as numpy leaves ``{"0000": ..., "0001": ...}`` (None before the first estimate).
 
     With :meth:`load_particles` it lets a checkpoint carry the particles, so a
-    resumed PES run continues its inner runs instead of restarting them.
+    resumed PES run continues its particles instead of restarting them.
     """
     if self.state is None or self.family is not None:
       return None
     return {f"{i:04d}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(self.state))}
 
   def load_particles(self, saved: dict[str, np.ndarray]) -> bool:
-    """Replaces the inner runs by ``saved`` (from :meth:`particles`); False, changing nothing, if they do not fit.
+    """Replaces the particles by ``saved`` (from :meth:`particles`); False, changing nothing, if they do not fit.
 
     They do not fit when the estimator, the number of pairs or the task's
     shapes differ from the ones they were saved with.

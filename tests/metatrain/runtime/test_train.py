@@ -42,7 +42,7 @@ def test_train_writes_checkpoints_and_tensorboard(tmp_path):
   assert _train(tmp_path) == 0
   step, theta, config = _theta(tmp_path)
   assert step == 4 and np.all([np.isfinite(leaf).all() for leaf in jax.tree.leaves(theta)])
-  assert (tmp_path / "checkpoints" / "4" / "particles").is_dir()  # the PES workers' inner runs
+  assert (tmp_path / "checkpoints" / "4" / "particles").is_dir()  # the PES workers' particles
   assert "WorkerConfig.task = 'mlp_fashion8'" in config["gin"] and "PES.num_pairs = 2" in config["gin"]
   worker = WorkerConfig.from_json(config["worker"])
   assert worker == cli.parse_config(SMOKE, IN_PROCESS)[1]
