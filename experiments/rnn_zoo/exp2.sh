@@ -2,9 +2,9 @@
 # Experiment 2 (docs/api/guide/results.md): both zoos, every predictor at the paper's sizes (the UNF on the
 # authors' space: one shared label for the character axes), three seeds, under two budgets: the paper's (BCE on
 # the accuracy, Adam 1e-3, batch 10, 10 epochs, a checkpoint per epoch) and ours (MSE on the standardized
-# accuracy, 1,500 steps of 32 models, a checkpoint every 100). Then, on the arithmetic zoo at the paper's budget,
-# the UNF's two variants: the paper's three equivariant layers (paper3) and the fixed axes left to the UNF's
-# default fixed_axes="auto" (bounded). Checkpoints are always selected by validation tau; the test split is read
+# accuracy, 1,500 steps of 32 models, a checkpoint every 100). On the arithmetic zoo at the paper's budget also
+# the UNF's two variants: the paper's three equivariant layers (unf@paper3) and the fixed axes left to the UNF's
+# default fixed_axes="auto" (unf@bounded). Checkpoints are always selected by validation tau; the test split is read
 # once per seed.
 # Resumable: the arithmetic zoo resumes from its shards; a finished predict is run again (a few minutes).
 #   experiments/rnn_zoo/exp2.sh   (RUNS=runs, MODELS=3000)
@@ -20,11 +20,11 @@ mkdir -p "$RUNS"
   --out "$RUNS/zoo" --models 300 --seed 0 --no_progress
 for zoo in "arith$MODELS" zoo; do
   for budget in paper flags; do
+    predictors=(unf deep_sets statnn)
+    # the paper's zoo at the paper's budget: the UNF's two variants too, paired with the others
+    [ "$zoo:$budget" = "arith$MODELS:paper" ] && predictors=(unf unf@paper3 unf@bounded deep_sets statnn)
     /usr/bin/time -f "predict $zoo $budget: %e s" $PY -m experiments.rnn_zoo predict --zoo "$RUNS/$zoo" --seeds 3 \
-      --sizes paper --budget "$budget" --out "$RUNS/$zoo/results_paper_$budget" --no_progress
+      --sizes paper --budget "$budget" --predictors "${predictors[@]}" --out "$RUNS/$zoo/results_paper_$budget" \
+      --no_progress
   done
-done
-for sizes in paper3 bounded; do
-  /usr/bin/time -f "predict arith$MODELS unf $sizes: %e s" $PY -m experiments.rnn_zoo predict --zoo "$RUNS/arith$MODELS" \
-    --seeds 3 --sizes "$sizes" --predictors unf --budget paper --out "$RUNS/arith$MODELS/results_${sizes}_paper" --no_progress
 done

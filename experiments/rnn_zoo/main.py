@@ -40,7 +40,15 @@ import unf
 from experiments.rnn_zoo import arithmetic
 from experiments.rnn_zoo import zoo as zoo_lib
 from experiments.rnn_zoo.fit import FitConfig, fit, predict
-from experiments.rnn_zoo.predictors import DISPLAY_NAMES, PAPER_TAU, PREDICTORS, SIZES, make_predictor, prepare
+from experiments.rnn_zoo.predictors import (
+  PAPER_TAU,
+  PREDICTORS,
+  SIZES,
+  display_name,
+  make_predictor,
+  parse_spec,
+  prepare,
+)
 from experiments.rnn_zoo.stats import bootstrap_tau, kendall_tau, paired_tau_difference
 from metatrain.evaluation.stats import mean_se
 from tasks.data import write_atomically
@@ -60,7 +68,8 @@ def run_seed(
   """Builds, trains and evaluates one predictor for one seed.
 
   Args:
-    name: a key of :data:`~experiments.rnn_zoo.predictors.PREDICTORS`.
+    name: a key of :data:`~experiments.rnn_zoo.predictors.PREDICTORS`, or ``name@preset``
+      (:func:`~experiments.rnn_zoo.predictors.parse_spec`: that size preset instead of ``sizes``).
     zoo: the zoo's three splits (see :func:`experiments.rnn_zoo.zoo.load_zoo`).
     seed: seeds the predictor's initialization and its training batches.
     config: the training budget (with ``objective="bce"`` the targets are the accuracies themselves).
@@ -72,6 +81,8 @@ def run_seed(
     ``best_step``, ``parameters`` and ``seconds``; and ``test_predictions``, its (test models,) scores.
   """
   start = time.perf_counter()
+  spec, (name, preset) = name, parse_spec(name)
+  sizes = preset or sizes
   data = prepare(zoo)
   if config.objective == "bce":
     data = {split: (inputs, zoo[split].accuracy.astype(np.float32)) for split, (inputs, _) in data.items()}
@@ -87,7 +98,7 @@ def run_seed(
   )
   test_predictions = predict(model, data["test"][0])
   return {
-    "predictor": name,
+    "predictor": spec,
     "seed": seed,
     "test_tau": kendall_tau(test_predictions, zoo["test"].accuracy),
     "val_tau": result.val_tau,
@@ -124,14 +135,25 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         "val_tau_se": val_se,
         "parameters": mine[0]["parameters"],
         "seconds_per_seed": float(np.mean([row["seconds"] for row in mine])),
-        "paper_test_tau": PAPER_TAU.get(name, math.nan),
+        "paper_test_tau": PAPER_TAU.get(parse_spec(name)[0], math.nan),
       }
     )
   return out
 
 
-#: The paired comparisons of the report, (a, b) for tau(a) - tau(b) on the same test models.
+#: The paired comparisons of the report, (a, b) for tau(a) - tau(b) on the same test models. A predictor at a
+#: preset of its own (``unf@bounded``) is also compared with StatNN, Deep Sets and its plain name.
 COMPARISONS = (("unf", "statnn"), ("unf", "deep_sets"), ("statnn", "deep_sets"))
+
+
+def comparisons(names: Sequence[str]) -> list[tuple[str, str]]:
+  """The pairs of :data:`COMPARISONS` among ``names``, then each ``name@preset`` against the others."""
+  pairs = [(a, b) for a, b in COMPARISONS if a in names and b in names]
+  for spec in names:
+    name, preset = parse_spec(spec)
+    if preset:
+      pairs += [(spec, b) for b in ("statnn", "deep_sets", name) if b in names and b != spec]
+  return pairs
 
 
 def intervals(
@@ -157,7 +179,7 @@ def intervals(
   if np.size(accuracy) < 2:
     undefined = {"low": math.nan, "high": math.nan, "se": math.nan}
     per_predictor = [{"predictor": name, "tau": math.nan, **undefined} for name in names]
-    pairs = [(a, b) for a, b in COMPARISONS if a in names and b in names]
+    pairs = comparisons(names)
     return per_predictor, [
       {"a": a, "b": b, "difference": math.nan, **undefined, "p_two_sided": math.nan} for a, b in pairs
     ]
@@ -168,8 +190,7 @@ def intervals(
   per_predictor = [{"predictor": name, **bootstrap_tau(predictions[name], accuracy, **options)} for name in names]
   paired = [
     {"a": a, "b": b, **paired_tau_difference(predictions[a], predictions[b], accuracy, **options)}
-    for a, b in COMPARISONS
-    if a in predictions and b in predictions
+    for a, b in comparisons(names)
   ]
   return per_predictor, paired
 
@@ -178,11 +199,11 @@ def intervals_table(per_predictor: Sequence[dict], paired: Sequence[dict]) -> st
   """The bootstrap intervals of :func:`intervals` as two markdown tables."""
   lines = ["| predictor | test tau (seed mean) | bootstrap 95% interval | bootstrap s.e. |", "|---|---|---|---|"]
   for row in per_predictor:
-    name = DISPLAY_NAMES.get(row["predictor"], row["predictor"])
+    name = display_name(row["predictor"])
     lines.append(f"| {name} | {row['tau']:.4f} | [{row['low']:.4f}, {row['high']:.4f}] | {row['se']:.4f} |")
   lines += ["", "| paired difference | tau(a) - tau(b) | bootstrap 95% interval | p (two-sided) |", "|---|---|---|---|"]
   for row in paired:
-    a, b = (DISPLAY_NAMES.get(row[k], row[k]) for k in ("a", "b"))
+    a, b = (display_name(row[k]) for k in ("a", "b"))
     lines.append(
       f"| {a} - {b} | {row['difference']:+.4f} | [{row['low']:+.4f}, {row['high']:+.4f}] | {row['p_two_sided']:.4f} |"
     )
@@ -205,7 +226,7 @@ def markdown_table(summary: Sequence[dict]) -> str:
   ]
   for row in summary:
     lines.append(
-      f"| {DISPLAY_NAMES.get(row['predictor'], row['predictor'])} "
+      f"| {display_name(row['predictor'])} "
       f"| {row['test_tau']:.4f} +- {row['test_tau_se']:.4f} | {row['val_tau']:.4f} +- {row['val_tau_se']:.4f} "
       f"| {row['parameters']:,} | {row['seconds_per_seed']:.1f} | {row['paper_test_tau']:.4f} |"
     )
@@ -247,7 +268,8 @@ def run_experiment(
     zoo_dir: a zoo folder written by :func:`experiments.rnn_zoo.zoo.generate`.
     out_dir: where to write the results (created if missing).
     seeds: seeds per predictor.
-    predictors: keys of :data:`~experiments.rnn_zoo.predictors.PREDICTORS`.
+    predictors: keys of :data:`~experiments.rnn_zoo.predictors.PREDICTORS`, or ``name@preset`` (a preset of
+      its own; compared with the others on the same test models).
     config: the training budget, the same for every predictor (default: :class:`FitConfig`'s).
     sizes: the predictors' size preset (a key of :data:`~experiments.rnn_zoo.predictors.SIZES`).
     progress: show progress bars.
@@ -256,6 +278,8 @@ def run_experiment(
   Returns:
     The summary rows (one per predictor).
   """
+  for spec in predictors:  # every spec is checked before anything trains
+    parse_spec(spec)
   config = FitConfig() if config is None else config
   zoo = zoo_lib.load_zoo(zoo_dir)
   counts = {split: len(part) for split, part in zoo.items()}
@@ -386,6 +410,14 @@ def _predict(args: argparse.Namespace) -> int:
   return 0
 
 
+def _predictor_spec(spec: str) -> str:
+  try:
+    parse_spec(spec)
+  except ValueError as error:
+    raise argparse.ArgumentTypeError(str(error)) from None
+  return spec
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The parser of ``python -m experiments.rnn_zoo {generate,predict}``.
 
@@ -417,7 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
   predict_parser.add_argument("--zoo", required=True, help="a zoo folder written by the generate subcommand")
   predict_parser.add_argument("--out", required=True, help="folder for results.md, results.csv and runs.csv")
   predict_parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per predictor")
-  predict_parser.add_argument("--predictors", nargs="+", default=list(PREDICTORS), choices=PREDICTORS)
+  predict_parser.add_argument(
+    "--predictors",
+    nargs="+",
+    default=list(PREDICTORS),
+    type=_predictor_spec,
+    metavar="NAME[@PRESET]",
+    help=f"predictors, of {PREDICTORS}; name@preset trains one at a size preset of its own (e.g. unf@bounded)",
+  )
   predict_parser.add_argument("--sizes", default="small", choices=list(SIZES), help="the predictors' size preset")
   predict_parser.add_argument(
     "--budget",

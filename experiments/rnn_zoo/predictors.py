@@ -67,6 +67,34 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
   "paper3": {"unf": {"hidden": (16, 16, 16), "head_hidden": (512,), "fixed_label": CHARACTERS}, **_PAPER_HEADS},
   "bounded": {"unf": {"hidden": (16, 16), "head_hidden": (512,)}, **_PAPER_HEADS},
 }
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+  """A predictor spec, ``name`` or ``name@preset`` (a predictor at a size preset of its own), split.
+
+  ``predict --predictors unf unf@bounded deep_sets`` compares two UNFs on the same test models, paired.
+
+  Raises:
+    ValueError: an unknown predictor or size preset, naming the choices.
+
+  Example:
+    >>> parse_spec("unf@bounded"), parse_spec("statnn")
+    (('unf', 'bounded'), ('statnn', None))
+  """
+  name, _, preset = spec.partition("@")
+  if name not in PREDICTORS:
+    raise ValueError(f"unknown predictor {name!r} in {spec!r}; choose one of {PREDICTORS} (or name@preset).")
+  if preset and preset not in SIZES:
+    raise ValueError(f"unknown size preset {preset!r} in {spec!r}; choose one of {tuple(SIZES)}.")
+  return name, preset or None
+
+
+def display_name(spec: str) -> str:
+  """The results tables' name of a predictor spec: ``"UNF (invariant) [bounded]"`` for ``"unf@bounded"``."""
+  name, preset = parse_spec(spec)
+  return DISPLAY_NAMES[name] + (f" [{preset}]" if preset else "")
+
+
 #: The quantiles StatNN reads of every tensor.
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 

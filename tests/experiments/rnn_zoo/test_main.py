@@ -10,8 +10,10 @@ import sys
 
 import numpy as np
 import pytest
+from flax import nnx
 
-from experiments.rnn_zoo import fit, main, stats
+import unf
+from experiments.rnn_zoo import fit, main, predictors, stats
 
 
 def test_generate_flags_give_the_tiny_config(tiny, zoo_folder):
@@ -44,7 +46,10 @@ def test_the_parser_refuses_a_missing_subcommand_and_the_old_predictor_key(capsy
   assert "{generate,arithmetic,predict}" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     parser.parse_args(["predict", "--zoo", "z", "--out", "o", "--predictors", "deepsets"])
-  assert "invalid choice: 'deepsets'" in capsys.readouterr().err
+  assert "unknown predictor 'deepsets'" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    parser.parse_args(["predict", "--zoo", "z", "--out", "o", "--predictors", "unf@wide"])
+  assert "unknown size preset 'wide' in 'unf@wide'" in capsys.readouterr().err
 
 
 def test_experiment_driver_writes_results(zoo_folder, tmp_path, capsys):
@@ -105,6 +110,27 @@ def test_intervals_are_the_bootstrap_of_the_seeds_predictions():
   assert "| UNF (invariant) - StatNN | +" in table
 
 
+def test_a_predictor_at_a_preset_of_its_own_is_compared_with_the_others_on_the_same_test_models():
+  rng = np.random.default_rng(1)
+  accuracy = rng.uniform(size=30)
+  names = ("unf", "unf@bounded", "statnn")
+  rows = [
+    {"predictor": name, "seed": s, "test_predictions": accuracy + noise * rng.normal(size=30)}
+    for name, noise in zip(names, (0.05, 0.2, 0.5))
+    for s in range(2)
+  ]
+  _, paired = main.intervals(rows, accuracy, num_resamples=200, seed=2)
+  assert [(row["a"], row["b"]) for row in paired] == [
+    ("unf", "statnn"),
+    ("unf@bounded", "statnn"),
+    ("unf@bounded", "unf"),
+  ]
+  stacked = {n: np.stack([r["test_predictions"] for r in rows if r["predictor"] == n]) for n in names}
+  expected = stats.paired_tau_difference(stacked["unf@bounded"], stacked["unf"], accuracy, num_resamples=200, seed=2)
+  assert paired[2] == {"a": "unf@bounded", "b": "unf", **expected}
+  assert "| UNF (invariant) [bounded] - UNF (invariant) |" in main.intervals_table([], paired)
+
+
 def test_summary_mean_and_standard_error():
   rows = [
     {"predictor": "unf", "test_tau": t, "val_tau": v, "parameters": 10, "seconds": 1.0}
@@ -127,3 +153,16 @@ def test_the_package_runs_as_a_module():
     check=True,
   )
   assert "--predictors" in done.stdout and "deep_sets" in done.stdout and "(default: 100)" in done.stdout
+
+
+def test_a_spec_trains_the_predictor_at_its_own_preset(loaded, budget):
+  row = main.run_seed("deep_sets@paper", loaded, 0, config=budget, sizes="small", progress=False)
+  space = loaded["train"].space
+  count = {
+    sizes: unf.num_parameters(
+      predictors.make_predictor("deep_sets", space, train_inputs=None, rngs=nnx.Rngs(0), sizes=sizes)
+    )
+    for sizes in ("small", "paper")
+  }
+  assert row["predictor"] == "deep_sets@paper" and count["paper"] != count["small"]
+  assert row["parameters"] == count["paper"]
