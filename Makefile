@@ -84,9 +84,14 @@ docs: $(STAMP)
 
 # pytest collects tests/ and the packages' doctests (pyproject's [tool.pytest.ini_options]). Hypothesis runs
 # derandomized here (the "ci" profile of tests/conftest.py): a red run reproduces; plain pytest explores.
-# The 30 slowest tests close the report: where the suite's time goes, on every CI run.
+# The 30 slowest tests close the report: where the suite's time goes, on every CI run. Two processes
+# (pytest-xdist) share the tests file by file, so a module's fixtures (a trained learner, a Ray cluster) are
+# built once; each process starts its own local Ray (tests/conftest.py). `make test TEST_WORKERS=0` runs in one;
+# PYTEST_ARGS adds options (`make test PYTEST_ARGS="-x tests/unf"`).
+TEST_WORKERS ?= 2
+PYTEST_ARGS ?=
 test: lint docs data
-	RAY_USAGE_STATS_ENABLED=0 HYPOTHESIS_PROFILE=ci $(PY) -m pytest --durations=30
+	RAY_USAGE_STATS_ENABLED=0 HYPOTHESIS_PROFILE=ci $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS)
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -1,9 +1,10 @@
 """Shared fixtures: a PRNG key per test, and one local Ray for the whole session.
 
-Every process of the session (this one, subprocesses, Ray actors) shares one
-JAX persistent compilation cache in a temporary folder, removed at the end: the
-same small programs compile once per session, and no test writes to the
-user's own cache folder.
+Every process of the session (this one, pytest-xdist's workers, which inherit
+its environment, subprocesses, Ray actors) shares one JAX persistent
+compilation cache in a temporary folder, removed at the end: the same small
+programs compile once per session, and no test writes to the user's own cache
+folder. Under ``make test`` every xdist worker starts its own local Ray.
 """
 
 import atexit
@@ -55,7 +56,7 @@ def jax_cache_env():
 
 @pytest.fixture(scope="session")
 def ray_session(jax_cache_env):
-  """One local Ray (2 CPUs, no dashboard) for the whole session (starting Ray takes seconds and ~0.7 GB).
+  """One local Ray (2 CPUs, no dashboard) per session and per xdist worker (starting Ray takes seconds and ~0.7 GB).
 
   Its temp files go to a fresh folder under /tmp (pytest's can be too deep for
   Ray's socket paths, 107 bytes at most), removed at the end; actors share the
