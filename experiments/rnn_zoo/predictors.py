@@ -188,7 +188,7 @@ def _run_mlp(layers: nnx.List, h: jax.Array) -> jax.Array:
   return h
 
 
-def label_fixed_axes(space: unf.WeightSpace, label: str) -> unf.WeightSpace:
+def share_one_fixed_label(space: unf.WeightSpace, label: str) -> unf.WeightSpace:
   """``space`` with every fixed axis given one shared label, ``label`` (the authors' code, for the zoos).
 
   The UNF on the result is equivariant to a larger group than the true one (which permutes no fixed
@@ -201,18 +201,18 @@ def label_fixed_axes(space: unf.WeightSpace, label: str) -> unf.WeightSpace:
     >>> import unf
     >>> space = unf.WeightSpace({"embed": (None, "h"), "head": ("h", None)},
     ...                         fixed_sizes={("embed",): (14, None), ("head",): (None, 14)})
-    >>> label_fixed_axes(space, "characters")
+    >>> share_one_fixed_label(space, "characters")
     WeightSpace(
       embed: (characters, h)
       head: (h, characters)
     )
   """
   if label in space.labels:
-    raise ValueError(f"label_fixed_axes: the space already has a label {label!r}; choose another name.")
+    raise ValueError(f"share_one_fixed_label: the space already has a label {label!r}; choose another name.")
   lengths = {n for i in range(len(space)) for n in space.fixed_shape(i)}
   if len(lengths) > 1:
     raise ValueError(
-      f"label_fixed_axes: the fixed axes have lengths {sorted(lengths)}, but one shared label needs one length; "
+      f"share_one_fixed_label: the fixed axes have lengths {sorted(lengths)}, but one shared label needs one length; "
       "label them by hand (unf.WeightSpace) or leave them fixed."
     )
   spec = jax.tree.map(
@@ -229,7 +229,7 @@ class UNFPredictor(nnx.Module):
     hidden: feature sizes of the equivariant layers.
     head_hidden: hidden sizes of the MLP after :class:`unf.InvariantPool`.
     fixed_label: when given, every fixed axis of ``space`` gets this one shared label first
-      (:func:`label_fixed_axes`, the authors' choice); otherwise fixed axes stay fixed (and the UNF's
+      (:func:`share_one_fixed_label`, the authors' choice); otherwise fixed axes stay fixed (and the UNF's
       ``fixed_axes="auto"`` labels the long ones apart).
     rngs: flax random streams.
   """
@@ -244,7 +244,7 @@ class UNFPredictor(nnx.Module):
     rngs: nnx.Rngs,
   ):
     if fixed_label is not None:
-      space = label_fixed_axes(space, fixed_label)
+      space = share_one_fixed_label(space, fixed_label)
     self.net = unf.UNF(space, 1, 1, hidden=hidden, invariant=True, head_hidden=head_hidden, rngs=rngs)
 
   def __call__(self, weights: dict) -> jax.Array:

@@ -201,7 +201,7 @@ def test_the_paper_preset_shares_one_character_label_as_the_authors_code(folder)
   loaded = zoo.load_zoo(out)
   inputs = predictors.prepare(loaded)
   space = loaded["train"].space
-  labelled = predictors.label_fixed_axes(space, predictors.CHARACTERS)
+  labelled = predictors.share_one_fixed_label(space, predictors.CHARACTERS)
   characters = {path: axes for path, axes in zip(labelled.paths, labelled.axes) if predictors.CHARACTERS in axes}
   # the input kernels of both cells' three gates, the head's kernel and bias: one label, 14 characters each
   assert len(characters) == 8 and all(None not in axes for axes in labelled.axes)

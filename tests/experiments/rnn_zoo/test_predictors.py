@@ -88,9 +88,9 @@ def test_invariance_check_catches_a_non_invariant_map(loaded, inputs, key):
 def test_one_label_for_every_fixed_axis_refuses_what_it_cannot_label():
   space = unf.WeightSpace({"a": (None, "h"), "b": ("h", None)}, fixed_sizes={("a",): (3, None), ("b",): (None, 4)})
   with pytest.raises(ValueError, match=r"lengths \[3, 4\].*one length"):
-    predictors.label_fixed_axes(space, "characters")
+    predictors.share_one_fixed_label(space, "characters")
   with pytest.raises(ValueError, match="already has a label 'h'"):
-    predictors.label_fixed_axes(space, "h")
+    predictors.share_one_fixed_label(space, "h")
 
 
 def test_make_predictor_errors_are_precise(loaded):
