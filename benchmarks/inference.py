@@ -1,11 +1,12 @@
-"""Benchmark of unf.infer_space and of building a UNF on the space it returns, on a 6-block Transformer LM.
+"""Benchmark of unf.infer_space and of building a UNF on the space it returns, on Transformer LMs of 6 and 24 blocks.
 
-Prints the seconds to infer the space of ``tasks.models.TransformerLM`` (d 32, 4 heads, MLP 128, 6 blocks,
-vocabulary 84 as in the ``transformer_lm`` task) from
-its jaxpr, with and without the ``check_symmetry`` proof, then the seconds to build a ``unf.UNF`` (two hidden
-layers of 16 channels) on that space and run it once (compile included). Each figure is a fresh measurement
-in this process after one warm-up of jax itself; the median of ``--repeats`` runs. Not a test: numbers depend on
-the machine. Run with `make bench` or `python -m benchmarks.inference`.
+Prints the seconds to infer the space of ``tasks.models.TransformerLM`` (d 32, 4 heads, MLP 128, vocabulary 84
+as in the ``transformer_lm`` task; the first of ``--blocks``) from its jaxpr, with and without the
+``check_symmetry`` proof, then for every ``--blocks`` the seconds to build a ``unf.UNF`` (two hidden layers of
+16 channels) on that space and run it once (compile included). With ``--step-by-step`` it also times the layers
+run one step of the plan at a time (``unf.linear._BATCH = False``, as before isomorphic blocks were batched).
+Each figure is a fresh measurement in this process after one warm-up of jax itself; the median of ``--repeats``
+runs. Not a test: numbers depend on the machine. Run with `make bench` or `python -m benchmarks.inference`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import unf
+import unf._program
 from tasks.models import TransformerLM
 
 
@@ -28,38 +30,46 @@ def _seconds(run) -> float:
   return time.perf_counter() - start
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--blocks", type=int, default=6)
-  parser.add_argument("--vocab", type=int, default=84, help="vocabulary (84: the Shakespeare task's)")
-  parser.add_argument("--repeats", type=int, default=5)
-  args = parser.parse_args(argv)
-  model = TransformerLM(
-    args.vocab, d_model=32, num_heads=4, mlp=128, num_blocks=args.blocks, max_len=8, rngs=nnx.Rngs(0)
-  )
+def _transformer(blocks: int, vocab: int):
+  model = TransformerLM(vocab, d_model=32, num_heads=4, mlp=128, num_blocks=blocks, max_len=8, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model, nnx.Param)
   params = nnx.to_pure_dict(state)
-  tokens = jnp.zeros((8, 8), jnp.int32)
   apply = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
+  return apply, params, jnp.zeros((8, 8), jnp.int32)
+
+
+def _build_and_call(space, params):
+  unf.basis.plan.cache_clear()  # a fresh space each time, as a new user's first call
+  unf._program.program.cache_clear()
+  x = jax.tree.map(lambda w: w[..., None], params)
+  net = unf.UNF(space, 1, 1, hidden=(16, 16), rngs=nnx.Rngs(0))
+  return nnx.jit(lambda n, t: n(t))(net, x)
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--blocks", type=int, nargs="+", default=[6, 24])
+  parser.add_argument("--vocab", type=int, default=84, help="vocabulary (84: the Shakespeare task's)")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--step-by-step", action="store_true", help="also time the plan run one step at a time")
+  args = parser.parse_args(argv)
+  apply, params, tokens = _transformer(args.blocks[0], args.vocab)
   unf.infer_space(apply, params, tokens, verify=False)  # warm-up of jax's tracing machinery
   rows = []
   for verify in (False, True):
     times = [_seconds(lambda v=verify: unf.infer_space(apply, params, tokens, verify=v)) for _ in range(args.repeats)]
-    rows.append((f"infer_space, verify={verify}", statistics.median(times)))
-  space = unf.infer_space(apply, params, tokens, verify=False)
-  x = jax.tree.map(lambda w: w[..., None], params)
-
-  def build_and_call():
-    unf.basis.plan.cache_clear()  # a fresh space each time, as a new user's first call
-    net = unf.UNF(space, 1, 1, hidden=(16, 16), rngs=nnx.Rngs(0))
-    return nnx.jit(lambda n, t: n(t))(net, x)
-
-  rows.append(("UNF build + first call", statistics.median(_seconds(build_and_call) for _ in range(args.repeats))))
-  leaves = len(space.paths)
-  print(
-    f"{args.blocks}-block Transformer LM (d 32, 4 heads, MLP 128, vocabulary {args.vocab}): "
-    f"{leaves} leaves, {len(space.labels)} labels"
-  )
+    rows.append((f"infer_space, verify={verify}, {args.blocks[0]} blocks", statistics.median(times)))
+  for blocks in args.blocks:
+    apply, params, tokens = _transformer(blocks, args.vocab)
+    space = unf.infer_space(apply, params, tokens, verify=False)
+    print(f"{blocks}-block Transformer LM: {len(space.paths)} leaves, {len(space.labels)} labels", flush=True)
+    for batched in (True, False) if args.step_by_step else (True,):
+      unf.linear._BATCH = batched
+      times = [_seconds(lambda s=space, p=params: _build_and_call(s, p)) for _ in range(args.repeats)]
+      how = "" if batched else ", step by step"
+      rows.append((f"UNF build + first call, {blocks} blocks{how}", statistics.median(times)))
+    unf.linear._BATCH = True
+  print(f"Transformer LM (d 32, 4 heads, MLP 128, vocabulary {args.vocab})")
   print("| what | seconds (median) |\n|---|---|")
   for what, seconds in rows:
     print(f"| {what} | {seconds:.2f} |")

@@ -118,10 +118,6 @@ class InvariantPool(nnx.Module):
     return linear.invariant_pool(x, self.space, fixed_axes=self.fixed_axes)
 
 
-def _pointwise(activation: Callable, tree: Any) -> Any:
-  return jax.tree.map(activation, tree)
-
-
 class UNF(nnx.Module):
   """A universal neural functional: equivariant layers with pointwise nonlinearities.
 
@@ -199,13 +195,18 @@ class UNF(nnx.Module):
     """Applies the network; ``out_sizes``: sizes of labels of ``space_out`` that ``space_in`` lacks."""
     if out_sizes is not None and self.invariant:
       raise ValueError("an invariant UNF outputs a vector: out_sizes is for space_out, which it does not have.")
-    for k, layer in enumerate(self.layers):
-      x = layer(x, out_sizes=out_sizes) if k == len(self.layers) - 1 and not self.invariant else layer(x)
-      if k < len(self.layers) - 1 or self.invariant:
-        x = _pointwise(self.activation, x)
+    x = linear.apply_layers(
+      [{name: value[...] for name, value in layer.weights.items()} for layer in self.layers],
+      x,
+      [self.layers[0].space_in, *(layer.space_out for layer in self.layers)],
+      activation=self.activation,
+      out_sizes=out_sizes,
+      fixed_axes=self.layers[0].fixed_axes,
+      pool=self.invariant,
+    )
     if not self.invariant:
       return x
-    h = self.pool(x)
+    h = x
     for k, dense in enumerate(self.head):
       h = dense(h)
       if k < len(self.head) - 1:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from unf import _program
 from unf.basis import (
   Group,
   LeafLayout,
@@ -220,14 +221,6 @@ _FUSED_CONTRACTION_MAX = 64
 _FUSED_OUTPUT_MIN = 1 << 18
 
 
-def _writes_every_entry_once(patterns: tuple[Pattern, ...]) -> bool:
-  """True for a group whose only pattern keeps every output axis as its own index."""
-  if len(patterns) != 1:
-    return False
-  (pattern,) = patterns
-  return all(pattern.expand) and not pattern.diagonals and pattern.carrier_order == tuple(range(len(pattern.expand)))
-
-
 def _mix_channels(inputs: jax.Array, weight: jax.Array, *, fuse: bool) -> jax.Array:
   # Only a group that writes every output entry once (the identity pattern) may
   # fuse: a smaller result broadcast into the output would be recomputed per entry.
@@ -251,15 +244,19 @@ def _fusable_matmul_jvp(primals, tangents):
   return _fusable_matmul(x, w), dx @ w + x @ dw
 
 
-def _write(z: jax.Array, pattern: Pattern, labels: tuple[str, ...], sizes: Mapping[str, int]) -> jax.Array:
-  """Embeds ``z`` (slots..., channels) into the output leaf's layer view (broadcastable)."""
+def _write(
+  z: jax.Array, pattern: Pattern, labels: tuple[str, ...], sizes: Mapping[str, int], *, batched: bool = False
+) -> jax.Array:
+  """Embeds ``z`` (slots..., channels) into the output leaf's layer view (broadcastable); ``batched``: ``z`` has a
+  leading axis of members, kept in front."""
+  lead = 1 if batched else 0
   if pattern.carrier_order != tuple(range(len(pattern.carrier_order))):
-    z = jnp.transpose(z, (*pattern.carrier_order, z.ndim - 1))
-  dims = iter(z.shape[:-1])
-  z = z.reshape(tuple(next(dims) if kept else 1 for kept in pattern.expand) + z.shape[-1:])
+    z = jnp.transpose(z, (*range(lead), *(c + lead for c in pattern.carrier_order), z.ndim - 1))
+  dims = iter(z.shape[lead:-1])
+  z = z.reshape(z.shape[:lead] + tuple(next(dims) if kept else 1 for kept in pattern.expand) + z.shape[-1:])
   for a, b, label in pattern.diagonals:
-    shape = [1] * (len(labels) + 1)
-    shape[a] = shape[b] = sizes[label]
+    shape = [1] * (lead + len(labels) + 1)
+    shape[lead + a] = shape[lead + b] = sizes[label]
     z = z * jnp.eye(sizes[label], dtype=z.dtype).reshape(shape)
   return z
 
@@ -301,6 +298,196 @@ def _check_features(p: Plan, params: Params, space_in: WeightSpace, space_out: W
       )
 
 
+# A plan's steps that repeat across a space (a transformer's blocks) run as one batched operation each
+# (unf._program). False runs them one by one, as before batching: the reference that tests compare against.
+_BATCH = True
+
+
+def _reduce_batch(stacks: list[jax.Array], reduced: list[jax.Array], batch: _program.ReductionBatch) -> jax.Array:
+  """A reduction batch's members, stacked: ``(members, kept sizes..., channels)``."""
+  source = reduced[batch.source] if batch.child else stacks[batch.source]
+  if batch.positions is not None:
+    source = _rows(source, np.asarray(batch.positions))
+  if batch.child:
+    return jnp.mean(source, axis=batch.parent_axis + 1)
+  if source.shape[0] == 1:
+    out = jnp.einsum(batch.einsum, source[0])[None]
+  else:
+    inputs, output = batch.einsum.split("->")
+    out = jnp.einsum(f"Y{inputs}->Y{output}", source)
+  return out * batch.scale if batch.scale != 1.0 else out
+
+
+def _rows(array: jax.Array, index: np.ndarray) -> jax.Array:
+  """``array[index]`` for a static index: a slice where it is a run."""
+  if np.array_equal(index, index[0] + np.arange(len(index))):
+    return array if len(index) == array.shape[0] else lax.slice_in_dim(array, int(index[0]), int(index[0]) + len(index))
+  return array.at[index].get(mode="promise_in_bounds")
+
+
+def _take(array: jax.Array, rows: np.ndarray | None, columns: np.ndarray | None, *, offset: int = 0) -> jax.Array:
+  """``array`` with its rows (axis ``offset``; None: all) and columns (last axis; None: all) taken in a static
+  order."""
+  if rows is not None:
+    array = array.at[(slice(None),) * offset + (rows,)].get(mode="promise_in_bounds", unique_indices=True)
+  if columns is not None:
+    array = array.at[..., columns].get(mode="promise_in_bounds", unique_indices=True)
+  return array
+
+
+def _bundle_inputs(reduced: list[jax.Array], batch: _program.BundleBatch) -> tuple[jax.Array, np.ndarray | None]:
+  """A bundle batch's stacked input, segment by segment, and the order of weight rows that it needs (None: the
+  pieces' own order): ``(members, slots..., rows)``."""
+  parts, piece_rows = [], {}
+  members = len(batch.members)
+  for segment in batch.segments:
+    source = reduced[segment.batch]
+    channels, count = source.shape[-1], len(segment.pieces)
+    source = _rows(source, np.asarray(segment.positions).reshape(-1))
+    part = source.reshape((members, count, *source.shape[1:]))
+    kept = part.ndim - 3
+    # (members, pieces, kept..., channels) -> (members, slots..., pieces * channels)
+    part = jnp.transpose(part, (0, *(t + 2 for t in segment.transpose), 1, part.ndim - 1))
+    parts.append(part.reshape(part.shape[: 1 + kept] + (count * channels,)))
+    for piece in segment.pieces:
+      piece_rows[piece] = channels
+  starts = list(itertools.accumulate((piece_rows[k] for k in range(len(piece_rows))), initial=0))
+  order = np.concatenate([np.arange(starts[k], starts[k + 1]) for s in batch.segments for k in s.pieces])
+  inputs = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+  return inputs, None if np.array_equal(order, np.arange(len(order))) else order
+
+
+def _cluster_columns(batch: _program.BundleBatch, groups: list[Group], widths: list[int]) -> np.ndarray | None:
+  """The order of a bundle's weight columns that puts every cluster's groups side by side, pattern by pattern
+  (None: their own order, groups then patterns)."""
+  starts = list(itertools.accumulate((len(g.patterns) * w for g, w in zip(groups, widths)), initial=0))
+  order = np.concatenate(
+    [
+      starts[q] + k * widths[q] + np.arange(widths[q])
+      for cluster in batch.clusters
+      for k in range(len(cluster.patterns))
+      for q in cluster.groups
+    ]
+  )
+  return None if np.array_equal(order, np.arange(len(order))) else order
+
+
+def _members_side_by_side(params: Params, names: list[list[str]]) -> jax.Array:
+  """Per member, its params ``names`` concatenated along their last axis, stacked: ``(members, ..., columns)``.
+
+  One concatenation for all members (a transformer's every block), not one per member.
+  """
+  if len(names) == 1 and len(names[0]) == 1:
+    return params[names[0][0]][None]
+  flat = jnp.concatenate([params[name] for member in names for name in member], axis=-1)
+  members = flat.reshape(flat.shape[:-1] + (len(names), -1))
+  return jnp.moveaxis(members, -2, 0)
+
+
+def _stacked(arrays: list[jax.Array]) -> jax.Array:
+  return arrays[0][None] if len(arrays) == 1 else jnp.stack(arrays)
+
+
+def _mix_channels_batched(inputs: jax.Array, w: jax.Array, *, fuse: bool) -> jax.Array:
+  """``inputs`` (members, ..., rows) times each member's weight ``w`` (members, rows, columns)."""
+  if w.shape[0] == 1:
+    return _mix_channels(inputs[0], w[0], fuse=fuse)[None]
+  flat = inputs.reshape(inputs.shape[0], -1, inputs.shape[-1])
+  large = flat.shape[1] * w.shape[-1] >= _FUSED_OUTPUT_MIN
+  if fuse and large and inputs.shape[-1] <= _FUSED_CONTRACTION_MAX:
+    z = _fusable_batched_matmul(flat, w)
+  else:
+    z = flat @ w
+  return z.reshape(inputs.shape[:-1] + w.shape[-1:])
+
+
+@jax.custom_jvp
+def _fusable_batched_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """``x @ w`` for ``x`` (n, m, k) and ``w`` (n, k, c), as multiply-and-reduce (see :func:`_fusable_matmul`)."""
+  return jnp.sum(x[..., :, None] * w[:, None], axis=-2)
+
+
+@_fusable_batched_matmul.defjvp
+def _fusable_batched_matmul_jvp(primals, tangents):
+  (x, w), (dx, dw) = primals, tangents
+  return _fusable_batched_matmul(x, w), dx @ w + x @ dw
+
+
+def _assemble(
+  acc: dict[tuple[int, tuple[int, ...]], jax.Array], classes: _program.Classes, p: Plan, sizes: Mapping[str, int]
+) -> list[jax.Array]:
+  """Per output class, its members' sums of terms, stacked at full shape: terms written to every member in order
+  are added (broadcasting), terms written to some members are added at their positions."""
+  stacks = []
+  for c, leaves in enumerate(classes.members):
+    everyone = tuple(range(len(leaves)))
+    terms = [(positions, term) for (out_class, positions), term in acc.items() if out_class == c]
+    labels = p.layouts_out[leaves[0]].labels
+    shape = (len(leaves), *(sizes[label] for label in labels), terms[0][1].shape[-1])
+    total = None
+    for positions, term in terms:
+      if positions == everyone:
+        total = term if total is None else total + term
+    for positions, term in terms:
+      if positions != everyone:
+        base = jnp.zeros(shape, term.dtype) if total is None else jnp.broadcast_to(total, shape)
+        total = base.at[np.asarray(positions)].add(jnp.broadcast_to(term, (len(positions), *shape[1:])))
+    assert total is not None  # every output leaf has terms: at least those that pool every input leaf
+    stacks.append(jnp.broadcast_to(total, shape))
+  return stacks
+
+
+def _from_layer(y: jax.Array, layout: LeafLayout, sizes: Mapping[str, int]) -> jax.Array:
+  """An output leaf's layer view ``(permutable axes..., channels)``, maybe broadcastable, as the leaf."""
+  features = y.shape[-1] // math.prod(layout.fixed_shape)
+  shape = tuple(sizes[label] for label in layout.labels) + layout.fixed_shape + (features,)
+  y = jnp.broadcast_to(y, shape[: len(layout.labels)] + y.shape[-1:]).reshape(shape)
+  if layout.from_layer != tuple(range(y.ndim)):
+    y = jnp.transpose(y, layout.from_layer)
+  return y
+
+
+def _apply_step_by_step(
+  params: Params, views: list[jax.Array], p: Plan, space_out: WeightSpace, sizes: Mapping[str, int]
+) -> list[jax.Array]:
+  """The plan run step by step: one operation per reduction and per bundle (the reference for batching)."""
+  # Keyed by reduction index, filled in reduction_order: a parent before the reductions that average it.
+  reduced: dict[int, jax.Array] = {}
+  for index in p.reduction_order:
+    r = p.reductions[index]
+    if r.parent is None:
+      reduced[index] = _reduce(views, r, sizes)
+    else:
+      reduced[index] = jnp.mean(reduced[r.parent], axis=r.parent_axis)
+  acc: dict[int, jax.Array] = {}  # per output leaf, the sum of its terms
+  for bundle in p.bundles:
+    groups = [p.groups[k] for k in bundle]
+    parts = []
+    for piece in groups[0].pieces:
+      part = reduced[piece.reduction]
+      if piece.transpose != tuple(range(len(piece.transpose))):
+        part = jnp.transpose(part, (*piece.transpose, part.ndim - 1))
+      parts.append(part)
+    inputs = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+    weights = [params[_weight_name(space_out, g)] for g in groups]
+    fuse = all(_program.writes_every_entry_once(g.patterns) for g in groups)
+    z = _mix_channels(inputs, weights[0] if len(weights) == 1 else jnp.concatenate(weights, axis=1), fuse=fuse)
+    if groups[0].has_bias:  # signature () groups, and only they, have biases: a bundle has all or none
+      biases = [params[_bias_name(space_out, g)] for g in groups]
+      z = z + (biases[0] if len(biases) == 1 else jnp.concatenate(biases))
+    start = 0  # columns: the groups in bundle order, each its patterns in order
+    for g, weight in zip(groups, weights):
+      columns = weight.shape[1] // len(g.patterns)
+      labels = p.layouts_out[g.out_leaf].labels
+      for pattern in g.patterns:
+        term = z if columns == z.shape[-1] else lax.slice_in_dim(z, start, start + columns, axis=z.ndim - 1)
+        start += columns
+        term = _write(term, pattern, labels, sizes)
+        acc[g.out_leaf] = acc[g.out_leaf] + term if g.out_leaf in acc else term
+  # Every output leaf has terms, as a WeightSpace has at least one leaf: acc has every key.
+  return [_from_layer(acc[o], layout, sizes) for o, layout in enumerate(p.layouts_out)]
+
+
 def apply(
   params: Params,
   x: Any,
@@ -331,51 +518,138 @@ def apply(
   sizes.update(new_labels)
   p: Plan = plan(space_in, space_out)
   _check_features(p, params, space_in, space_out, x)
-  views = [_to_layer(leaf, layout) for leaf, layout in zip(space_in.flatten(x), p.layouts_in)]
-  # Keyed by reduction index, filled in reduction_order: a parent before the reductions that average it.
-  reduced: dict[int, jax.Array] = {}
-  for index in p.reduction_order:
-    r = p.reductions[index]
-    if r.parent is None:
-      reduced[index] = _reduce(views, r, sizes)
-    else:
-      reduced[index] = jnp.mean(reduced[r.parent], axis=r.parent_axis)
-  acc: dict[int, jax.Array] = {}  # per output leaf, the sum of its terms
-  for bundle in p.bundles:
-    groups = [p.groups[k] for k in bundle]
-    parts = []
-    for piece in groups[0].pieces:
-      part = reduced[piece.reduction]
-      if piece.transpose != tuple(range(len(piece.transpose))):
-        part = jnp.transpose(part, (*piece.transpose, part.ndim - 1))
-      parts.append(part)
-    inputs = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
-    weights = [params[_weight_name(space_out, g)] for g in groups]
-    fuse = all(_writes_every_entry_once(g.patterns) for g in groups)
-    z = _mix_channels(inputs, weights[0] if len(weights) == 1 else jnp.concatenate(weights, axis=1), fuse=fuse)
-    if groups[0].has_bias:  # signature () groups, and only they, have biases: a bundle has all or none
-      biases = [params[_bias_name(space_out, g)] for g in groups]
-      z = z + (biases[0] if len(biases) == 1 else jnp.concatenate(biases))
-    start = 0  # columns: the groups in bundle order, each its patterns in order
-    for g, weight in zip(groups, weights):
-      columns = weight.shape[1] // len(g.patterns)
-      labels = p.layouts_out[g.out_leaf].labels
-      for pattern in g.patterns:
-        term = z if columns == z.shape[-1] else lax.slice_in_dim(z, start, start + columns, axis=z.ndim - 1)
-        start += columns
-        term = _write(term, pattern, labels, sizes)
-        acc[g.out_leaf] = acc[g.out_leaf] + term if g.out_leaf in acc else term
-  outputs = []
-  # Every output leaf has terms, as a WeightSpace has at least one leaf: acc has every key.
-  for o, layout in enumerate(p.layouts_out):
-    y = acc[o]
-    features = y.shape[-1] // math.prod(layout.fixed_shape)
-    shape = tuple(sizes[label] for label in layout.labels) + layout.fixed_shape + (features,)
-    y = jnp.broadcast_to(y, shape[: len(layout.labels)] + y.shape[-1:]).reshape(shape)
-    if layout.from_layer != tuple(range(y.ndim)):
-      y = jnp.transpose(y, layout.from_layer)
-    outputs.append(y)
-  return space_out.unflatten(outputs)
+  if not _BATCH:
+    views = [_to_layer(leaf, layout) for leaf, layout in zip(space_in.flatten(x), p.layouts_in)]
+    return space_out.unflatten(_apply_step_by_step(params, views, p, space_out, sizes))
+  key = _program.label_sizes_key(sizes)
+  stacks = _apply_stacks(params, _stacks(x, space_in, p.layouts_in, key), p, space_out, key)
+  return _leaves(stacks, space_out, p.layouts_out, key)
+
+
+def _stacks(x: Any, space: WeightSpace, layouts: tuple[LeafLayout, ...], sizes: tuple) -> list[jax.Array]:
+  """A pytree of ``space`` as the stacks of its leaf classes (:func:`unf._program.classes`): per class
+  ``(members, permutable sizes..., channels)``, its members' layer views."""
+  views = [_to_layer(leaf, layout) for leaf, layout in zip(space.flatten(x), layouts)]
+  return [_stacked([views[leaf] for leaf in members]) for members in _program.classes(layouts, sizes).members]
+
+
+def _leaves(stacks: list[jax.Array], space: WeightSpace, layouts: tuple[LeafLayout, ...], sizes: tuple) -> Any:
+  """The pytree of ``space`` that :func:`_stacks` stacked."""
+  size = dict(sizes)
+  leaves: list[Any] = [None] * len(layouts)
+  for stack, members in zip(stacks, _program.classes(layouts, sizes).members):
+    # Members of one layout leave the stack with one transpose, then only a slice each: a transpose per member
+    # would be a kernel of its own, and XLA compiles every kernel separately.
+    by_layout: dict[LeafLayout, list[int]] = {}
+    for position, leaf in enumerate(members):
+      by_layout.setdefault(layouts[leaf], []).append(position)
+    for layout, positions in by_layout.items():
+      part = stack if len(positions) == len(members) else _rows(stack, np.asarray(positions))
+      part = jax.vmap(lambda y, layout=layout: _from_layer(y, layout, size))(part)
+      for k, position in enumerate(positions):
+        leaves[members[position]] = part[k]
+  return space.unflatten(leaves)
+
+
+def _apply_stacks(params: Params, stacks: list[jax.Array], p: Plan, space_out: WeightSpace, key: tuple) -> list:
+  """The layer of plan ``p`` on input class stacks: the output class stacks (full shape)."""
+  sizes = dict(key)
+  prog = _program.program(p, key)
+  reduced: list[jax.Array] = []  # per reduction batch, its members stacked on a leading axis
+  for reduction in prog.reductions:
+    reduced.append(_reduce_batch(stacks, reduced, reduction))
+  # Per output class and the positions written (one per member of a batch), the sum of the terms.
+  acc: dict[tuple[int, tuple[int, ...]], jax.Array] = {}
+  for batch in prog.bundles:
+    groups = [[p.groups[k] for k in bundle] for bundle in batch.members]
+    inputs, rows = _bundle_inputs(reduced, batch)
+    weights = _members_side_by_side(params, [[_weight_name(space_out, g) for g in member] for member in groups])
+    widths = [params[_weight_name(space_out, g)].shape[1] // len(g.patterns) for g in groups[0]]
+    columns = _cluster_columns(batch, groups[0], widths)
+    z = _mix_channels_batched(inputs, _take(weights, rows, columns, offset=1), fuse=batch.fuse)
+    if groups[0][0].has_bias:  # signature () groups, and only they, have biases: a bundle has all or none
+      biases = _members_side_by_side(params, [[_bias_name(space_out, g) for g in member] for member in groups])
+      z = z + _take(biases, None, columns)[:, *([None] * (z.ndim - 2)), :]
+    start = 0
+    for cluster in batch.clusters:
+      width, count = widths[cluster.groups[0]], len(cluster.groups)
+      labels = p.layouts_out[groups[0][cluster.groups[0]].out_leaf].labels
+      for pattern in cluster.patterns:
+        term = lax.slice_in_dim(z, start, start + count * width, axis=z.ndim - 1)
+        start += count * width
+        if count > 1:  # (members, slots..., groups * width) -> (members * groups, slots..., width)
+          term = term.reshape(term.shape[:-1] + (count, width))
+          term = jnp.moveaxis(term, -2, 1).reshape((-1, *term.shape[1:-2], width))
+        term = _write(term, pattern, labels, sizes, batched=True)
+        key_ = (cluster.out_class, cluster.positions)
+        acc[key_] = acc[key_] + term if key_ in acc else term
+  return _assemble(acc, prog.classes_out, p, sizes)
+
+
+def apply_layers(
+  params: Sequence[Params],
+  x: Any,
+  spaces: Sequence[WeightSpace],
+  *,
+  activation: Callable[[jax.Array], jax.Array],
+  out_sizes: Mapping[str, int] | None = None,
+  fixed_axes: str | int = "auto",
+  pool: bool = False,
+) -> Any:
+  """Equivariant layers ``spaces[0] -> spaces[1] -> ...`` with ``activation`` between them: a UNF's body.
+
+  Equals applying :func:`apply` layer by layer, with ``activation`` after every layer but the last (and after the
+  last too, followed by :func:`invariant_pool`, where ``pool``). Run this way, the layers pass each other their
+  outputs as stacks of isomorphic leaves (a transformer's blocks), so the leaves are split and stacked once, not
+  once per layer: the operations that XLA compiles barely grow with depth.
+
+  Args:
+    params: per layer, the params of :func:`init` for ``spaces[k] -> spaces[k + 1]``.
+    x: pytree shaped like ``spaces[0]``, each leaf with one trailing feature axis.
+    spaces: one more than ``params``.
+    activation: pointwise nonlinearity.
+    out_sizes: sizes of labels of ``spaces[-1]`` that ``spaces[0]`` lacks.
+    fixed_axes: as given to :func:`init`, for every layer.
+    pool: end with the activation and :func:`invariant_pool` (a vector) instead of the last layer's output.
+
+  Returns:
+    A pytree shaped like ``spaces[-1]`` (trailing features of the last layer), or the pooled vector.
+  """
+  if len(spaces) != len(params) + 1:
+    raise ValueError(
+      f"{len(params)} layers need {len(params) + 1} spaces (the input's, then each output's); got {len(spaces)}."
+    )
+  if not _BATCH or not params:
+    for k, layer in enumerate(params):
+      last = k == len(params) - 1
+      x = apply(layer, x, spaces[k], spaces[k + 1], out_sizes=out_sizes if last else None, fixed_axes=fixed_axes)
+      x = x if last and not pool else jax.tree.map(activation, x)
+    return invariant_pool(x, spaces[-1], fixed_axes=fixed_axes) if pool else x
+  sizes = _label_sizes(spaces[0], x, out_sizes, spaces[-1].labels)
+  stacks: list[jax.Array] | None = None
+  held: tuple[WeightSpace, tuple[LeafLayout, ...], tuple] | None = None  # what the stacks hold: space, layouts, sizes
+  for k, layer in enumerate(params):
+    space_in, space_out, new_labels = label_fixed_axes(spaces[k], spaces[k + 1], fixed_axes)
+    key = _program.label_sizes_key({**sizes, **dict(new_labels)})
+    p = plan(space_in, space_out)
+    if stacks is None or held != (space_in, p.layouts_in, key):
+      if stacks is not None and held is not None:
+        x = _leaves(stacks, *held)
+      _check_features(p, layer, space_in, space_out, x)
+      stacks = _stacks(x, space_in, p.layouts_in, key)
+    stacks = _apply_stacks(layer, stacks, p, space_out, key)
+    held = (space_out, p.layouts_out, key)
+    if k < len(params) - 1 or pool:
+      stacks = [activation(stack) for stack in stacks]
+  assert stacks is not None and held is not None  # at least one layer
+  if not pool:
+    return _leaves(stacks, *held)
+  space, _, new_labels = label_fixed_axes(spaces[-1], spaces[-1], fixed_axes)
+  key = _program.label_sizes_key({**sizes, **dict(new_labels)})
+  layouts = tuple(LeafLayout.of(a, space.fixed_shape(i)) for i, a in enumerate(space.axes))
+  if held != (space, layouts, key):
+    return invariant_pool(_leaves(stacks, *held), spaces[-1], fixed_axes=fixed_axes)
+  return _pool_stacks(stacks, space, layouts, key)
 
 
 def invariant_pool(x: Any, space: WeightSpace, *, fixed_axes: str | int = "auto") -> jax.Array:
@@ -396,9 +670,29 @@ def invariant_pool(x: Any, space: WeightSpace, *, fixed_axes: str | int = "auto"
   sizes = dict(space.validate(x, trailing=1))
   space, _, new_labels = label_fixed_axes(space, space, fixed_axes)
   sizes.update(new_labels)
-  layouts = [LeafLayout.of(a, space.fixed_shape(i)) for i, a in enumerate(space.axes)]
-  views = [_to_layer(leaf, layout) for leaf, layout in zip(space.flatten(x), layouts)]
-  return jnp.concatenate([_reduce(views, r, sizes) for r in invariant_reductions(space)], axis=-1)
+  layouts = tuple(LeafLayout.of(a, space.fixed_shape(i)) for i, a in enumerate(space.axes))
+  if not _BATCH:
+    views = [_to_layer(leaf, layout) for leaf, layout in zip(space.flatten(x), layouts)]
+    return jnp.concatenate([_reduce(views, r, sizes) for r in invariant_reductions(space)], axis=-1)
+  key = _program.label_sizes_key(sizes)
+  return _pool_stacks(_stacks(x, space, layouts, key), space, layouts, key)
+
+
+def _pool_stacks(stacks: list[jax.Array], space: WeightSpace, layouts: tuple[LeafLayout, ...], key: tuple) -> jax.Array:
+  """:func:`invariant_pool` on the class stacks of ``space`` (labelled)."""
+  prog = _program.pool_program(invariant_reductions(space), layouts, key)
+  batches = [_reduce_batch(stacks, [], batch) for batch in prog.batches]
+  out = jnp.concatenate([batch.reshape(-1) for batch in batches])
+  if prog.order is None:
+    return out
+  # Each member's outputs are a run of its channels: reorder the runs into the reductions' order.
+  runs = [(start + k * b.shape[-1], b.shape[-1]) for b, start in zip(batches, _starts(batches)) for k in range(len(b))]
+  stacked = [runs[position] for position in prog.order]
+  return out[np.concatenate([np.arange(start, start + length) for start, length in stacked])]
+
+
+def _starts(batches: list[jax.Array]) -> list[int]:
+  return list(itertools.accumulate((b.size for b in batches[:-1]), initial=0))
 
 
 def invariant_pool_size(space: WeightSpace, features: int, *, fixed_axes: str | int = "auto") -> int:
