@@ -4,8 +4,9 @@ Transformers, ResNets and deep MLPs repeat one block, so a plan (:func:`unf.basi
 reduction, the same channel mixing and the same write once per block. Run one by one, every copy compiles
 kernels of its own, and compilation grows with depth. Here the plan's steps that are equal but for the leaves
 they read and write (same einsum on the same shape, same channel mixing, same output pattern on the same
-shape) form one *batch*, run as one operation over a stack of its members. The number of operations that XLA
-compiles then depends on how many kinds of leaves a space has, not on how many leaves of each kind.
+shape) form one *batch*, run as one operation over a stack of its members. The number of batches then depends on
+how many kinds of leaves a space has, not on how many leaves of each kind; only stacking the input leaves and
+splitting the output into leaves remain per leaf.
 
 Plain Python, computed once per plan and label sizes and cached, like the plan itself.
 """
@@ -109,6 +110,14 @@ class Program:
   classes_in: Classes
   classes_out: Classes
 
+  @property
+  def batches_anything(self) -> bool:
+    """Whether some batch has several members: where none has, the plan runs faster step by step (no stacks,
+    no reordering of weights)."""
+    return any(len(batch.reductions) > 1 for batch in self.reductions) or any(
+      len(batch.members) > 1 or any(len(cluster.groups) > 1 for cluster in batch.clusters) for batch in self.bundles
+    )
+
 
 def _identity_or(positions: list[int], length: int) -> tuple[int, ...] | None:
   return None if positions == list(range(length)) else tuple(positions)
@@ -168,7 +177,8 @@ def program(p: Plan, sizes: tuple[tuple[str, int], ...]) -> Program:
       )
     else:
       source = where[parent][0]
-      positions = [where[int(p.reductions[r].parent)][1] for r in indices]  # type: ignore[arg-type]
+      parents = [p.reductions[r].parent for r in indices]  # all set: a child batch's members are children
+      positions = [where[q][1] for q in parents if q is not None]
       count = len(reduction_members[source])
       reduction_batches.append(
         ReductionBatch(

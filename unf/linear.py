@@ -518,10 +518,10 @@ def apply(
   sizes.update(new_labels)
   p: Plan = plan(space_in, space_out)
   _check_features(p, params, space_in, space_out, x)
-  if not _BATCH:
+  key = _program.label_sizes_key(sizes)
+  if not _BATCH or not _program.program(p, key).batches_anything:
     views = [_to_layer(leaf, layout) for leaf, layout in zip(space_in.flatten(x), p.layouts_in)]
     return space_out.unflatten(_apply_step_by_step(params, views, p, space_out, sizes))
-  key = _program.label_sizes_key(sizes)
   stacks = _apply_stacks(params, _stacks(x, space_in, p.layouts_in, key), p, space_out, key)
   return _leaves(stacks, space_out, p.layouts_out, key)
 
@@ -538,8 +538,7 @@ def _leaves(stacks: list[jax.Array], space: WeightSpace, layouts: tuple[LeafLayo
   size = dict(sizes)
   leaves: list[Any] = [None] * len(layouts)
   for stack, members in zip(stacks, _program.classes(layouts, sizes).members):
-    # Members of one layout leave the stack with one transpose, then only a slice each: a transpose per member
-    # would be a kernel of its own, and XLA compiles every kernel separately.
+    # Members of one layout leave the stack with one transpose, then a slice each.
     by_layout: dict[LeafLayout, list[int]] = {}
     for position, leaf in enumerate(members):
       by_layout.setdefault(layouts[leaf], []).append(position)
@@ -586,6 +585,14 @@ def _apply_stacks(params: Params, stacks: list[jax.Array], p: Plan, space_out: W
   return _assemble(acc, prog.classes_out, p, sizes)
 
 
+def _layers_batch(spaces: Sequence[WeightSpace], x: Any, out_sizes: Any, fixed_axes: str | int) -> bool:
+  """Whether the first of :func:`apply_layers`' layers batches anything (``Program.batches_anything``)."""
+  sizes = _label_sizes(spaces[0], x, out_sizes, spaces[-1].labels)
+  space_in, space_out, new_labels = label_fixed_axes(spaces[0], spaces[1], fixed_axes)
+  key = _program.label_sizes_key({**sizes, **dict(new_labels)})
+  return _program.program(plan(space_in, space_out), key).batches_anything
+
+
 def apply_layers(
   params: Sequence[Params],
   x: Any,
@@ -600,8 +607,8 @@ def apply_layers(
 
   Equals applying :func:`apply` layer by layer, with ``activation`` after every layer but the last (and after the
   last too, followed by :func:`invariant_pool`, where ``pool``). Run this way, the layers pass each other their
-  outputs as stacks of isomorphic leaves (a transformer's blocks), so the leaves are split and stacked once, not
-  once per layer: the operations that XLA compiles barely grow with depth.
+  outputs as stacks of isomorphic leaves (a transformer's blocks), so the leaves are stacked once and split once,
+  not once per layer (each split leaf is a kernel that XLA compiles: about 2.5 per leaf, docs' benchmarks page).
 
   Args:
     params: per layer, the params of :func:`init` for ``spaces[k] -> spaces[k + 1]``.
@@ -619,7 +626,7 @@ def apply_layers(
     raise ValueError(
       f"{len(params)} layers need {len(params) + 1} spaces (the input's, then each output's); got {len(spaces)}."
     )
-  if not _BATCH or not params:
+  if not _BATCH or not params or not _layers_batch(spaces, x, out_sizes, fixed_axes):
     for k, layer in enumerate(params):
       last = k == len(params) - 1
       x = apply(layer, x, spaces[k], spaces[k + 1], out_sizes=out_sizes if last else None, fixed_axes=fixed_axes)

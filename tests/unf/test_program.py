@@ -114,6 +114,11 @@ def test_distinct_sizes_run_unbatched():
   p, prog = _program_of(space, {label: 2 + k for k, label in enumerate(space.labels)})
   assert all(len(batch.members) == 1 for batch in prog.bundles)
   assert len(prog.bundles) == len(p.bundles)
+  assert prog.batches_anything  # the embedding and the head still share a layer-view shape
+  assert _program_of(space, _uniform(space))[1].batches_anything
+  mlp = bound(SPACES["mlp"])
+  # An MLP of distinct widths has no two steps alike: apply runs it step by step, without stacks.
+  assert not _program_of(mlp, {label: 2 + k for k, label in enumerate(mlp.labels)})[1].batches_anything
 
 
 @pytest.mark.parametrize("invariant", [False, True])
