@@ -10,6 +10,7 @@ initialisation; this measures it. Not a test: ``python -m benchmarks.update_shar
 from __future__ import annotations
 
 import argparse
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ import optax
 
 import tasks
 from metatrain import UNFLOpt
-from metatrain.learned_optimizers import PRESETS, fan_ins, features
+from metatrain.learned_optimizers import PRESETS, fan_ins, transforms
 
 
 def shares(preset: str, steps: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -32,6 +33,9 @@ def shares(preset: str, steps: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
   theta = lopt.init_meta(jax.random.key(0))
   optimizer = lopt.optimizer(theta, total_steps=steps)
   state = optimizer.init(params)
+  # f's term alone (the chain's learned_correction link, without beta), on the same gradients.
+  correction = transforms.learned_correction(functools.partial(lopt.f, theta), second_moments=lopt.features == "adam")
+  correction_state = correction.init(params)
   out = {}
   for step in range(steps):
     grads = jax.grad(task.loss)(params, task.sample_batch(jax.random.key(step + 2), "train"))
@@ -41,15 +45,11 @@ def shares(preset: str, steps: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
       base, _ = without.update(grads, state, params)
       rms = lambda x: float(jnp.sqrt(jnp.mean(jnp.square(x))))  # noqa: E731
       share = [rms(a - b) / max(rms(b), 1e-30) for a, b in zip(jax.tree.leaves(with_f), jax.tree.leaves(base))]
-      momenta = features.update_momenta(state.momenta, grads)
-      x = features.input_features(params, grads, momenta, state.count)
-      if lopt.features == "adam":
-        second = features.update_second_moments(state.second_moments, grads)
-        extra = features.adam_features(momenta, second)
-        x = jax.tree.map(lambda a, b: jnp.concatenate([a, b.astype(a.dtype)], axis=-1), x, extra)
-      f_rms = [rms(y) for y in jax.tree.leaves(lopt.f(theta, x))]
+      f_out, _ = correction.update(grads, correction_state, params)
+      f_rms = [rms(y) for y in jax.tree.leaves(f_out)]
       out[step + 1] = (np.asarray(share), np.asarray(f_rms))
     updates, state = optimizer.update(grads, state, params)
+    _, correction_state = correction.update(grads, correction_state, params)
     params = optax.apply_updates(params, updates)
   return out
 

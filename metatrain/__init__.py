@@ -45,7 +45,6 @@ from metatrain.evaluation import (
 from metatrain.learned_optimizers import (
   DeepSetsLOpt,
   LearnedOptimizer,
-  LearnedOptimizerState,
   LearnedSGDM,
   UNFLOpt,
   describe,
@@ -91,7 +90,6 @@ __all__ = [
   "InnerState",
   "LearnedOptimizer",
   "LearnedOptimizerProblem",
-  "LearnedOptimizerState",
   "LearnedSGDM",
   "NoiseReuseES",
   "TrainConfig",

@@ -23,10 +23,11 @@ FINAL_FRACTION = 0.1
 
 
 class InnerState(NamedTuple):
-  """One inner run: the task's params and the learned optimizer's state."""
+  """One inner run: the task's params, the learned optimizer's state and the number of steps taken."""
 
   params: PyTree
   opt_state: PyTree
+  step: jax.Array
 
 
 @functools.partial(
@@ -47,7 +48,7 @@ class LearnedOptimizerProblem:
 
   With ``meta_objective="final"`` a step's meta-loss is ``1 / FINAL_FRACTION``
   times its loss in the last tenth of the run (steps ``t >= 0.9 T``, read from
-  the optimizer's step count) and 0 before: the mean over a whole run is then
+  the run's step count) and 0 before: the mean over a whole run is then
   the mean loss of its last tenth, the paper's end-of-horizon objective
   smoothed over 0.1 T steps (a single step's loss would be far noisier).
 
@@ -83,7 +84,7 @@ class LearnedOptimizerProblem:
   def init(self, theta: Theta, key: jax.Array) -> InnerState:
     """A fresh inner run: the task's params initialised from ``key`` and the optimizer's initial state."""
     params = self.task.init(key)
-    return InnerState(params, self.optimizer(theta).init(params))
+    return InnerState(params, self.optimizer(theta).init(params), jnp.zeros((), jnp.int32))
 
   def step(self, theta: Theta, state: InnerState, key: jax.Array) -> tuple[InnerState, jax.Array]:
     """One inner step on a batch drawn with ``key``: ``(state, normalised meta-loss of the step)``."""
@@ -95,5 +96,5 @@ class LearnedOptimizerProblem:
     if self.meta_objective == "final":
       start = self.horizon - max(1, round(FINAL_FRACTION * self.horizon))
       weight = self.horizon / (self.horizon - start)
-      meta_loss = jnp.where(state.opt_state.count >= start, weight * meta_loss, jnp.zeros_like(meta_loss))
-    return InnerState(optax.apply_updates(state.params, updates), opt_state), meta_loss
+      meta_loss = jnp.where(state.step >= start, weight * meta_loss, jnp.zeros_like(meta_loss))
+    return InnerState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), meta_loss

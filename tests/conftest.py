@@ -37,6 +37,15 @@ def key():
   return jax.random.key(0)
 
 
+@pytest.fixture
+def float64():
+  """float64 for the test (tight tolerances against independent computations), float32 again after it."""
+  previous = jax.config.jax_enable_x64
+  jax.config.update("jax_enable_x64", True)
+  yield
+  jax.config.update("jax_enable_x64", previous)
+
+
 @pytest.fixture(scope="session")
 def jax_cache_env():
   """Environment variables that give worker processes the session's JAX compilation cache.

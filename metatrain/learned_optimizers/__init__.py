@@ -8,15 +8,19 @@ this registry, so a new kind is tested as soon as it is registered here.
 - :class:`DeepSetsLOpt`: ``f``'s last layer is a Deep Sets layer per tensor.
 - :class:`LearnedSGDM`: no ``f``; momentum SGD with its rate and decay meta-trained (the paper's SGDM baseline).
 
+Each one's ``optimizer(theta)`` is an optax chain of the links of :mod:`metatrain.learned_optimizers.transforms`;
+:class:`NetworkLOpt` is the base of the kinds with a network ``f``.
+
 :data:`PRESETS` names sets of options (``"paper"``: the configuration of the paper's code).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from metatrain.learned_optimizers import features
-from metatrain.learned_optimizers.base import LearnedOptimizer, LearnedOptimizerState, describe, fan_ins
+from metatrain.learned_optimizers import features, transforms
+from metatrain.learned_optimizers.base import LearnedOptimizer, NetworkLOpt, describe, fan_ins
 from metatrain.learned_optimizers.deep_sets import DeepSetsLOpt
 from metatrain.learned_optimizers.sgdm import LearnedSGDM
 from metatrain.learned_optimizers.unf import UNFLOpt
@@ -79,13 +83,19 @@ _OPTIONS = (
 _WRITTEN_BEFORE = {"unf": {"fixed_axes": "mix"}}
 
 
+def option_names(cls: type[LearnedOptimizer]) -> tuple[str, ...]:
+  """The keyword options that a kind of learned optimizer takes (every field but ``space``)."""
+  return tuple(field.name for field in dataclasses.fields(cls) if field.name != "space")
+
+
 def from_json(values: dict[str, Any]) -> LearnedOptimizer:
   """The learned optimizer that :meth:`LearnedOptimizer.to_json` wrote: ``{"kind", <options>, "space"}``.
 
   Options missing from ``values`` (descriptions written before they existed) take their defaults, except
   where the behaviour of that time was another value: a UNF described without ``fixed_axes`` mixed every
   fixed axis (``"mix"``; the same layer as ``"auto"`` on spaces without long fixed axes, such as the four
-  tasks').
+  tasks'). Options the kind does not take are dropped: an SGDM described before it lost ``f``'s options
+  (``width``, ``pointwise_layers``, ``features``, ``initial_beta``) carried them with no effect.
 
   Args:
     values: the description, as read from JSON.
@@ -107,8 +117,10 @@ def from_json(values: dict[str, Any]) -> LearnedOptimizer:
     raise ValueError(f"unknown learned optimizer {kind!r}; choose one of {sorted(LEARNED_OPTIMIZERS)}.")
   try:
     space = WeightSpace.from_json(values["space"])
+    cls = LEARNED_OPTIMIZERS[kind]
+    taken = set(option_names(cls))
     options = {**_WRITTEN_BEFORE.get(kind, {}), **{name: values[name] for name in _OPTIONS if name in values}}
-    return LEARNED_OPTIMIZERS[kind](space, **options)
+    return cls(space, **{name: value for name, value in options.items() if name in taken})
   except (KeyError, TypeError) as error:
     raise ValueError(f"malformed description of a {kind!r} learned optimizer ({error!r}).") from error
 
@@ -118,11 +130,13 @@ __all__ = [
   "PRESETS",
   "DeepSetsLOpt",
   "LearnedOptimizer",
-  "LearnedOptimizerState",
   "LearnedSGDM",
+  "NetworkLOpt",
   "UNFLOpt",
   "describe",
   "fan_ins",
   "features",
   "from_json",
+  "option_names",
+  "transforms",
 ]

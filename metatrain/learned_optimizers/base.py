@@ -23,6 +23,11 @@ optimizer its symmetry:
 * :class:`metatrain.DeepSetsLOpt`: a Deep Sets layer per tensor (the paper's main
   baseline), equivariant to any permutation of the entries of each tensor.
 
+:class:`LearnedOptimizer` holds the base term; :class:`NetworkLOpt` adds ``f``. The optax transformation is
+a chain of small links (:mod:`metatrain.learned_optimizers.transforms`), as optax's ``adam`` is: finite
+gradients, the sum of the base term, the weight decay and ``beta * f``, then the rate. The meta-trained SGDM
+baseline (:class:`metatrain.LearnedSGDM`) is the same chain without ``f``'s term.
+
 Example (a meta-trained optimizer drops into any optax loop of its space):
 
   >>> import jax, jax.numpy as jnp, optax, unf, metatrain
@@ -56,9 +61,9 @@ Choices made here:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import typing
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +72,7 @@ import optax
 import unf
 from metatrain import schedules
 from metatrain.learned_optimizers import features as features_lib
+from metatrain.learned_optimizers import transforms
 from metatrain.types import PyTree, Theta
 
 #: Initial learning rate ``alpha`` (the ``initial_alpha`` option's default).
@@ -83,26 +89,6 @@ CHOICES = {
   "base": ("momentum", "adam", "nominal"),
   "update_scale": ("none", "fan_in"),
 }
-#: Added to the root of the second moment in the Adam base term.
-ADAM_EPSILON = 1e-8
-
-
-class LearnedOptimizerState(NamedTuple):
-  """The state of a learned optimizer's optax transformation.
-
-  Attributes:
-    momenta: pytree shaped like params; every leaf has a trailing axis with the
-      momenta at :data:`metatrain.learned_optimizers.features.MOMENTUM_DECAYS`.
-    momentum: ``m_gamma0``, the momentum with the learned decay, shaped like params.
-    count: int32 scalar, the number of updates applied.
-    second_moments: with the ``"adam"`` features or base, the second moments at
-      :data:`metatrain.learned_optimizers.features.SECOND_MOMENT_DECAYS` (a trailing axis); None otherwise.
-  """
-
-  momenta: PyTree
-  momentum: PyTree
-  count: jax.Array  # type: ignore[assignment]  # optax's name for the step counter (shadows tuple.count)
-  second_moments: PyTree = None
 
 
 def fan_ins(params: PyTree) -> tuple[int, ...]:
@@ -113,11 +99,7 @@ def fan_ins(params: PyTree) -> tuple[int, ...]:
   Args:
     params: the params (or ``jax.eval_shape`` of them) of the network it is meta-trained on.
   """
-  return tuple(_fan_in(leaf.shape) for leaf in jax.tree.leaves(params))
-
-
-def _fan_in(shape: tuple[int, ...]) -> int:
-  return math.prod(shape[:-1]) if len(shape) > 1 else 1
+  return tuple(transforms.fan_in(leaf.shape) for leaf in jax.tree.leaves(params))
 
 
 def _dense_init(key: jax.Array, fan_in: int, fan_out: int, dtype: Any) -> dict:
@@ -132,20 +114,19 @@ def _dense(params: dict, x: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class LearnedOptimizer:
-  """A learned optimizer for the networks of one weight space (the base of every kind).
+  """A learned optimizer for the networks of one weight space: the base of every kind.
 
-  Holds the shared machinery: the features, ``f``'s pointwise layers and the
-  update rule. Subclasses choose ``f``'s last layer (``_init_head``, ``_head``),
-  which sets the optimizer's symmetry. Frozen and hashable: pass a learned
-  optimizer to ``jax.jit`` as a static argument; its meta-parameters ``theta``
-  are an ordinary argument (vmap over them, perturb them, differentiate them).
+  Holds the base term and its meta-learned scalars; :class:`NetworkLOpt` adds the network ``f``. Its
+  :meth:`optimizer` is an optax chain (:mod:`metatrain.learned_optimizers.transforms`):
+
+    ``chain(finite_gradients(), sum_of(base, [weight decay], [beta * f]), rate)``
+
+  Frozen and hashable: pass a learned optimizer to ``jax.jit`` as a static argument; its meta-parameters
+  ``theta`` are an ordinary argument (vmap over them, perturb them, differentiate them).
 
   The options (keyword-only; the defaults are this project's first version, and
   :data:`metatrain.learned_optimizers.PRESETS` names useful sets, ``"paper"`` among them):
 
-  * ``pointwise_layers``: pointwise ``Dense(width)`` + relu layers before the last layer (the paper: 3).
-  * ``features``: ``"paper"`` (the 19 features) or ``"adam"`` (also the 6 second-moment features of
-    :func:`metatrain.learned_optimizers.features.adam_features`; the state then carries second moments).
   * ``base``: the update's base term, ``"momentum"`` (``m_gamma0``, the paper's), ``"adam"``
     (``m_hat / (sqrt(v_hat) + 1e-8)``: the momentum with decay ``gamma0`` and the second moment at decay
     0.999, both bias-corrected; Adam's direction, so ``alpha`` is an Adam learning rate) or ``"nominal"``:
@@ -153,17 +134,13 @@ class LearnedOptimizer:
     and cosine decay over the run's ``total_steps`` (:func:`metatrain.schedules.warmup_cosine`), at peak rate
     ``alpha``. What is learned on top of it: ``alpha`` (start it at the tuned Adam-cosine rate), a correction
     of the schedule ``exp(sum_k c_k cos(k pi t / T))`` (:func:`metatrain.schedules.schedule_correction`,
-    ``theta["schedule"]``, zero at first), the weight decay (in log space) and ``beta * f`` added to the
-    Adam direction. ``f``'s last layer starts at zero, so that at initialisation the optimizer **is**
-    Adam-cosine (AdamW-cosine): the update is
+    ``theta["schedule"]``, zero at first), the weight decay (in log space) and, in a :class:`NetworkLOpt`,
+    ``beta * f`` added to the Adam direction, with ``f``'s last layer at zero: at initialisation the optimizer
+    **is** Adam-cosine (AdamW-cosine). The update is
     ``-alpha * lr(t) * correction(t / T) * (m_hat / (sqrt(v_hat) + 1e-8) + wd * W + beta * f)``, with ``lr`` the
     warm-up + cosine schedule of peak 1. The horizon is an input: ``optimizer(theta, total_steps=T)``.
   * ``initial_alpha``: the initial ``alpha``. With the momentum base, ``alpha * (1 - gamma0)`` is the
     equivalent heavy-ball learning rate: 0.1 (the paper's) starts as heavy-ball SGD at 0.01.
-  * ``initial_beta``: the initial ``beta`` (0.001, the paper's). ``f``'s output is O(0.1) per entry at
-    init, so against the Adam base (O(1) per entry) 0.001 would leave ``f`` a tiny share of the update,
-    where against the momentum base it is a few percent; the Adam presets start at 0.05, which gives it
-    about the same share (``python -m benchmarks.update_share``).
   * ``initial_weight_decay``: the initial decoupled weight decay of the ``"nominal"`` base (0: none, and
     none is learned).
   * ``horizon``: the horizon T it was meta-trained at (recorded by :class:`metatrain.WorkerConfig`; carried by
@@ -174,43 +151,28 @@ class LearnedOptimizer:
     learning rate, it keeps one theta's updates alike at other widths; at the reference widths it is 1.
 
   Args:
-    space: the weight space of the networks it optimizes.
-    width: hidden features per parameter.
-    pointwise_layers, features, base, initial_alpha, initial_beta: the options above.
-    initial_weight_decay, horizon, update_scale, reference_fan_in: the options above.
+    space: the weight space of the networks it optimizes (checked on every update).
+    base, initial_alpha, initial_weight_decay, horizon, update_scale, reference_fan_in: the options above.
 
   Attributes:
     name: the kind's key in :data:`metatrain.LEARNED_OPTIMIZERS` (and in configs and checkpoints).
-    head_name: what ``f``'s last layer is, for :func:`describe`.
-    uses_f: False for a kind without ``f`` (its update is the base term alone).
   """
 
   space: unf.WeightSpace
-  width: int = dataclasses.field(default=32, kw_only=True)
-  pointwise_layers: int = dataclasses.field(default=2, kw_only=True)
-  features: str = dataclasses.field(default="paper", kw_only=True)
   base: str = dataclasses.field(default="momentum", kw_only=True)
   initial_alpha: float = dataclasses.field(default=INITIAL_ALPHA, kw_only=True)
-  initial_beta: float = dataclasses.field(default=INITIAL_BETA, kw_only=True)
   initial_weight_decay: float = dataclasses.field(default=0.0, kw_only=True)
   horizon: int | None = dataclasses.field(default=None, kw_only=True)
   update_scale: str = dataclasses.field(default="none", kw_only=True)
   reference_fan_in: tuple[int, ...] | None = dataclasses.field(default=None, kw_only=True)
   name: ClassVar[str] = ""
-  head_name: ClassVar[str] = "last layer"
-  uses_f: ClassVar[bool] = True
 
   def __post_init__(self):
     for option, choices in CHOICES.items():
-      if getattr(self, option) not in choices:
+      if hasattr(self, option) and getattr(self, option) not in choices:
         raise ValueError(f"{type(self).__name__}: {option}={getattr(self, option)!r}; choose one of {choices}.")
-    if self.width < 1 or self.pointwise_layers < 1:
-      raise ValueError(f"{type(self).__name__}: width and pointwise_layers must be at least 1.")
-    if not (self.initial_alpha > 0 and self.initial_beta > 0):
-      raise ValueError(
-        f"{type(self).__name__}: initial_alpha and initial_beta must be positive, got "
-        f"{self.initial_alpha!r} and {self.initial_beta!r}."
-      )
+    if not self.initial_alpha > 0:
+      raise ValueError(f"{type(self).__name__}: initial_alpha must be positive, got {self.initial_alpha!r}.")
     if self.initial_weight_decay < 0 or (self.initial_weight_decay > 0 and self.base != "nominal"):
       raise ValueError(
         f"{type(self).__name__}: initial_weight_decay={self.initial_weight_decay!r}; a weight decay is learned with "
@@ -231,49 +193,15 @@ class LearnedOptimizer:
         "network it is meta-trained on: reference_fan_in=metatrain.learned_optimizers.fan_ins(params)."
       )
 
-  @property
-  def num_features(self) -> int:
-    """The number of input features per parameter (19, or 25 with the ``"adam"`` features)."""
-    extra = features_lib.NUM_ADAM_FEATURES if self.features == "adam" else 0
-    return features_lib.NUM_FEATURES + extra
-
-  @property
-  def _second_moments(self) -> bool:
-    return self.features == "adam" or self.base in ("adam", "nominal")
-
-  # --- the last layer of f: width features per parameter -> one number per parameter
-
-  def _init_head(self, key: jax.Array, dtype: Any) -> dict:
-    raise NotImplementedError
-
-  def _head(self, head: dict, hidden: dict) -> dict:
-    """``hidden``: a nested dict of the space with a trailing ``width`` axis -> a trailing axis of 1."""
-    raise NotImplementedError
-
-  def _transfer_head(self, head: dict, space: unf.WeightSpace) -> dict:
-    """The same last layer for ``space``, which matches ``self.space`` up to renaming."""
-    raise NotImplementedError
-
   # --- meta-parameters
 
   def init_meta(self, key: jax.Array, *, dtype: Any = jnp.float32) -> Theta:
-    """Initial meta-parameters: alpha ``initial_alpha``, beta ``initial_beta``, gamma0 0.9 and a fresh ``f``.
+    """Initial meta-parameters of the base term: ``log_alpha`` (``initial_alpha``) and ``logit_gamma0`` (0.9).
 
-    Returns:
-      A dict of arrays: ``log_alpha``, ``log_beta``, ``logit_gamma0`` (scalars)
-      and ``f`` (``dense0``, ``dense1``, ... and ``head``, the last layer). With the ``"nominal"`` base
-      also ``schedule`` (zeros, :data:`metatrain.schedules.SCHEDULE_TERMS`) and, with a weight decay,
-      ``log_weight_decay``; ``f``'s last layer is then zero.
+    With the ``"nominal"`` base also ``schedule`` (zeros, :data:`metatrain.schedules.SCHEDULE_TERMS`) and, with a
+    weight decay, ``log_weight_decay``. ``key`` is unused here (kinds with ``f`` draw its weights).
     """
-    keys = jax.random.split(key, self.pointwise_layers + 1)
-    sizes = (self.num_features,) + (self.width,) * self.pointwise_layers
-    f = {f"dense{i}": _dense_init(keys[i], sizes[i], sizes[i + 1], dtype) for i in range(self.pointwise_layers)}
-    head_scale = 0.0 if self.base == "nominal" else HEAD_SCALE
-    f["head"] = jax.tree.map(lambda w: head_scale * w, self._init_head(keys[-1], dtype))
-    return {**self._init_scalars(dtype), "log_beta": jnp.asarray(math.log(self.initial_beta), dtype), "f": f}
-
-  def _init_scalars(self, dtype: Any) -> Theta:
-    """The meta-parameters of the base term: ``log_alpha``, ``logit_gamma0`` and the nominal's own."""
+    del key
     scalars = {
       "log_alpha": jnp.asarray(math.log(self.initial_alpha), dtype),
       "logit_gamma0": jnp.asarray(math.log(INITIAL_GAMMA0 / (1 - INITIAL_GAMMA0)), dtype),
@@ -287,13 +215,8 @@ class LearnedOptimizer:
   def noise_scales(self, theta: Theta) -> Theta:
     """The scale of every part of ``theta`` for evolution strategies' perturbations (``per_part_noise``).
 
-    ES perturbs every meta-parameter with the same std. A UNF's last layer sums many more inputs per
-    output entry than a Deep Sets layer (:func:`unf.linear.input_channels`: 192-320 on ``mlp_fashion8``,
-    up to 2,880 on ``transformer_lm``, against Deep Sets' 64), so the same std moves ``f``'s output 2-7x
-    further (issue 22, part 5). Here every weight matrix of
-    the last layer has scale ``sqrt(2 * width / input_channels)``, so that a perturbation moves each output
-    entry of ``f`` about as far as it moves a Deep Sets layer's; everything else has scale 1 (so Deep Sets'
-    scales are all 1).
+    ES perturbs every meta-parameter with the same std; here every scale is 1 (:class:`NetworkLOpt` scales its
+    last layer).
 
     Args:
       theta: meta-parameters of this optimizer.
@@ -301,15 +224,7 @@ class LearnedOptimizer:
     Returns:
       A pytree shaped like ``theta`` of scalar factors (arrays of ``theta``'s dtypes).
     """
-    scales = jax.tree.map(lambda x: jnp.ones((), jnp.result_type(x)), theta)
-    if not self.uses_f:
-      return scales
-    head = self._head_noise_scales(theta["f"]["head"])
-    return {**scales, "f": {**scales["f"], "head": head}}
-
-  def _head_noise_scales(self, head: dict) -> dict:
-    """The scales of ``f``'s last layer for :meth:`noise_scales`: 1 everywhere unless a kind says otherwise."""
-    return jax.tree.map(lambda x: jnp.ones((), jnp.result_type(x)), head)
+    return jax.tree.map(lambda x: jnp.ones((), jnp.result_type(x)), theta)
 
   def num_meta_parameters(self, theta: Theta) -> int:
     """Number of scalars in one ``theta`` (independent of the inner network's widths)."""
@@ -335,10 +250,7 @@ class LearnedOptimizer:
       ValueError: naming the first difference when the spaces do not match up to renaming.
     """
     self.space.match(space)
-    if not self.uses_f:
-      return dataclasses.replace(self, space=space), theta
-    head = self._transfer_head(theta["f"]["head"], space)
-    return dataclasses.replace(self, space=space), {**theta, "f": {**theta["f"], "head": head}}
+    return dataclasses.replace(self, space=space), theta
 
   def options(self) -> dict[str, Any]:
     """The options (every keyword argument but ``space``) as JSON-ready values."""
@@ -354,13 +266,196 @@ class LearnedOptimizer:
     """
     return {"kind": self.name, **self.options(), "space": self.space.to_json()}
 
+  # --- the update rule: an optax chain
+
+  def optimizer(self, theta: Theta, *, total_steps: int | None = None) -> optax.GradientTransformation:
+    """The learned optimizer at meta-parameters ``theta``, as a pure optax transformation.
+
+    ``update(grads, state, params)`` returns ``updates = -alpha * (base + beta * f(features))``
+    (apply them with ``optax.apply_updates``) and the new state: the chain's, a tuple of its links'
+    NamedTuple states (:mod:`metatrain.learned_optimizers.transforms`). ``params`` is required: the space
+    checks them, and they are one of ``f``'s features.
+
+    Args:
+      theta: the meta-parameters.
+      total_steps: the length of the run it trains (T), which the ``"nominal"`` base's warm-up and cosine
+        decay span, as VeLO's ``num_steps``; required there (the horizon it was meta-trained at is
+        ``self.horizon``), ignored by the other bases.
+
+    Raises:
+      ValueError: the ``"nominal"`` base without ``total_steps``.
+    """
+    alpha = jnp.exp(theta["log_alpha"])
+    schedule = None
+    if self.base == "nominal":
+      if total_steps is None:
+        trained = f" (it was meta-trained at total_steps={self.horizon})" if self.horizon else ""
+        raise ValueError(
+          f"{type(self).__name__} with the 'nominal' base follows a warm-up + cosine schedule over the run: pass "
+          f"the number of steps your run takes, optimizer(theta, total_steps=...){trained}."
+        )
+      steps, warmup_cosine = total_steps, schedules.warmup_cosine(1.0, total_steps)
+
+      def schedule(count: jax.Array) -> jax.Array:
+        return jnp.asarray(warmup_cosine(count)) * schedules.schedule_correction(theta["schedule"], count, steps)
+
+    return optax.chain(
+      _checked_params(self.space, type(self).__name__),
+      transforms.finite_gradients(),
+      transforms.sum_of(*self._terms(theta)),
+      transforms.rate(alpha, schedule),
+    )
+
+  def _terms(self, theta: Theta) -> list[optax.GradientTransformation]:
+    """The terms of the direction, summed in order: the base term, then the weight decay."""
+    gamma0 = jax.nn.sigmoid(theta["logit_gamma0"])
+    if self.base == "momentum":
+      terms = [transforms.momentum_direction(gamma0)]
+    else:
+      terms = [optax.chain(transforms.adam_direction(gamma0), *self._fan_in_scale())]
+    if "log_weight_decay" in theta:
+      terms.append(transforms.weight_decay_term(jnp.exp(theta["log_weight_decay"])))
+    return terms
+
+  def _fan_in_scale(self) -> list[optax.GradientTransformation]:
+    """``update_scale="fan_in"``'s link, or none."""
+    if self.update_scale == "none":
+      return []
+    assert self.reference_fan_in is not None  # checked at construction
+    return [transforms.scale_by_fan_in(self.reference_fan_in)]
+
+
+def _checked_params(space: unf.WeightSpace, kind: str) -> optax.GradientTransformation:
+  """The first link: ``params`` are required and must be of ``space`` (the update's leaves and axes follow it)."""
+
+  def init(params: PyTree) -> optax.EmptyState:
+    space.validate(params)
+    return optax.EmptyState()
+
+  def update(
+    updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
+  ) -> tuple[optax.Updates, optax.OptState]:
+    if params is None:
+      raise ValueError(f"{kind}.optimizer(theta).update needs the params: call update(grads, state, params).")
+    space.validate(params)
+    return updates, state
+
+  return optax.GradientTransformation(init, update)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkLOpt(LearnedOptimizer):
+  """A learned optimizer with a network ``f``: ``-alpha * (base + beta * f(features))`` (the paper's).
+
+  ``f`` is ``pointwise_layers`` pointwise ``Dense(width)`` + relu layers over the per-parameter features of
+  :mod:`metatrain.learned_optimizers.features`, then a last layer that subclasses choose (``_init_head``,
+  ``_head``), which sets the optimizer's symmetry. Its term of the chain is
+  :func:`metatrain.learned_optimizers.transforms.learned_correction` times ``beta``.
+
+  The options of ``f`` (keyword-only), beside :class:`LearnedOptimizer`'s:
+
+  * ``width``: hidden features per parameter.
+  * ``pointwise_layers``: pointwise ``Dense(width)`` + relu layers before the last layer (the paper: 3).
+  * ``features``: ``"paper"`` (the 19 features) or ``"adam"`` (also the 6 second-moment features of
+    :func:`metatrain.learned_optimizers.features.adam_features`; the state then carries second moments).
+  * ``initial_beta``: the initial ``beta`` (0.001, the paper's). ``f``'s output is O(0.1) per entry at
+    init, so against the Adam base (O(1) per entry) 0.001 would leave ``f`` a tiny share of the update,
+    where against the momentum base it is a few percent; the Adam presets start at 0.05, which gives it
+    about the same share (``python -m benchmarks.update_share``).
+
+  Args:
+    space: the weight space of the networks it optimizes.
+    width, pointwise_layers, features, initial_beta: the options above.
+    base, initial_alpha, initial_weight_decay, horizon, update_scale, reference_fan_in: the options of
+      :class:`LearnedOptimizer`.
+
+  Attributes:
+    head_name: what ``f``'s last layer is, for :func:`describe`.
+  """
+
+  width: int = dataclasses.field(default=32, kw_only=True)
+  pointwise_layers: int = dataclasses.field(default=2, kw_only=True)
+  features: str = dataclasses.field(default="paper", kw_only=True)
+  initial_beta: float = dataclasses.field(default=INITIAL_BETA, kw_only=True)
+  head_name: ClassVar[str] = "last layer"
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.width < 1 or self.pointwise_layers < 1:
+      raise ValueError(f"{type(self).__name__}: width and pointwise_layers must be at least 1.")
+    if not self.initial_beta > 0:
+      raise ValueError(f"{type(self).__name__}: initial_beta must be positive, got {self.initial_beta!r}.")
+
+  @property
+  def num_features(self) -> int:
+    """The number of input features per parameter (19, or 25 with the ``"adam"`` features)."""
+    extra = features_lib.NUM_ADAM_FEATURES if self.features == "adam" else 0
+    return features_lib.NUM_FEATURES + extra
+
+  # --- the last layer of f: width features per parameter -> one number per parameter
+
+  def _init_head(self, key: jax.Array, dtype: Any) -> dict:
+    raise NotImplementedError
+
+  def _head(self, head: dict, hidden: dict) -> dict:
+    """``hidden``: a nested dict of the space with a trailing ``width`` axis -> a trailing axis of 1."""
+    raise NotImplementedError
+
+  def _transfer_head(self, head: dict, space: unf.WeightSpace) -> dict:
+    """The same last layer for ``space``, which matches ``self.space`` up to renaming."""
+    raise NotImplementedError
+
+  def _head_noise_scales(self, head: dict) -> dict:
+    """The scales of ``f``'s last layer for :meth:`noise_scales`: 1 everywhere unless a kind says otherwise."""
+    return jax.tree.map(lambda x: jnp.ones((), jnp.result_type(x)), head)
+
+  # --- meta-parameters
+
+  def init_meta(self, key: jax.Array, *, dtype: Any = jnp.float32) -> Theta:
+    """Initial meta-parameters: the base term's (:meth:`LearnedOptimizer.init_meta`), beta ``initial_beta`` and a
+    fresh ``f``.
+
+    Returns:
+      A dict of arrays: ``log_alpha``, ``log_beta``, ``logit_gamma0`` (scalars), the ``"nominal"`` base's
+      ``schedule`` (and ``log_weight_decay``), and ``f`` (``dense0``, ``dense1``, ... and ``head``, the last
+      layer, at :data:`HEAD_SCALE` times its usual scale, or zero with the ``"nominal"`` base).
+    """
+    keys = jax.random.split(key, self.pointwise_layers + 1)
+    sizes = (self.num_features,) + (self.width,) * self.pointwise_layers
+    f = {f"dense{i}": _dense_init(keys[i], sizes[i], sizes[i + 1], dtype) for i in range(self.pointwise_layers)}
+    head_scale = 0.0 if self.base == "nominal" else HEAD_SCALE
+    f["head"] = jax.tree.map(lambda w: head_scale * w, self._init_head(keys[-1], dtype))
+    scalars = super().init_meta(key, dtype=dtype)
+    return {**scalars, "log_beta": jnp.asarray(math.log(self.initial_beta), dtype), "f": f}
+
+  def noise_scales(self, theta: Theta) -> Theta:
+    """The scale of every part of ``theta`` for evolution strategies' perturbations (``per_part_noise``).
+
+    ES perturbs every meta-parameter with the same std. A UNF's last layer sums many more inputs per
+    output entry than a Deep Sets layer (:func:`unf.linear.input_channels`: 192-320 on ``mlp_fashion8``,
+    up to 2,880 on ``transformer_lm``, against Deep Sets' 64), so the same std moves ``f``'s output 2-7x
+    further (issue 22, part 5). Here every weight matrix of
+    the last layer has scale ``sqrt(2 * width / input_channels)``, so that a perturbation moves each output
+    entry of ``f`` about as far as it moves a Deep Sets layer's; everything else has scale 1 (so Deep Sets'
+    scales are all 1).
+    """
+    scales = super().noise_scales(theta)
+    return {**scales, "f": {**scales["f"], "head": self._head_noise_scales(theta["f"]["head"])}}
+
+  def transfer(self, theta: Theta, space: unf.WeightSpace) -> tuple[LearnedOptimizer, Theta]:
+    """The same learned optimizer for a weight space that matches this one up to renaming
+    (:meth:`LearnedOptimizer.transfer`): ``f``'s last layer is carried over to the renamed leaves."""
+    moved, theta = super().transfer(theta, space)
+    head = self._transfer_head(theta["f"]["head"], space)
+    return moved, {**theta, "f": {**theta["f"], "head": head}}
+
   # --- the update rule
 
   def f(self, theta: Theta, x: PyTree) -> dict:
     """The network ``f``: per-parameter features (trailing axis of :attr:`num_features`) -> one number each.
 
     Args:
-      theta: meta-parameters from :meth:`LearnedOptimizer.init_meta`.
+      theta: meta-parameters from :meth:`init_meta`.
       x: nested dict of the space, each leaf with a trailing feature axis.
 
     Returns:
@@ -377,102 +472,11 @@ class LearnedOptimizer:
     out = self._head(theta["f"]["head"], self.space.unflatten(self.space.flatten(hidden)))
     return jax.tree.map(lambda y: y[..., 0], out)
 
-  def _scales(self, params: PyTree) -> list[float]:
-    """Per leaf (in leaf order), the factor of the Adam-scale terms: ``n_0 / n``, or 1."""
-    leaves = jax.tree.leaves(params)
-    if self.update_scale == "none":
-      return [1.0] * len(leaves)
-    assert self.reference_fan_in is not None  # checked at construction
-    return [n0 / _fan_in(p.shape) for n0, p in zip(self.reference_fan_in, leaves)]
-
-  def optimizer(self, theta: Theta, *, total_steps: int | None = None) -> optax.GradientTransformation:
-    """The learned optimizer at meta-parameters ``theta``, as a pure optax transformation.
-
-    ``update(grads, state, params)`` returns ``updates = -alpha * (base + beta * f(features))``
-    (apply them with ``optax.apply_updates``) and the new :class:`LearnedOptimizerState`.
-    ``params`` is required: the parameters are one of ``f``'s features.
-
-    Args:
-      theta: the meta-parameters.
-      total_steps: the length of the run it trains (T), which the ``"nominal"`` base's warm-up and cosine
-        decay span, as VeLO's ``num_steps``; required there (the horizon it was meta-trained at is
-        ``self.horizon``), ignored by the other bases.
-
-    Raises:
-      ValueError: the ``"nominal"`` base without ``total_steps``.
-    """
-    if self.base == "nominal":
-      if total_steps is None:
-        trained = f" (it was meta-trained at total_steps={self.horizon})" if self.horizon else ""
-        raise ValueError(
-          f"{type(self).__name__} with the 'nominal' base follows a warm-up + cosine schedule over the run: pass "
-          f"the number of steps your run takes, optimizer(theta, total_steps=...){trained}."
-        )
-      steps, warmup_cosine = total_steps, schedules.warmup_cosine(1.0, total_steps)
-
-      def schedule(count: jax.Array) -> jax.Array:
-        return jnp.asarray(warmup_cosine(count)) * schedules.schedule_correction(theta["schedule"], count, steps)
-
-    def init(params: PyTree) -> LearnedOptimizerState:
-      self.space.validate(params)
-      trailing = lambda n: lambda p: jnp.zeros(p.shape + (n,), p.dtype)  # noqa: E731
-      moments = len(features_lib.SECOND_MOMENT_DECAYS)
-      return LearnedOptimizerState(
-        momenta=jax.tree.map(trailing(len(features_lib.MOMENTUM_DECAYS)), params),
-        momentum=jax.tree.map(jnp.zeros_like, params),
-        count=jnp.zeros((), jnp.int32),
-        second_moments=jax.tree.map(trailing(moments), params) if self._second_moments else None,
-      )
-
-    def update(
-      updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, optax.OptState]:
-      # optax's names: ``updates`` are the gradients here, ``state`` a LearnedOptimizerState.
-      grads, state = updates, typing.cast(LearnedOptimizerState, state)
-      if params is None:
-        raise ValueError(
-          f"{type(self).__name__}.optimizer(theta).update needs the params (one of its features): "
-          "call update(grads, state, params)."
-        )
-      self.space.validate(params)
-      grads = jax.tree.map(features_lib.finite_or_zero, grads)
-      momenta = features_lib.update_momenta(state.momenta, grads)
-      second = features_lib.update_second_moments(state.second_moments, grads) if self._second_moments else None
-      gamma0 = jax.nn.sigmoid(theta["logit_gamma0"])
-      momentum = jax.tree.map(lambda m, g: (gamma0 * m + (1 - gamma0) * g).astype(m.dtype), state.momentum, grads)
-      count = optax.safe_int32_increment(state.count)
-      treedef = jax.tree.structure(params)
-      scales = self._scales(params)
-      if self.base == "momentum":
-        base = jax.tree.leaves(momentum)
-      else:
-        t = jnp.asarray(count).astype(jnp.float32)
-        m_hat = [m / (1 - gamma0**t) for m in jax.tree.leaves(momentum)]
-        v_hat = [v[..., -1] / (1 - features_lib.SECOND_MOMENT_DECAYS[-1] ** t) for v in jax.tree.leaves(second)]
-        # sqrt's derivative is infinite at 0 (a weight whose gradient has always been 0): take it of a safe
-        # value there, so meta-gradients through the base stay finite (the values are the same).
-        roots = [jnp.where(v > 0, jnp.sqrt(jnp.where(v > 0, v, 1)), 0) for v in v_hat]
-        base = [s * m / (root + ADAM_EPSILON) for s, m, root in zip(scales, m_hat, roots)]
-      alpha = jnp.exp(theta["log_alpha"])
-      if self.base == "nominal":
-        # optax's order: the schedule at the count before this update (0 at the first: the warm-up starts at 0).
-        alpha = alpha * schedule(state.count)
-        if "log_weight_decay" in theta:
-          decay = jnp.exp(theta["log_weight_decay"])
-          base = [b + decay * p for b, p in zip(base, jax.tree.leaves(params))]
-      if self.uses_f:
-        x = features_lib.input_features(params, grads, momenta, state.count)
-        if self.features == "adam":
-          extra = features_lib.adam_features(momenta, second)
-          x = jax.tree.map(lambda a, b: jnp.concatenate([a, b.astype(a.dtype)], axis=-1), x, extra)
-        out = jax.tree.leaves(self.f(theta, x))
-        beta = jnp.exp(theta["log_beta"])
-        base = [b + beta * s * y for b, s, y in zip(base, scales, out)]
-      leaves = [(-alpha * b).astype(p.dtype) for b, p in zip(base, jax.tree.leaves(params))]
-      new_state = LearnedOptimizerState(momenta, momentum, jnp.asarray(count), second)
-      return jax.tree.unflatten(treedef, leaves), new_state
-
-    return optax.GradientTransformation(init, update)
+  def _terms(self, theta: Theta) -> list[optax.GradientTransformation]:
+    """The base term and the weight decay, then ``beta * f``."""
+    correction = transforms.learned_correction(functools.partial(self.f, theta), second_moments=self.features == "adam")
+    beta = jnp.exp(theta["log_beta"])
+    return [*super()._terms(theta), optax.chain(correction, optax.scale(beta), *self._fan_in_scale())]
 
 
 def describe(lopt: LearnedOptimizer, theta: Theta) -> str:
@@ -493,7 +497,7 @@ def describe(lopt: LearnedOptimizer, theta: Theta) -> str:
     rows.append(("schedule correction", theta["schedule"].size))
   if "log_weight_decay" in theta:
     rows.append(("weight decay (log)", theta["log_weight_decay"].size))
-  if lopt.uses_f:
+  if isinstance(lopt, NetworkLOpt):
     sizes = (lopt.num_features,) + (lopt.width,) * lopt.pointwise_layers
     for i in range(lopt.pointwise_layers):
       rows.append((f"f/dense{i} (Dense {sizes[i]} -> {sizes[i + 1]})", _size(theta["f"][f"dense{i}"])))

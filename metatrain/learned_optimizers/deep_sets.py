@@ -10,12 +10,12 @@ import jax
 import jax.numpy as jnp
 
 import unf
-from metatrain.learned_optimizers.base import LearnedOptimizer
+from metatrain.learned_optimizers.base import NetworkLOpt
 from unf.space import path_str
 
 
 @dataclasses.dataclass(frozen=True)
-class DeepSetsLOpt(LearnedOptimizer):
+class DeepSetsLOpt(NetworkLOpt):
   """The Deep Sets learned optimizer: ``f``'s last layer treats every tensor as a set.
 
   For each tensor with hidden features ``h`` (one row per entry):
@@ -29,7 +29,7 @@ class DeepSetsLOpt(LearnedOptimizer):
     space: the weight space of the networks it optimizes (it fixes the tensors).
     width: hidden features per parameter.
     pointwise_layers, features, base, initial_alpha, initial_beta, update_scale, reference_fan_in: the
-      options of :class:`metatrain.LearnedOptimizer`.
+      options of :class:`metatrain.learned_optimizers.NetworkLOpt` and :class:`metatrain.LearnedOptimizer`.
     initial_weight_decay, horizon: the options of the ``"nominal"`` base (:class:`metatrain.LearnedOptimizer`).
   """
 

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
-
-import jax
-import jax.numpy as jnp
+from typing import ClassVar
 
 from metatrain.learned_optimizers.base import LearnedOptimizer
-from metatrain.types import Theta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,20 +19,12 @@ class LearnedSGDM(LearnedOptimizer):
   meta-trained. Trivially equivariant to every permutation of the weights; its meta-parameters do not depend
   on the space.
 
+  Its optax chain is :class:`LearnedOptimizer`'s with no term beside the base term (and the weight decay).
+
   Args:
     space: the weight space of the networks it optimizes (checked on every update).
     base, initial_alpha, initial_weight_decay, horizon, update_scale, reference_fan_in: as
       :class:`LearnedOptimizer`.
-    width, pointwise_layers, features, initial_beta: the options of ``f`` (there is none): kept in its
-      description, with no effect.
   """
 
   name: ClassVar[str] = "sgdm"
-  head_name: ClassVar[str] = "none"
-  uses_f: ClassVar[bool] = False
-
-  def init_meta(self, key: jax.Array, *, dtype: Any = jnp.float32) -> Theta:
-    """Initial meta-parameters: ``log_alpha`` (``initial_alpha``) and ``logit_gamma0`` (0.9), and the
-    ``"nominal"`` base's schedule correction and weight decay; ``key`` is unused."""
-    del key
-    return self._init_scalars(dtype)

@@ -10,11 +10,11 @@ import jax
 import jax.numpy as jnp
 
 import unf
-from metatrain.learned_optimizers.base import LearnedOptimizer
+from metatrain.learned_optimizers.base import NetworkLOpt
 
 
 @dataclasses.dataclass(frozen=True)
-class UNFLOpt(LearnedOptimizer):
+class UNFLOpt(NetworkLOpt):
   """The UNF learned optimizer: ``f``'s last layer is a ``unf`` ``EquivariantLinear(width -> 1)``.
 
   Satisfies ``update(sigma . grads, sigma . state, sigma . params) = sigma . update(grads, state, params)``
@@ -31,7 +31,7 @@ class UNFLOpt(LearnedOptimizer):
       ``"mix"``, ``"label"`` or an int as there. The paper's four tasks have no fixed axis that ``"auto"``
       labels. :func:`unf.parameter_count` gives the last layer's size.
     pointwise_layers, features, base, initial_alpha, initial_beta, update_scale, reference_fan_in: the
-      options of :class:`metatrain.LearnedOptimizer`.
+      options of :class:`metatrain.learned_optimizers.NetworkLOpt` and :class:`metatrain.LearnedOptimizer`.
     initial_weight_decay, horizon: the options of the ``"nominal"`` base (:class:`metatrain.LearnedOptimizer`).
   """
 

@@ -18,7 +18,7 @@ import jax
 import tasks
 from metatrain.estimators import ESTIMATORS, PES, Estimator
 from metatrain.estimators import from_json as estimator_from_json
-from metatrain.learned_optimizers import LEARNED_OPTIMIZERS, PRESETS, LearnedOptimizer, fan_ins
+from metatrain.learned_optimizers import LEARNED_OPTIMIZERS, PRESETS, LearnedOptimizer, fan_ins, option_names
 from metatrain.problem import META_OBJECTIVES, LearnedOptimizerProblem
 
 #: JAX's persistent compilation cache folder unless configured otherwise.
@@ -127,11 +127,18 @@ class WorkerConfig:
   def build_learned_optimizer(self) -> LearnedOptimizer:
     """The learned optimizer for the task's weight space (loads the task's data on first use)."""
     task = tasks.get(self.task)
-    options = self.learned_optimizer_options()
+    kind = LEARNED_OPTIMIZERS[self.learned_optimizer]
+    # A preset's options and the width are for every kind: a kind without f (sgdm) takes the base term's only.
+    # What ``options`` names explicitly is passed on, and a kind that does not take it says so.
+    taken = set(option_names(kind))
+    generic = {**PRESETS[self.preset], "width": self.width, "horizon": self.horizon}
+    options = {name: value for name, value in generic.items() if name in taken}
+    last: dict[str, Any] = {name: generic[name] for name in ("width", "horizon") if name in taken}
+    options = {**options, **(self.options or {}), **last}
     if options.get("update_scale") == "fan_in" and options.get("reference_fan_in") is None:
       options["reference_fan_in"] = fan_ins(jax.eval_shape(task.init, jax.random.key(0)))
     try:
-      return LEARNED_OPTIMIZERS[self.learned_optimizer](task.space, **options)
+      return kind(task.space, **options)
     except TypeError as error:
       raise ValueError(f"WorkerConfig.options {self.options!r}: {error}") from error
 

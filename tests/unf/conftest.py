@@ -1,12 +1,9 @@
 """The unf tests run in float64 so equivariance holds to tight tolerances."""
 
-import jax
 import pytest
 
 
 @pytest.fixture(autouse=True)
-def float64():
-  previous = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
+def _every_unf_test_in_float64(float64):
+  """``float64`` (tests/conftest.py) for every test here."""
   yield
-  jax.config.update("jax_enable_x64", previous)

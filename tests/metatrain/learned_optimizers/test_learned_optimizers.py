@@ -97,7 +97,12 @@ VARIANTS["unf-adam_mup"] = ("unf", {**lopt.PRESETS["adam_mup"], "reference_fan_i
 @pytest.fixture(params=sorted(VARIANTS))
 def make_lopt(request):
   kind, options = VARIANTS[request.param]
-  return functools.partial(lopt.LEARNED_OPTIMIZERS[kind], **options)
+  cls = lopt.LEARNED_OPTIMIZERS[kind]
+
+  def make(space, **more):  # f's options (width, ...) where the kind has an f
+    return cls(space, **{k: v for k, v in {**options, **more}.items() if k in lopt.option_names(cls)})
+
+  return make
 
 
 @functools.partial(jax.jit, static_argnames=("learned", "steps"))
@@ -147,13 +152,13 @@ def test_starts_close_to_its_base_term(make_lopt, task, key):
   for batch_key in jax.random.split(jax.random.key(2), 10):
     params, state, updates = step(task, params, state, batch_key)
   alpha = learned.initial_alpha
-  bases = jax.tree.leaves(state.momentum)
+  bases = jax.tree.leaves(optax.tree.get(state, "momentum"))
   if learned.base == "adam":  # bias-corrected at t = 10, decays 0.9 and 0.999
-    v_hat = [v[..., -1] / (1 - 0.999**10) for v in jax.tree.leaves(state.second_moments)]
+    v_hat = [v / (1 - 0.999**10) for v in jax.tree.leaves(optax.tree.get(state, "second_moment"))]
     bases = [m / (1 - 0.9**10) / (jnp.sqrt(v) + 1e-8) for m, v in zip(bases, v_hat)]
   for u, base in zip(jax.tree.leaves(updates), bases):
     error = float(jnp.linalg.norm(u + alpha * base) / jnp.linalg.norm(alpha * base))
-    if learned.uses_f:
+    if isinstance(learned, lopt.NetworkLOpt):
       assert 1e-4 < error < 0.1, error  # close, but f does contribute
     else:
       assert error < 1e-6, error
@@ -164,21 +169,29 @@ def test_state_shapes_and_dtypes(make_lopt, task, key):
   optimizer = learned.optimizer(learned.init_meta(key))
   params = task.init(key)
   state = optimizer.init(params)
-  assert isinstance(state, lopt.LearnedOptimizerState)
-  for p, momenta, momentum in zip(*map(jax.tree.leaves, (params, state.momenta, state.momentum))):
-    assert momenta.shape == p.shape + (6,) and momenta.dtype == p.dtype
+  # The chain's links' states (metatrain.learned_optimizers.transforms), found by their fields' names.
+  for p, momentum in zip(jax.tree.leaves(params), jax.tree.leaves(optax.tree.get(state, "momentum"))):
     assert momentum.shape == p.shape and momentum.dtype == p.dtype
-  assert state.count.shape == () and state.count.dtype == jnp.int32 and int(state.count) == 0
-  if learned.features == "adam" or learned.base == "adam":
-    for p, moments in zip(jax.tree.leaves(params), jax.tree.leaves(state.second_moments)):
-      assert moments.shape == p.shape + (3,) and moments.dtype == p.dtype
-  else:
-    assert state.second_moments is None
+  if learned.base != "momentum":  # Adam's second moment at 0.999
+    for p, moment in zip(jax.tree.leaves(params), jax.tree.leaves(optax.tree.get(state, "second_moment"))):
+      assert moment.shape == p.shape and moment.dtype == p.dtype
+  if isinstance(learned, lopt.NetworkLOpt):  # what f's features read
+    for p, momenta in zip(jax.tree.leaves(params), jax.tree.leaves(optax.tree.get(state, "momenta"))):
+      assert momenta.shape == p.shape + (6,) and momenta.dtype == p.dtype
+    moments = jax.tree.leaves(optax.tree.get(state, "second_moments"))
+    assert len(moments) == (len(jax.tree.leaves(params)) if learned.features == "adam" else 0)
+    for p, moment in zip(jax.tree.leaves(params), moments):
+      assert moment.shape == p.shape + (3,) and moment.dtype == p.dtype
+  else:  # no f, no features: the same chain without f's link
+    assert optax.tree.get_all_with_path(state, "momenta") == []
+  counts = [c for _, c in optax.tree.get_all_with_path(state, "count")]
+  assert all(c.shape == () and c.dtype == jnp.int32 and int(c) == 0 for c in counts)  # none for plain momentum SGD
   grads = jax.tree.map(jnp.ones_like, params)
   updates, new_state = jax.jit(optimizer.update)(grads, state, params)
   assert jax.tree.structure(updates) == jax.tree.structure(params)
   assert jax.tree.map(lambda x: (x.shape, x.dtype), updates) == jax.tree.map(lambda x: (x.shape, x.dtype), params)
-  assert jax.tree.structure(new_state) == jax.tree.structure(state) and int(new_state.count) == 1
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert [int(c) for _, c in optax.tree.get_all_with_path(new_state, "count")] == [1] * len(counts)
   # Composes with other optax transformations.
   chained = optax.chain(optimizer, optax.scale(2.0))
   doubled, _ = jax.jit(chained.update)(grads, chained.init(params), params)
@@ -240,7 +253,7 @@ def test_non_finite_gradients_leave_everything_finite(make_lopt, task, key):
 
   meta_grads = jax.jit(jax.grad(objective, argnums=(0, 1)))(theta, params)
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(meta_grads))
-  assert float(jnp.abs(meta_grads[0]["log_beta" if learned.uses_f else "log_alpha"])) > 0
+  assert float(jnp.abs(meta_grads[0]["log_beta" if "log_beta" in theta else "log_alpha"])) > 0
 
 
 def test_meta_gradients_stay_finite_where_a_gradient_has_always_been_zero(task, key):
@@ -297,7 +310,11 @@ def test_unf_meta_parameter_count(task, key):
 
 def test_every_learned_optimizer_is_registered():
   """The contract tests run over the registry: a learned optimizer class not in it would escape them."""
-  kinds = set(lopt.LearnedOptimizer.__subclasses__())
+
+  def descendants(cls):
+    return {cls} | {d for sub in cls.__subclasses__() for d in descendants(sub)}
+
+  kinds = {cls for cls in descendants(lopt.LearnedOptimizer) if cls.name and not cls.__name__.startswith("_")}
   assert kinds == set(lopt.LEARNED_OPTIMIZERS.values())
   assert all(lopt.LEARNED_OPTIMIZERS[cls.name] is cls for cls in kinds)
 
@@ -311,7 +328,12 @@ def test_description_round_trips_through_json(make_lopt, task):
   # that time was another value: a UNF then mixed every fixed axis.
   old = {"kind": learned.name, "width": 8, "space": learned.to_json()["space"]}
   before = {"fixed_axes": "mix"} if learned.name == "unf" else {}
-  assert lopt.from_json(old) == lopt.LEARNED_OPTIMIZERS[learned.name](task.space, width=8, **before)
+  cls = lopt.LEARNED_OPTIMIZERS[learned.name]
+  expected = {k: v for k, v in {"width": 8, **before}.items() if k in lopt.option_names(cls)}
+  assert lopt.from_json(old) == cls(task.space, **expected)
+  if learned.name == "sgdm":  # written when it carried f's options, with no effect: they are dropped
+    with_f = {**old, "pointwise_layers": 3, "features": "adam", "initial_beta": 0.05, "base": "adam"}
+    assert lopt.from_json(with_f) == cls(task.space, base="adam")
   if learned.name == "unf":  # every value of the option travels
     for value in ("mix", "label", 20):
       described = make_lopt(task.space, width=8, fixed_axes=value)
@@ -339,7 +361,7 @@ def test_transfer_to_a_renamed_space_gives_the_same_updates(make_lopt, task, key
   grads = jax.grad(task.loss)(params, task.sample_batch(jax.random.key(2)))
   space, renamed_params, renamed_grads = RENAMED_MLP_SPACE, _as_sequential(params), _as_sequential(grads)
   other, other_theta = learned.transfer(theta, space)
-  assert other.space == space and type(other) is type(learned) and other.width == learned.width
+  assert other.space == space and type(other) is type(learned) and other.options() == learned.options()
   original = learned.optimizer(theta)
   moved = other.optimizer(other_theta)
   updates, _ = original.update(grads, original.init(params), params)
@@ -347,7 +369,7 @@ def test_transfer_to_a_renamed_space_gives_the_same_updates(make_lopt, task, key
   for a, b in zip(space.flatten(_as_sequential(updates)), space.flatten(renamed_updates)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   # The control: theta applied without the transfer (its head keyed by the old names) does not run there.
-  if learned.uses_f:
+  if isinstance(learned, lopt.NetworkLOpt):
     with pytest.raises((KeyError, ValueError)):
       learned.optimizer(theta).update(renamed_grads, original.init(renamed_params), renamed_params)
 
@@ -403,19 +425,25 @@ def _update_fn(learned, theta, count):
   def fn(x):
     params, grads, momentum = (jax.tree.map(lambda v, i=i: v[..., i], x) for i in range(3))
     momenta = jax.tree.map(lambda v: v[..., 3:9], x)
-    moments = jax.tree.map(lambda v: jnp.abs(v[..., 9:]), x) if x_has_moments else None
-    state = lopt.LearnedOptimizerState(momenta, momentum, count, moments)
+    # Every link's state set by its fields' names (metatrain.learned_optimizers.transforms); every count is t.
+    state = optax.tree.set(optimizer.init(params), momentum=momentum, momenta=momenta, count=count)
+    if x_has_moments:
+      moments = jax.tree.map(lambda v: jnp.abs(v[..., 9:]), x)
+      state = optax.tree.set(state, second_moments=moments)
+      if learned.base != "momentum":  # the Adam base's own second moment: the one at decay 0.999
+        state = optax.tree.set(state, second_moment=jax.tree.map(lambda v: v[..., -1], moments))
     updates, state = optimizer.update(grads, state, params)
-    extra = (state.second_moments,) if x_has_moments else ()
+    extra = (optax.tree.get(state, "second_moments"),) if x_has_moments else ()
     return jax.tree.map(
       lambda u, m, ms, *v: jnp.concatenate([u[..., None], m[..., None], ms, *v], -1),
       updates,
-      state.momentum,
-      state.momenta,
+      optax.tree.get(state, "momentum"),
+      optax.tree.get(state, "momenta"),
       *extra,
     )
 
-  x_has_moments = learned.features == "adam" or learned.base == "adam"
+  x_has_moments = learned.features == "adam"
+  assert learned.base == "momentum" or x_has_moments, "the Adam base's second moment comes from the features'"
 
   return fn
 
@@ -458,14 +486,8 @@ def _on_sets(fn, space, shapes):
   return on_sets
 
 
+@pytest.mark.usefixtures("float64")
 class TestSymmetry:
-  @pytest.fixture(autouse=True)
-  def float64(self):
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
   def _inputs(self, name, key):
     space = bound(SPACES[name])
     return space, _random_inputs(space, 3 + 6)

@@ -52,9 +52,9 @@ def _close(a, b):
 
 @pytest.mark.parametrize(("kind", "weight_decay"), [("unf", 0.0), ("deep_sets", 1e-2), ("sgdm", 1e-2)])
 def test_at_initialisation_it_is_adam_cosine(kind, weight_decay, task, key):
-  learned = lopt.LEARNED_OPTIMIZERS[kind](
-    task.space, **{**lopt.PRESETS["nominal"], "initial_alpha": PEAK, "initial_weight_decay": weight_decay}
-  )
+  cls = lopt.LEARNED_OPTIMIZERS[kind]
+  options = {**lopt.PRESETS["nominal"], "initial_alpha": PEAK, "initial_weight_decay": weight_decay}
+  learned = cls(task.space, **{k: v for k, v in options.items() if k in lopt.option_names(cls)})
   theta = learned.init_meta(jax.random.key(1))
   if weight_decay:
     reference = optax.adamw(schedules.warmup_cosine(PEAK, TOTAL), weight_decay=weight_decay)
