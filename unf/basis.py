@@ -211,6 +211,57 @@ def _slot_order(labels: Sequence[str]) -> dict[str, int]:
   return rank
 
 
+@functools.lru_cache(maxsize=4096)
+def _pair_terms(out_labels: tuple[str, ...], in_labels: tuple[str, ...]) -> tuple[tuple, ...]:
+  """The terms between an output leaf and an input leaf of these permutable labels, in enumeration order.
+
+  Each term: ``(kept input blocks, pooled input blocks, signature, transpose, slots, broadcast blocks)``. They
+  depend on the labels only through which positions share one and on their sorted order (the partitions'
+  order): :func:`_terms_of_pair` calls it with labels renamed to their rank, so that the leaf pairs of
+  isomorphic blocks share one entry of the cache.
+  """
+  n_out = len(out_labels)
+  rank = _slot_order(out_labels)
+  terms = []
+  # Output patterns and input reductions come from partitions of the union of axes.
+  for partition in _label_partitions([*out_labels, *in_labels]):
+    kept_out, kept_in, pooled, broadcast = [], [], [], []
+    for label, block in partition:
+      out_part = tuple(p for p in block if p < n_out)
+      in_part = tuple(p - n_out for p in block if p >= n_out)
+      if out_part and in_part:
+        kept_out.append((label, out_part))
+        kept_in.append(in_part)
+      elif in_part:
+        pooled.append(in_part)
+      else:
+        broadcast.append(out_part)
+    # Slots: kept output blocks sorted by (label rank, first axis).
+    slot_of = sorted(range(len(kept_out)), key=lambda k: (rank[kept_out[k][0]], kept_out[k][1][0]))
+    slots = tuple(kept_out[k][1] for k in slot_of)
+    signature = tuple(kept_out[k][0] for k in slot_of)
+    # The reduction keeps input blocks ordered by first axis.
+    in_order = sorted(range(len(kept_in)), key=lambda k: kept_in[k][0])
+    kept_sorted = tuple(kept_in[k] for k in in_order)
+    transpose = tuple(in_order.index(k) for k in slot_of)
+    terms.append((kept_sorted, tuple(sorted(pooled)), signature, transpose, slots, tuple(sorted(broadcast))))
+  return tuple(terms)
+
+
+def _terms_of_pair(out_labels: tuple[str, ...], in_labels: tuple[str, ...]) -> tuple[tuple, ...]:
+  """:func:`_pair_terms` of these labels, enumerated once per renamed pair: the labels are renamed to their rank
+  (the same sorted order, so the same enumeration order), and the signatures renamed back."""
+  names = sorted({*out_labels, *in_labels})
+  rank = {label: f"{k:04d}" for k, label in enumerate(names)}
+  terms = _pair_terms(tuple(rank[a] for a in out_labels), tuple(rank[a] for a in in_labels))
+  return tuple((t[0], t[1], tuple(names[int(a)] for a in t[2]), *t[3:]) if t[2] else t for t in terms)
+
+
+@functools.lru_cache(maxsize=65536)
+def _cached_pattern(labels: tuple[str, ...], slots: tuple[Block, ...], broadcast: tuple[Block, ...]) -> Pattern:
+  return _pattern(labels, slots, broadcast)
+
+
 @functools.lru_cache(maxsize=256)
 def plan(space_in: WeightSpace, space_out: WeightSpace) -> Plan:
   """Enumerates the basis of equivariant affine maps ``space_in -> space_out``.
@@ -220,50 +271,33 @@ def plan(space_in: WeightSpace, space_out: WeightSpace) -> Plan:
   layouts_in = tuple(LeafLayout.of(a, space_in.fixed_shape(i)) for i, a in enumerate(space_in.axes))
   layouts_out = tuple(LeafLayout.of(a, space_out.fixed_shape(i)) for i, a in enumerate(space_out.axes))
   reductions: dict[tuple, int] = {}
+  pieces: dict[tuple, Piece] = {}
   groups: dict[tuple[int, tuple[str, ...]], dict] = {}
   num_terms = 0
   for o, out in enumerate(layouts_out):
-    rank = _slot_order(out.labels)
     for j, inp in enumerate(layouts_in):
-      n_out = len(out.labels)
-      # Output patterns and input reductions come from partitions of the union of axes.
-      for partition in _label_partitions([*out.labels, *inp.labels]):
-        num_terms += 1
-        kept_out, kept_in, pooled, broadcast = [], [], [], []
-        for label, block in partition:
-          out_part = tuple(p for p in block if p < n_out)
-          in_part = tuple(p - n_out for p in block if p >= n_out)
-          if out_part and in_part:
-            kept_out.append((label, out_part))
-            kept_in.append(in_part)
-          elif in_part:
-            pooled.append(in_part)
-          else:
-            broadcast.append(out_part)
-        # Slots: kept output blocks sorted by (label rank, first axis).
-        slot_of = sorted(range(len(kept_out)), key=lambda k: (rank[kept_out[k][0]], kept_out[k][1][0]))
-        slots = [kept_out[k][1] for k in slot_of]
-        signature = tuple(kept_out[k][0] for k in slot_of)
-        # The reduction keeps input blocks ordered by first axis.
-        in_order = sorted(range(len(kept_in)), key=lambda k: kept_in[k][0])
-        kept_sorted = tuple(kept_in[k] for k in in_order)
-        pooled_sorted = tuple(sorted(pooled))
+      terms = _terms_of_pair(out.labels, inp.labels)
+      num_terms += len(terms)
+      for kept_sorted, pooled_sorted, signature, transpose, slots, broadcast in terms:
         rkey = (j, kept_sorted, pooled_sorted)
         if rkey not in reductions:
           reductions[rkey] = len(reductions)
-        transpose = tuple(in_order.index(k) for k in slot_of)
-        piece = Piece(reductions[rkey], transpose)
-        pattern = _pattern(out.labels, slots, sorted(broadcast))
-        group = groups.setdefault((o, signature), {"pieces": {}, "patterns": {}, "pairs": set()})
-        group["pieces"].setdefault(piece, None)
-        group["patterns"].setdefault(pattern, None)
-        group["pairs"].add((piece, pattern))
-  # Every piece pairs with every pattern of its group: one matrix product covers them all.
+        pkey = (reductions[rkey], transpose)
+        if pkey not in pieces:
+          pieces[pkey] = Piece(*pkey)
+        gkey = (o, signature)
+        if gkey not in groups:
+          groups[gkey] = {"pieces": {}, "patterns": {}, "terms": 0}
+        group = groups[gkey]
+        group["pieces"][pieces[pkey]] = None
+        group["patterns"][_cached_pattern(out.labels, slots, broadcast)] = None
+        group["terms"] += 1
+  # Every piece pairs with every pattern of its group, each pair one term: one matrix product covers them all.
   built = []
   for (o, signature), group in sorted(groups.items()):
-    pieces, patterns = tuple(group["pieces"]), tuple(group["patterns"])
-    assert len(group["pairs"]) == len(pieces) * len(patterns), (o, signature)
-    built.append(Group(o, signature, pieces, patterns, has_bias=not signature))
+    group_pieces, patterns = tuple(group["pieces"]), tuple(group["patterns"])
+    assert group["terms"] == len(group_pieces) * len(patterns), (o, signature)
+    built.append(Group(o, signature, group_pieces, patterns, has_bias=not signature))
   # reductions numbers its keys in insertion order, so appending in that order puts each at its index.
   reduction_list: list[Reduction] = []
   for (j, kept, pooled), index in reductions.items():

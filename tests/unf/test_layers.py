@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import unf
+from tests.unf import oracle
 from tests.unf.spaces import SPACES, bound, sizes_for
 from unf import linear
 from unf.testing import assert_equivariant, assert_invariant, random_features
@@ -155,6 +156,27 @@ def test_plans_are_cached_not_reenumerated(key):
   for _ in range(3):  # three fresh traces
     jax.jit(lambda p, t: linear.apply(p, t, space, space))(params, x)
   assert unf.basis.plan.cache_info().misses == misses
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_a_leaf_pairs_terms_are_enumerated_once_per_renamed_pair(data):
+  """``basis._terms_of_pair`` enumerates on labels renamed to their rank (cached: the leaf pairs of isomorphic
+  blocks share it), then renames the signatures back: the same terms, in the same order, as enumerating the
+  pair's own labels."""
+  names = data.draw(st.lists(st.sampled_from("abcdefgh"), min_size=2, max_size=5, unique=True))
+  out = tuple(data.draw(st.lists(st.sampled_from(names), min_size=0, max_size=3)))
+  inp = tuple(data.draw(st.lists(st.sampled_from(names), min_size=0, max_size=3)))
+  assert unf.basis._terms_of_pair(out, inp) == unf.basis._pair_terms.__wrapped__(out, inp)
+
+
+def test_a_plan_through_the_renamed_pairs_equals_the_plan_pair_by_pair(monkeypatch):
+  """The whole plan (reductions, groups, their order: the parameters' layout) as without the renaming."""
+  space = bound(SPACES["transformer"])
+  fast = unf.basis.plan.__wrapped__(space, space)
+  monkeypatch.setattr(unf.basis, "_terms_of_pair", unf.basis._pair_terms.__wrapped__)
+  assert unf.basis.plan.__wrapped__(space, space) == fast
+  assert fast.num_terms == oracle.closed_form_count_terms(space, space)
 
 
 # --- random spaces (hypothesis) -----------------------------------------------------
