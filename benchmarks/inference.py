@@ -2,9 +2,10 @@
 
 Prints the seconds to infer the space of ``tasks.models.TransformerLM`` (d 32, 4 heads, MLP 128, vocabulary 84
 as in the ``transformer_lm`` task; the first of ``--blocks``) from its jaxpr, with and without the
-``check_symmetry`` proof, then for every ``--blocks`` the seconds to build a ``unf.UNF`` (two hidden layers of
-16 channels) on that space and run it once (compile included). With ``--step-by-step`` it also times the layers
-run one step of the plan at a time (``unf.linear._BATCH = False``, as before isomorphic blocks were batched).
+``check_symmetry`` proof, then for every ``--blocks`` the seconds to enumerate one layer's basis
+(``unf.basis.plan``, part of the build) and to build a ``unf.UNF`` (two hidden layers of 16 channels) on that
+space and run it once (compile included). With ``--step-by-step`` it also times the layers run one step of the
+plan at a time (``unf.linear._BATCH = False``, as before isomorphic blocks were batched).
 Each figure is a fresh measurement in this process after one warm-up of jax itself; the median of ``--repeats``
 runs. Not a test: numbers depend on the machine. Run with `make bench` or `python -m benchmarks.inference`.
 """
@@ -39,7 +40,7 @@ def _transformer(blocks: int, vocab: int):
 
 
 def _build_and_call(space, params):
-  unf.basis.plan.cache_clear()  # a fresh space each time, as a new user's first call
+  unf.basis.clear_caches()  # a fresh space each time, as a new user's first call
   unf._program.program.cache_clear()
   x = jax.tree.map(lambda w: w[..., None], params)
   net = unf.UNF(space, 1, 1, hidden=(16, 16), rngs=nnx.Rngs(0))
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     apply, params, tokens = _transformer(blocks, args.vocab)
     space = unf.infer_space(apply, params, tokens, verify=False)
     print(f"{blocks}-block Transformer LM: {len(space.paths)} leaves, {len(space.labels)} labels", flush=True)
+    times = [_seconds(lambda s=space: (unf.basis.clear_caches(), unf.basis.plan(s, s))[1]) for _ in range(args.repeats)]
+    rows.append((f"basis.plan (part of the build), {blocks} blocks", statistics.median(times)))
     for batched in (True, False) if args.step_by_step else (True,):
       unf.linear._BATCH = batched
       times = [_seconds(lambda s=space, p=params: _build_and_call(s, p)) for _ in range(args.repeats)]

@@ -478,3 +478,9 @@ def label_fixed_axes(space_in: WeightSpace, space_out: WeightSpace, fixed_axes: 
         fixed_sizes[path] = tuple(lengths[axis] if a is None else None for axis, a in enumerate(new_axes))
     spaces.append(WeightSpace(space.unflatten(leaves), fixed_sizes=fixed_sizes) if changed else space)
   return LabelledSpaces(spaces[0], spaces[1], tuple(sorted(sizes.items())))
+
+
+def clear_caches() -> None:
+  """Empties every cache of this module (the plans and what they are built from), as in a fresh process."""
+  for cached in (plan, _pair_terms, _cached_pattern, invariant_reductions, label_fixed_axes):
+    cached.cache_clear()
