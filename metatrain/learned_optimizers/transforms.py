@@ -168,11 +168,12 @@ def adam_direction(decay: jax.Array, *, eps: float = ADAM_EPSILON) -> optax.Grad
     del params
     d = SECOND_MOMENT_DECAY
     momentum = jax.tree.map(lambda m, g: (decay * m + (1 - decay) * g).astype(m.dtype), state.momentum, updates)
-    second = jax.tree.map(
-      lambda v, g: (lambda d: d * v + (1 - d) * jnp.square(g).astype(v.dtype))(jnp.asarray(d, v.dtype)),
-      state.second_moment,
-      updates,
-    )
+
+    def ema_of_square(v: jax.Array, g: jax.Array) -> jax.Array:
+      decay_v = jnp.asarray(d, v.dtype)  # in v's dtype, as the features' second moments
+      return decay_v * v + (1 - decay_v) * jnp.square(g).astype(v.dtype)
+
+    second = jax.tree.map(ema_of_square, state.second_moment, updates)
     count = jnp.asarray(optax.safe_int32_increment(state.count))
 
     def one(m: jax.Array, v: jax.Array) -> jax.Array:
