@@ -101,6 +101,7 @@ bench: $(STAMP) data
 	$(PY) -m benchmarks.unf_layer
 	$(PY) -m benchmarks.tasks
 	$(PY) -m benchmarks.metatrain
+	$(PY) -m benchmarks.pes_profile
 	$(PY) -m benchmarks.scaling
 	$(PY) -m benchmarks.estimator_snr
 	$(PY) -m benchmarks.inference

@@ -67,6 +67,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import unf
@@ -451,20 +452,39 @@ class NetworkLOpt(LearnedOptimizer):
 
   # --- the update rule
 
-  def f(self, theta: Theta, x: PyTree) -> dict:
-    """The network ``f``: per-parameter features (trailing axis of :attr:`num_features`) -> one number each.
+  def f(self, theta: Theta, x: PyTree, step: jax.Array | None = None) -> dict:
+    """The network ``f``: per-parameter features -> one number each.
 
     Args:
       theta: meta-parameters from :meth:`init_meta`.
-      x: nested dict of the space, each leaf with a trailing feature axis.
+      x: nested dict of the space, each leaf with a trailing feature axis: all :attr:`num_features` features
+        in the order of :mod:`metatrain.learned_optimizers.features` when ``step`` is None; with ``step``,
+        every feature but the 11 time features (what
+        :func:`metatrain.learned_optimizers.transforms.learned_correction` passes).
+      step: the step whose time features ``f`` adds itself: their share of the first layer is computed once
+        per tensor and added to every entry's, equal (within float rounding) to reading them per entry.
 
     Returns:
       A nested dict of the space, each leaf shaped like its parameter.
     """
     layers = [theta["f"][f"dense{i}"] for i in range(self.pointwise_layers)]
+    first = layers[0]
+    if step is not None:  # the kernel's rows of the time features, applied once: a per-tensor bias
+      time_rows = np.arange(features_lib.NUM_TENSOR_FEATURES, features_lib.NUM_FEATURES)
+      tensor_rows = np.setdiff1d(np.arange(self.num_features), time_rows)
+      kernel = first["kernel"]
+
+      def first_layer(h: jax.Array) -> jax.Array:
+        time = features_lib.time_features(step, dtype=h.dtype)
+        bias = time @ kernel[time_rows].astype(h.dtype) + first["bias"].astype(h.dtype)
+        return h @ kernel[tensor_rows].astype(h.dtype) + bias
+
+    else:
+      first_layer = functools.partial(_dense, first)
 
     def pointwise(h: jax.Array) -> jax.Array:
-      for layer in layers:
+      h = jax.nn.relu(first_layer(h))
+      for layer in layers[1:]:
         h = jax.nn.relu(_dense(layer, h))
       return h
 

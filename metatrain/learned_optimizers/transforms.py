@@ -219,15 +219,20 @@ def weight_decay_term(rate: jax.Array) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def learned_correction(f: Callable[[PyTree], PyTree], *, second_moments: bool = False) -> optax.GradientTransformation:
+def learned_correction(
+  f: Callable[[PyTree, jax.Array], PyTree], *, second_moments: bool = False
+) -> optax.GradientTransformation:
   """``f`` of the per-parameter features (:mod:`metatrain.learned_optimizers.features`): the learned term.
 
-  The features are the params, the gradient, its momenta
-  (:data:`metatrain.learned_optimizers.features.MOMENTUM_DECAYS`) and the step's time features (19 per
-  parameter), and with ``second_moments`` the 6 of :func:`metatrain.learned_optimizers.features.adam_features`.
+  ``f(x, step)`` reads the tensor features ``x`` of every parameter: the params, the gradient and its momenta
+  (:func:`metatrain.learned_optimizers.features.tensor_features`, 8 per parameter), and with
+  ``second_moments`` the 6 of :func:`metatrain.learned_optimizers.features.adam_features` after them. The
+  step's 11 time features, the same for every parameter, are ``f``'s to compute from ``step``
+  (:func:`metatrain.learned_optimizers.features.time_features`): computed once, not broadcast to every entry.
 
   Args:
-    f: features (every leaf with a trailing feature axis) -> one number per parameter, shaped like the params.
+    f: ``(x, step) -> updates``: ``x`` every leaf with a trailing feature axis, ``step`` the number of updates
+      before this one (an int32 scalar); one number per parameter, shaped like the params.
     second_moments: whether the features include the second-moment ones (the ``"adam"`` feature set).
   """
 
@@ -243,13 +248,13 @@ def learned_correction(f: Callable[[PyTree], PyTree], *, second_moments: bool = 
       )
     grads = updates
     momenta = features_lib.update_momenta(state.momenta, grads)
-    x = features_lib.input_features(params, grads, momenta, state.count)
+    x = features_lib.tensor_features(params, grads, momenta)
     moments = None
     if second_moments:
       moments = features_lib.update_second_moments(state.second_moments, grads)
       extra = features_lib.adam_features(momenta, moments)
       x = jax.tree.map(lambda a, b: jnp.concatenate([a, b.astype(a.dtype)], axis=-1), x, extra)
-    out = f(x)
+    out = f(x, state.count)
     return out, CorrectionState(jnp.asarray(optax.safe_int32_increment(state.count)), momenta, moments)
 
   return optax.GradientTransformation(init, update)

@@ -64,6 +64,10 @@ def test_features_match_numpy():
     np.testing.assert_allclose(leaf(new_momenta), expected_m, rtol=1e-5, atol=2e-5)
     np.testing.assert_allclose(leaf(got), expected, rtol=1e-4, atol=1e-5, err_msg=str(path))
   assert float(got["a"][1, 2, 1]) == 10.0  # the clip is exercised
+  # The tensor features are the first 8 columns, bit for bit (what the learned correction gives f).
+  assert features.NUM_TENSOR_FEATURES == 8
+  tensor = features.tensor_features(params, grads, new_momenta)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b[..., :8]), tensor, got)
 
 
 def test_features_follow_params_dtype_and_read_non_finite_as_zero():
@@ -484,6 +488,26 @@ def _on_sets(fn, space, shapes):
     return space.unflatten([v.reshape((-1, v.shape[-1])) for v in space.flatten(y)])
 
   return on_sets
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("kind", ["unf", "deep_sets"])
+@pytest.mark.parametrize("feature_set", ["paper", "adam"])
+def test_f_adds_the_time_features_once_as_if_every_entry_read_them(kind, feature_set, task):
+  """``f(theta, x, step)`` (x without the 11 time columns, what the chain passes) against ``f`` on all the
+  features with the time ones broadcast to every entry (the paper's layout), in float64: the same numbers."""
+  learned = lopt.LEARNED_OPTIMIZERS[kind](task.space, width=8, features=feature_set)
+  theta = _generic_theta(learned)
+  step = jnp.asarray(37, jnp.int32)
+  x = _random_inputs(task.space, learned.num_features - len(features.TIME_SCALES))
+  time = features.time_features(step, dtype=jnp.float64)
+  full = jax.tree.map(  # tensor features, then time, then the second-moment ones (features' column order)
+    lambda v: jnp.concatenate([v[..., :8], jnp.broadcast_to(time, v.shape[:-1] + time.shape), v[..., 8:]], axis=-1),
+    x,
+  )
+  got, expected = learned.f(theta, x, step), learned.f(theta, full)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12), got, expected)
+  assert not np.allclose(learned.f(theta, x, step + 400)["layers"][0]["kernel"], got["layers"][0]["kernel"])
 
 
 @pytest.mark.usefixtures("float64")

@@ -85,7 +85,7 @@ def test_learned_correction_keeps_the_momenta_that_its_features_read():
   """Its state's momenta are the EMAs of the gradients at every decay, written out in numpy."""
   rng = np.random.default_rng(2)
   params = _params()
-  link = transforms.learned_correction(lambda x: jax.tree.map(lambda v: v[..., 0], x), second_moments=True)
+  link = transforms.learned_correction(lambda x, step: jax.tree.map(lambda v: v[..., 0], x), second_moments=True)
   state = link.init(params)
   m = {k: np.zeros(v.shape + (6,)) for k, v in params.items()}
   v2 = {k: np.zeros(v.shape + (3,)) for k, v in params.items()}
