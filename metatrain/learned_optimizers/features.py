@@ -40,9 +40,9 @@ import jax.numpy as jnp
 MOMENTUM_DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
 #: The time scales ``tau`` of the features ``tanh(t / tau - 1)``.
 TIME_SCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)
-#: Tensor features per parameter (8): the parameter, its gradient and the momenta, each normalised per tensor.
+#: Tensor features per parameter (8), the parameter, its gradient and the momenta, each normalised per tensor.
 NUM_TENSOR_FEATURES = 2 + len(MOMENTUM_DECAYS)
-#: Features per parameter (19): the tensor features, then the time features.
+#: Features per parameter (19), the tensor features and then the time features.
 NUM_FEATURES = NUM_TENSOR_FEATURES + len(TIME_SCALES)
 #: The decays of the second moments of the ``"adam"`` features (each also one of :data:`MOMENTUM_DECAYS`).
 SECOND_MOMENT_DECAYS = (0.9, 0.99, 0.999)
