@@ -191,6 +191,12 @@ class TrainConfig:
     outer_steps: meta-gradient steps.
     learning_rate: peak outer learning rate (Adam, warm-up, cosine decay, clip 1.0).
     warmup_steps: outer warm-up steps.
+    per_part_learning_rate: each part of theta steps by ``learning_rate`` times its factor of
+      :meth:`metatrain.LearnedOptimizer.noise_scales` (a UNF's last layer less than the rest, by the number
+      of inputs of each output entry against Deep Sets'; every other factor is 1). Adam moves every
+      coordinate about as far per step whatever its gradient, so without it a UNF's large last layer
+      random-walks its output further than Deep Sets' does. May be changed on resume (the outer optimizer's
+      state is the same).
     num_workers: gradient workers (0: one per CPU of this machine; see :attr:`worker_count`).
     estimates_per_step: estimates averaged per outer step (0: one per worker).
     staleness: largest accepted age of an estimate in outer steps (0: synchronous).
@@ -228,6 +234,7 @@ class TrainConfig:
   outer_steps: int = 100
   learning_rate: float = 1e-3
   warmup_steps: int = 0
+  per_part_learning_rate: bool = False
   num_workers: int = 0
   estimates_per_step: int = 0
   staleness: int = 0

@@ -55,6 +55,10 @@ class Learner:
     mesh: devices for the reduction (default: all local devices).
     schedule: the learning-rate schedule ``outer`` steps by (:func:`metatrain.outer.clipped_adam`), for
       :meth:`learning_rate` (None: not known).
+    part_scales: a factor per part of theta (a pytree like it, each leaf broadcastable to its part) that
+      multiplies ``outer``'s update of that part: a learning rate per part
+      (``TrainConfig.per_part_learning_rate``). Outside ``outer``, so that its state, and the checkpoints
+      that hold it, are the same with and without (None: every factor 1).
   """
 
   def __init__(
@@ -65,6 +69,7 @@ class Learner:
     staleness: int = 0,
     mesh: Mesh | None = None,
     schedule: optax.Schedule | None = None,
+    part_scales: Theta | None = None,
   ):
     self.outer, self.staleness, self.schedule = outer, staleness, schedule
     self.mesh = local_mesh() if mesh is None else mesh
@@ -94,6 +99,8 @@ class Learner:
       ]
       grad = sharded_mean(jax.tree.unflatten(self._treedef, parts), count, self.mesh)
       updates, opt_state = outer.update(grad, opt_state, theta)
+      if part_scales is not None:
+        updates = jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, part_scales)
       return optax.apply_updates(theta, updates), opt_state, optax.tree.norm(grad)
 
     self._update = update

@@ -213,7 +213,10 @@ def make_learner(config: TrainConfig, learned_optimizer: LearnedOptimizer) -> Le
   """
   theta = jax.tree.map(np.asarray, learned_optimizer.init_meta(jax.random.key(config.seed)))
   schedule = outer_schedule(config.learning_rate, total_steps=config.outer_steps, warmup_steps=config.warmup_steps)
-  return Learner(clipped_adam(schedule), theta, staleness=config.staleness, schedule=schedule)
+  scales = None
+  if config.per_part_learning_rate:
+    scales = jax.tree.map(np.asarray, learned_optimizer.noise_scales(theta))
+  return Learner(clipped_adam(schedule), theta, staleness=config.staleness, schedule=schedule, part_scales=scales)
 
 
 def resolve(worker: WorkerConfig, checkpoints: Checkpoints) -> WorkerConfig:

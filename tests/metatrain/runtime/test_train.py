@@ -93,6 +93,26 @@ def test_the_learner_reports_the_schedule_its_adam_steps_by():
   assert skipped["skipped_step"] == 1.0 and learner.learning_rate() == float(expected(12))  # no update, same rate
 
 
+class _TwoParts(_Constant):
+  """:class:`_Constant` whose second coordinate has a noise scale of 1/4 (as a UNF's last layer has less)."""
+
+  def noise_scales(self, theta):
+    return {"w": np.float32([1.0, 0.25])}
+
+
+def test_a_per_part_learning_rate_scales_each_parts_adam_step():
+  """With a constant gradient Adam's step is its rate: with per_part_learning_rate, the rate times the part's
+  noise scale; without, the rate for both."""
+  for per_part, factors in ((True, [1.0, 0.25]), (False, [1.0, 1.0])):
+    config = TrainConfig(learning_rate=0.5, outer_steps=10, warmup_steps=3, per_part_learning_rate=per_part)
+    learner = train_module.make_learner(config, _TwoParts())
+    for step in range(4):
+      rate, before = learner.learning_rate(), np.asarray(learner.theta["w"])
+      learner.apply([Estimate({"w": np.float32([0.3, -0.4])}, 1.0, step, 0, {})])
+      step_taken = np.asarray(learner.theta["w"]) - before
+      np.testing.assert_allclose(step_taken, rate * np.float32([-1, 1]) * factors, rtol=1e-4, atol=1e-7)
+
+
 def test_a_finished_run_starts_no_workers(tmp_path, monkeypatch, capsys):
   assert _train(tmp_path) == 0
 
