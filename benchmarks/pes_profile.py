@@ -32,7 +32,7 @@ import optax
 import tasks
 from benchmarks.timing import best_seconds
 from metatrain import ESTIMATORS, LearnedOptimizerProblem, UNFLOpt
-from metatrain.learned_optimizers import PRESETS, features
+from metatrain.learned_optimizers import PRESETS, features, transforms
 
 
 def cost(fn: Callable, *args: Any) -> tuple[Callable, float, float]:
@@ -134,23 +134,22 @@ def parts(task_name: str, preset: str, estimator_name: str, pairs: int, truncati
 
   rows.append(row("f alone", f_only, (thetas, x), runs, steps, repeats))
 
-  def features_only(params, grads):  # the 8 (+6) features and their momenta, `steps` times
-    def body(carry, i):
-      momenta, moments, total = carry
-      momenta = features.update_momenta(momenta, grads)
-      moments = features.update_second_moments(moments, grads)
-      x = features.tensor_features(params, grads, momenta)
-      if lopt.features == "adam":
-        x = jax.tree.map(lambda a, b: jnp.concatenate([a, b], -1), x, features.adam_features(momenta, moments))
-      return (momenta, moments, jax.tree.map(lambda t, h: t + h.sum(-1), total, x)), None
+  # The chain's learned_correction link itself (momenta, features), with an f that only reads the features.
+  correction = transforms.learned_correction(
+    lambda x, step: jax.tree.map(lambda h: h.sum(-1), x), second_moments=lopt.features == "adam"
+  )
 
-    zeros = lambda n: jax.tree.map(lambda p: jnp.zeros((*p.shape, n), p.dtype), params)  # noqa: E731
-    init = (
-      zeros(len(features.MOMENTUM_DECAYS)),
-      zeros(len(features.SECOND_MOMENT_DECAYS)),
-      jax.tree.map(jnp.zeros_like, params),
-    )
-    return jax.lax.scan(body, init, jnp.arange(steps))[0][2]
+  def features_only(params, grads):  # the 8 (+6) features and their momenta of every run, `steps` times
+    def one(params, grads):
+      def body(carry, _):
+        state, total = carry
+        out, state = correction.update(grads, state, params)
+        return (state, jax.tree.map(jnp.add, total, out)), None
+
+      init = (correction.init(params), jax.tree.map(jnp.zeros_like, params))
+      return jax.lax.scan(body, init, None, length=steps)[0][1]
+
+    return jax.vmap(one)(params, grads)
 
   rows.append(row("features and momenta", features_only, (params, grads), runs, steps, repeats))
   return rows
