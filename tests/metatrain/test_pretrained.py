@@ -63,9 +63,10 @@ def test_a_shipped_optimizer_loads_by_name_and_reproduces_its_trajectory_in_a_pl
     losses.append(float(loss))
   stored = np.asarray(info["check"]["train_batch_losses"])
   assert info["check"]["seed"] == EVAL_SEED and len(stored) == len(losses)
-  # Step for step while rounding differences are small; after that (a recurrent net amplifies float32 rounding
-  # of the scan against this loop: measured up to 1% by step 60 on rnn_lm) the means of 20-step windows.
-  np.testing.assert_allclose(losses[:50], stored[:50], rtol=1e-3, atol=1e-4)
+  # Step for step while rounding differences are small; after that (training amplifies the float32 rounding of
+  # the scan against this loop: up to 1% by step 60 on rnn_lm, and from 2e-5 at step 25 to 0.4% by step 50 with
+  # cnn_fashion16_unf) the means of 20-step windows. A wrong theta, horizon or base term differs from step 1.
+  np.testing.assert_allclose(losses[:20], stored[:20], rtol=1e-3, atol=1e-4)
   windows = lambda x: np.asarray(x).reshape(-1, 20).mean(axis=1)  # noqa: E731
   np.testing.assert_allclose(windows(losses), windows(stored), rtol=1e-2)
   assert np.mean(losses[-20:]) < 0.8 * np.mean(losses[:5])  # it trains
