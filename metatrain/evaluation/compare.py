@@ -329,14 +329,26 @@ def load_all(sources: Sequence[str | pathlib.Path], task: tasks.Task) -> list[lo
 def names_of(loaded: Sequence[loading.LoadedOptimizer]) -> list[str]:
   """Display names ``"<kind> (step N)"``, with the workdir's name added where two are of the same kind.
 
-  (Runs of one kind selected at different steps then still name their run, which the pooling of meta-training
-  seeds reads: ``experiments/learned_optimizers/pooled.py``.)
+  Where two workdirs of one kind have the same name (``runs/a/rnn_lm_unf`` and ``runs/b/rnn_lm_unf``), as many
+  of the folders above them as tell them apart are added (``[a/rnn_lm_unf]``). (Runs of one kind selected at
+  different steps then still name their run, which the pooling of meta-training seeds reads:
+  ``experiments/learned_optimizers/pooled.py``.)
   """
   kinds = [item.learned_optimizer.name for item in loaded]
-  runs = [item.path.parent.name if item.path.name == "selected" else item.path.parent.parent.name for item in loaded]
+  workdirs = [item.path.parent if item.path.name == "selected" else item.path.parent.parent for item in loaded]
+
+  def run(index: int) -> str:
+    same_kind = [workdir for workdir, kind in zip(workdirs, kinds) if kind == kinds[index]]
+    parts = suffix = workdirs[index].parts
+    for depth in range(1, len(parts) + 1):
+      suffix = parts[-depth:]
+      if sum(workdir.parts[-depth:] == suffix for workdir in same_kind) == 1:
+        break
+    return "/".join(suffix)
+
   return [
-    f"{kind} (step {item.step})" + (f" [{run}]" if kinds.count(kind) > 1 else "")
-    for kind, item, run in zip(kinds, loaded, runs)
+    f"{kind} (step {item.step})" + (f" [{run(index)}]" if kinds.count(kind) > 1 else "")
+    for index, (kind, item) in enumerate(zip(kinds, loaded))
   ]
 
 

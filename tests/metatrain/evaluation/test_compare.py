@@ -136,3 +136,18 @@ def test_names_say_the_run_where_two_optimizers_are_of_one_kind(tmp_path):
     item("deep_sets", 300, "runs/deep_sets_s0/selected"),
   ]
   assert compare.names_of(loaded) == ["unf (step 300) [unf_s0]", "unf (step 400) [unf_s1]", "deep_sets (step 300)"]
+  # Workdirs of one name in different folders: the folders above them that tell them apart are named too.
+  loaded = [
+    item("unf", 1000, "runs/tasks4_long/rnn_lm_unf/selected"),
+    item("unf", 625, "runs/tasks4_long_per_part_lr/rnn_lm_unf/selected"),
+    item("unf", 500, "runs/x/a/unf_s0/selected"),
+    item("unf", 600, "runs/y/a/unf_s0/checkpoints/600"),
+    item("deep_sets", 1000, "runs/tasks4_long/rnn_lm_deep_sets/selected"),
+  ]
+  assert compare.names_of(loaded) == [
+    "unf (step 1000) [tasks4_long/rnn_lm_unf]",
+    "unf (step 625) [tasks4_long_per_part_lr/rnn_lm_unf]",
+    "unf (step 500) [x/a/unf_s0]",
+    "unf (step 600) [y/a/unf_s0]",
+    "deep_sets (step 1000)",
+  ]
