@@ -335,7 +335,15 @@ def names_of(loaded: Sequence[loading.LoadedOptimizer]) -> list[str]:
   ``experiments/learned_optimizers/pooled.py``.)
   """
   kinds = [item.learned_optimizer.name for item in loaded]
-  workdirs = [item.path.parent if item.path.name == "selected" else item.path.parent.parent for item in loaded]
+  # WORKDIR/selected, WORKDIR/checkpoints/STEP, or a folder of its own (a shipped optimizer's).
+  workdirs = [
+    item.path.parent.parent
+    if item.path.parent.name == "checkpoints"
+    else item.path.parent
+    if item.path.name == "selected"
+    else item.path
+    for item in loaded
+  ]
 
   def run(index: int) -> str:
     same_kind = [workdir for workdir, kind in zip(workdirs, kinds) if kind == kinds[index]]

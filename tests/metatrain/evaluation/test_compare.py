@@ -143,6 +143,7 @@ def test_names_say_the_run_where_two_optimizers_are_of_one_kind(tmp_path):
     item("unf", 500, "runs/x/a/unf_s0/selected"),
     item("unf", 600, "runs/y/a/unf_s0/checkpoints/600"),
     item("deep_sets", 1000, "runs/tasks4_long/rnn_lm_deep_sets/selected"),
+    item("unf", 875, "metatrain/pretrained/rnn_lm_unf"),  # a shipped optimizer: its own folder
   ]
   assert compare.names_of(loaded) == [
     "unf (step 1000) [tasks4_long/rnn_lm_unf]",
@@ -150,4 +151,5 @@ def test_names_say_the_run_where_two_optimizers_are_of_one_kind(tmp_path):
     "unf (step 500) [x/a/unf_s0]",
     "unf (step 600) [y/a/unf_s0]",
     "deep_sets (step 1000)",
+    "unf (step 875) [pretrained/rnn_lm_unf]",
   ]
