@@ -18,6 +18,14 @@ theta size it measures:
   leave it these 2 cores);
 - the learner process's peak memory (RSS).
 
+Each configuration runs with two pools: ``plain``, one Ray call per worker
+(:class:`~metatrain.runtime.ray_pool.RayPool`), and ``per-node``, one call
+per simulated node of ``--per-node`` workers to that node's real
+``NodeAggregatorActor``, which fans theta
+out and returns the sum of its workers' estimates
+(:class:`~metatrain.runtime.ray_nodes.AggregatingRayPool`). On this one
+machine the aggregators share the learner's cores, as the workers do.
+
 Thetas: the UNF learned optimizers of mlp_fashion8 (2.7k parameters, 23
 leaves) and transformer_lm (84.5k, 195 leaves), and the transformer_lm one
 at width 110 (1.0M, 195 leaves). Not a test. Run with
@@ -47,6 +55,7 @@ import ray  # noqa: E402
 from benchmarks.simulated_workers import SimulatedWorkers  # noqa: E402
 from metatrain.outer import outer_optimizer  # noqa: E402
 from metatrain.runtime.learner import Learner  # noqa: E402
+from metatrain.runtime.ray_nodes import AggregatingRayPool, NodeAggregatorActor  # noqa: E402
 from metatrain.runtime.ray_pool import RayPool  # noqa: E402
 
 PROCESSES = 64  # actor processes; worker i lives in process i % PROCESSES, one thread per worker there
@@ -81,6 +90,36 @@ class SimulatedPool(RayPool):
     return ref
 
   def _stop(self) -> None:  # the hosts serve the next configuration
+    self.actors = []
+
+
+class SimulatedAggregatingPool(AggregatingRayPool):
+  """The aggregating pool over simulated workers: worker ``i`` on simulated node ``i // per_node``.
+
+  Every simulated node's aggregator is a real ``NodeAggregatorActor`` (on this machine, kept
+  across configurations in ``aggregators``); only how a worker is addressed differs from the real pool.
+  """
+
+  def __init__(self, hosts: list[Any], num_workers: int, per_node: int, aggregators: dict[str, Any]):
+    self._hosts, self._per_node, self._shared = hosts, per_node, aggregators
+    super().__init__(None, num_workers, 0)  # type: ignore[arg-type]  # no WorkerConfig: nothing is built
+
+  def _new_actor(self, index: int) -> Any:
+    return self._hosts[index % len(self._hosts)]
+
+  def _node_of(self, index: int) -> str:
+    return f"simulated-{index // self._per_node}"
+
+  def _call_args(self, index: int) -> tuple:
+    return (index,)
+
+  def _aggregator(self, node: str) -> Any:
+    if node not in self._shared:
+      actor_class: Any = NodeAggregatorActor
+      self._shared[node] = actor_class.options(num_cpus=0).remote()
+    return self._shared[node]
+
+  def _stop(self) -> None:  # the hosts and aggregators serve the next configuration
     self.actors = []
 
 
@@ -122,7 +161,7 @@ def synchronous(pool: SimulatedPool, learner: Learner, theta: dict, steps: int, 
     with WaitClock() as clock:
       start = time.perf_counter()
       estimates = pool.gather(pool.num_workers)
-      latency = max(e.metrics["started"] for e in estimates) - published
+      latency = max(v for e in estimates for k, v in e.metrics.items() if k.startswith("started")) - published
       learner.apply(estimates)
       del estimates
       published = time.time()
@@ -154,7 +193,7 @@ def asynchronous(pool: SimulatedPool, learner: Learner, theta: dict, seconds: fl
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
       estimates = pool.gather(per_step)
-      absorbed += len(estimates)
+      absorbed += sum(e.count for e in estimates)
       learner.apply(estimates)
       del estimates
       pool.publish(learner.host_theta(), learner.step)
@@ -167,15 +206,22 @@ def asynchronous(pool: SimulatedPool, learner: Learner, theta: dict, seconds: fl
   }
 
 
-def measure(hosts, shapes, workers, args) -> dict[str, float]:
+def measure(hosts, shapes, workers, args, aggregators: dict | None = None) -> dict[str, float]:
+  """One row: the plain pool, or with ``aggregators`` (a dict kept across rows) the aggregating one."""
+
+  def make_pool():
+    if aggregators is None:
+      return SimulatedPool(hosts, workers)
+    return SimulatedAggregatingPool(hosts, workers, args.per_node, aggregators)
+
   ray.get([host.configure.remote(shapes, args.delay) for host in hosts])
   theta = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
   outer = outer_optimizer(1e-3, total_steps=10**6)
   row: dict[str, float] = {}
-  with SimulatedPool(hosts, workers) as pool:
+  with make_pool() as pool:
     row.update(synchronous(pool, Learner(outer, theta), theta, args.steps, args.warmup))
   ray.get([host.configure.remote(shapes, 0.0) for host in hosts])
-  with SimulatedPool(hosts, workers) as pool:
+  with make_pool() as pool:
     learner = Learner(outer, theta, staleness=10**9)
     row.update(asynchronous(pool, learner, theta, args.seconds, args.warmup))
   gc.collect()
@@ -192,6 +238,14 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--seconds", type=float, default=6.0, help="seconds of each asynchronous run")
   parser.add_argument("--quick", action="store_true", help="8 and 32 workers, the two smaller thetas")
   parser.add_argument("--json", default=None, help="also write the rows to this file")
+  parser.add_argument(
+    "--pools",
+    nargs="+",
+    default=["plain", "per-node"],
+    choices=["plain", "per-node"],
+    help="plain: one Ray call per worker (RayPool); per-node: one per simulated node (AggregatingRayPool)",
+  )
+  parser.add_argument("--per-node", type=int, default=16, help="workers per simulated node (per-node pool)")
   args = parser.parse_args(argv)
   if args.quick:
     args.workers, args.thetas = [8, 32], ["2.7k", "84.5k"]
@@ -203,25 +257,27 @@ def main(argv: list[str] | None = None) -> None:
   hosts = [SimulatedWorkers.options(max_concurrency=threads).remote({}, 0.0, seed=i) for i in range(processes)]
   ray.get([host.pid.remote() for host in hosts])
   print(f"{processes} actor processes up in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-  rows = []
+  rows, aggregators = [], {}
   for size in args.thetas:
     shapes = theta_shapes(*THETAS[size])
     for workers in args.workers:
-      row = {"theta": size, "workers": workers, **measure(hosts, shapes, workers, args)}
-      rows.append(row)
-      print(json.dumps(row), file=sys.stderr)
+      for kind in args.pools:
+        shared = aggregators if kind == "per-node" else None
+        row = {"theta": size, "workers": workers, "pool": kind, **measure(hosts, shapes, workers, args, shared)}
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
   print(
     f"\n{len(rows)} configurations in {time.perf_counter() - start:.0f} s; peak RSS of the run "
     f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB\n"
   )
   print(
-    "| theta | workers | sync step (delay 1 s) | learner share | publish latency median (max) "
+    "| theta | workers | pool | sync step (delay 1 s) | learner share | publish latency median (max) "
     "| estimates/s absorbed | learner capacity (estimates/busy s) | learner RSS |"
   )
-  print("|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     print(
-      f"| {r['theta']} | {r['workers']} | {r['step_seconds']:.3f} s | {100 * r['learner_share']:.1f}% "
+      f"| {r['theta']} | {r['workers']} | {r['pool']} | {r['step_seconds']:.3f} s | {100 * r['learner_share']:.1f}% "
       f"| {r['publish_ms']:.0f} ms ({r['publish_ms_max']:.0f}) | {r['estimates_per_second']:,.0f} "
       f"| {r['capacity']:,.0f} | {max(r['rss_gb'], r['rss_gb_async']):.2f} GB |"
     )

@@ -66,12 +66,17 @@ class SimulatedWorkers:
     return os.getpid()
 
   def compute(self, theta: Any, theta_step: int, worker_id: int) -> SimulatedEstimate:
-    """Sleeps, then returns the fixed gradient; ``metrics["started"]`` is when theta had arrived."""
+    """Sleeps, then returns the fixed gradient; ``metrics["started_<worker_id>"]`` is when theta had arrived
+    (one key per worker: a node's sum of estimates, which sums their metrics, keeps every worker's)."""
     started = time.time()  # the call runs once Ray has resolved theta: the end of its publish
     if self.delay:
       time.sleep(self.delay)
-    return SimulatedEstimate(self.grad, 1.0, theta_step, worker_id, {"started": started})
+    return SimulatedEstimate(self.grad, 1.0, theta_step, worker_id, {f"started_{worker_id}": started})
 
   def pid(self) -> int:
-    """This process's id (the pool's probe)."""
+    """This process's id."""
     return os.getpid()
+
+  def node_id(self) -> str:
+    """This actor's Ray node (the pool's probe)."""
+    return ray.get_runtime_context().get_node_id()

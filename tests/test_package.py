@@ -48,7 +48,7 @@ def _imports(path):
 
 # Each framework is imported by exactly these files (the thin layers around it).
 ALLOWED = {
-  "ray": {"metatrain/runtime/ray_pool.py"},
+  "ray": {"metatrain/runtime/ray_pool.py", "metatrain/runtime/ray_nodes.py"},
   "orbax": {"metatrain/runtime/checkpoint.py", "metatrain/loading.py"},
   "tensorboardX": {"metatrain/runtime/summaries.py"},
   "gin": {"metatrain/cli.py"},

@@ -220,6 +220,11 @@ class TrainConfig:
       worker's particles per call.
     worker_patience: seconds a down worker (restarting, or waiting for resources) is waited for before
       the live workers compute the estimates it owes.
+    aggregate_per_node: with ``use_ray``, the learner makes one Ray call per node per step, to an actor on
+      that node that starts its workers and returns the sum of their estimates
+      (:class:`metatrain.runtime.ray_nodes.AggregatingRayPool`): for clusters of many workers per node,
+      where Ray's per-call cost limits the learner. The mean is the same up to float rounding (bit for bit
+      with one worker per node); requires ``use_ray``.
     eval_every: outer steps between evaluations of theta (0: none): ``eval_seeds`` fresh inner runs over
       the whole horizon, beside a tuned Adam (:mod:`metatrain.runtime.evaluator`), under ``eval/`` in
       TensorBoard. An evaluation runs in the background; one due while another runs is skipped.
@@ -250,6 +255,7 @@ class TrainConfig:
   compilation_cache: str | None = DEFAULT_COMPILATION_CACHE
   keep_particles: bool = True
   worker_patience: float = 60.0
+  aggregate_per_node: bool = False
   eval_every: int = 0
   eval_seeds: int = 4
   eval_cpus: float = 1.0
@@ -263,6 +269,11 @@ class TrainConfig:
     if self.num_workers < 0 or self.estimates_per_step < 0 or self.staleness < 0 or self.worker_patience < 0:
       raise ValueError(
         "TrainConfig.num_workers, estimates_per_step, staleness and worker_patience must not be negative."
+      )
+    if self.aggregate_per_node and not self.use_ray:
+      raise ValueError(
+        "TrainConfig.aggregate_per_node sums estimates per Ray node, so it needs use_ray = True; "
+        "set use_ray = True or aggregate_per_node = False."
       )
 
   @property

@@ -37,6 +37,8 @@ class Estimate:
     worker_id: the worker that computed it.
     metrics: the worker's metrics of that call.
     flat: the leaves of ``grad`` in one 1-D buffer (their views), when it came packed; None otherwise.
+    workers: for a sum of several workers' estimates (:func:`sum_estimates`), their ids in increasing
+      order (``worker_id`` is the first); empty for one worker's estimate.
   """
 
   grad: Theta
@@ -45,45 +47,74 @@ class Estimate:
   worker_id: int
   metrics: dict[str, float]
   flat: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+  workers: tuple[int, ...] = ()
+
+  @property
+  def count(self) -> int:
+    """How many workers' estimates this is the sum of (1 for one worker's)."""
+    return max(1, len(self.workers))
 
   def __reduce__(self):
     import jax  # where an estimate is pickled, JAX is loaded: it computed the gradient
 
     leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(self.grad)]
+    fields = (self.meta_loss, self.theta_step, self.worker_id, self.metrics)
     if not leaves or len({leaf.dtype for leaf in leaves}) > 1:
-      return Estimate, (self.grad, self.meta_loss, self.theta_step, self.worker_id, self.metrics)
+      return Estimate, (self.grad, *fields, None, self.workers)
     skeleton = jax.tree.map(lambda _: 0, self.grad)
-    return packed_args(skeleton, leaves, self.meta_loss, self.theta_step, self.worker_id, self.metrics)
+    return packed_args(skeleton, leaves, *fields, workers=self.workers)
 
 
 def packed_args(
-  skeleton: Any, leaves: Sequence[np.ndarray], meta_loss: float, theta_step: int, worker_id: int, metrics: dict
+  skeleton: Any,
+  leaves: Sequence[np.ndarray],
+  meta_loss: float,
+  theta_step: int,
+  worker_id: int,
+  metrics: dict,
+  *,
+  workers: tuple[int, ...] = (),
 ) -> tuple:
   """What an estimate pickles to: ``(unpack, (flat, skeleton, shapes, ...))``, for ``__reduce__``.
 
   Args:
     skeleton: the gradient's structure with a 0 for each leaf (nested dicts and lists pickle small).
     leaves: the gradient's leaves, in ``jax.tree.leaves`` order, all of one dtype.
-    meta_loss, theta_step, worker_id, metrics: the estimate's other fields.
+    meta_loss, theta_step, worker_id, metrics, workers: the estimate's other fields.
   """
   flat = np.concatenate([np.ravel(leaf) for leaf in leaves])
   shapes = [leaf.shape for leaf in leaves]
-  return unpack, (flat, skeleton, shapes, meta_loss, theta_step, worker_id, metrics)
+  return unpack, (flat, skeleton, shapes, meta_loss, theta_step, worker_id, metrics, tuple(workers))
 
 
 def unpack(
-  flat: np.ndarray, skeleton: Any, shapes: list, meta_loss: float, theta_step: int, worker_id: int, metrics: dict
+  flat: np.ndarray,
+  skeleton: Any,
+  shapes: list,
+  meta_loss: float,
+  theta_step: int,
+  worker_id: int,
+  metrics: dict,
+  workers: tuple[int, ...] = (),
 ) -> Estimate:
   """The :class:`Estimate` of a packed one: ``flat`` as it came; ``grad``, views into it, built on first use."""
-  return _Packed(flat, skeleton, shapes, meta_loss, theta_step, worker_id, metrics)
+  return _Packed(flat, skeleton, shapes, meta_loss, theta_step, worker_id, metrics, workers)
 
 
 class _Packed(Estimate):
-  """An estimate that came packed: the learner reads :attr:`flat`; ``grad`` is built only when read."""
+  """An estimate that came packed: the learner reads :attr:`flat`; ``grad`` is built only when read.
 
-  def __init__(self, flat, skeleton, shapes, meta_loss, theta_step, worker_id, metrics):
+  It pickles as it came, one buffer, without JAX (a node's aggregator passes sums on this way).
+  """
+
+  def __init__(self, flat, skeleton, shapes, meta_loss, theta_step, worker_id, metrics, workers=()):
     self.flat, self._skeleton, self._shapes = flat, skeleton, shapes
     self.meta_loss, self.theta_step, self.worker_id, self.metrics = meta_loss, theta_step, worker_id, metrics
+    self.workers = tuple(workers)
+
+  def __reduce__(self):
+    fields = (self.meta_loss, self.theta_step, self.worker_id, self.metrics, self.workers)
+    return unpack, (self.flat, self._skeleton, self._shapes, *fields)
 
   @functools.cached_property
   def grad(self) -> Theta:
@@ -131,3 +162,62 @@ def packed_tree(tree: Any) -> Any:
     views.append(_View(flat, offset, leaf.shape, leaf.dtype))
     offset += leaf.nbytes
   return jax.tree.unflatten(jax.tree.structure(tree), views)
+
+
+def _leaves_of(estimate: Estimate) -> tuple[np.ndarray, Any, list]:
+  """``estimate``'s gradient as one flat buffer, with the skeleton and shapes that unpack it."""
+  if isinstance(estimate, _Packed):
+    assert estimate.flat is not None  # set by __init__
+    return estimate.flat, estimate._skeleton, estimate._shapes
+  import jax  # an estimate built in this process (not unpickled): JAX made it
+
+  leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(estimate.grad)]
+  skeleton = jax.tree.map(lambda _: 0, estimate.grad)
+  return np.concatenate([leaf.ravel() for leaf in leaves]), skeleton, [leaf.shape for leaf in leaves]
+
+
+def sum_estimates(estimates: Sequence[Estimate]) -> list[Estimate]:
+  """Several workers' estimates at one theta as one: their sum, what a node's aggregator sends the learner.
+
+  The finite estimates are summed in increasing ``worker_id`` order (a fixed order: the same estimates
+  give the same bits, however they arrived), into an estimate whose ``workers`` lists them, whose
+  ``meta_loss`` is their mean and whose ``metrics`` are the sums of theirs. A sum of one estimate is that
+  estimate's gradient, bit for bit. Estimates with a non-finite gradient are not summed: they are returned
+  as they are, after the sum, so that the learner drops and counts each of them as it does without a sum.
+
+  The learner's mean over such sums (:meth:`metatrain.runtime.learner.Learner.apply` divides by the
+  ``count`` of every sum) is the mean over the estimates, up to float rounding: the order of the
+  additions differs.
+
+  Args:
+    estimates: estimates computed at the same ``theta_step``, each one worker's (``count`` 1), leaves of one dtype.
+
+  Returns:
+    ``[sum]`` followed by the non-finite estimates (``[]`` when there are none at all).
+  """
+  if not estimates:
+    return []
+  steps = {estimate.theta_step for estimate in estimates}
+  if len(steps) > 1:
+    raise ValueError(f"only estimates at one theta_step can be summed, got steps {sorted(steps)}.")
+  if any(estimate.count > 1 for estimate in estimates):
+    raise ValueError("sum_estimates takes single workers' estimates, not sums.")
+  ordered = sorted(estimates, key=lambda estimate: estimate.worker_id)
+  flats = [_leaves_of(estimate) for estimate in ordered]
+  finite = [bool(np.isfinite(flat).all()) for flat, _, _ in flats]
+  summed = [(estimate, flat) for estimate, (flat, _, _), ok in zip(ordered, flats, finite) if ok]
+  rest = [estimate for estimate, ok in zip(ordered, finite) if not ok]
+  if not summed:
+    return rest
+  total = np.array(summed[0][1])  # a copy: a sum of one is the estimate itself (not 0.0 + it)
+  for _, flat in summed[1:]:
+    total += flat
+  metrics: dict[str, float] = {}
+  for estimate, _ in summed:
+    for name, value in estimate.metrics.items():
+      metrics[name] = metrics.get(name, 0.0) + float(value)
+  first = summed[0][0]
+  _, skeleton, shapes = flats[ordered.index(first)]
+  meta_loss = float(np.mean([estimate.meta_loss for estimate, _ in summed]))
+  workers = tuple(estimate.worker_id for estimate, _ in summed)
+  return [unpack(total, skeleton, shapes, meta_loss, first.theta_step, first.worker_id, metrics, workers), *rest]

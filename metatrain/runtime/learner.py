@@ -136,9 +136,14 @@ class Learner:
     self.theta, self.opt_state, self.step = state["theta"], state["opt_state"], int(state["step"])
 
   def apply(self, estimates: Sequence[Estimate]) -> dict[str, float]:
-    """One outer step from ``estimates``; returns metrics (dropped counts, gradient norm, meta-loss)."""
+    """One outer step from ``estimates``; returns metrics (dropped counts, gradient norm, meta-loss).
+
+    An estimate that is a sum of ``count`` workers' (a node's aggregator:
+    :func:`metatrain.runtime.estimate.sum_estimates`) counts as ``count`` estimates everywhere: in the
+    mean (the sum of the rows over the sum of the counts) and in every count below.
+    """
     fresh = [e for e in estimates if self.step - e.theta_step <= self.staleness]
-    stale = len(estimates) - len(fresh)
+    stale = sum(e.count for e in estimates) - sum(e.count for e in fresh)
     fresh.sort(key=lambda e: (e.theta_step, e.worker_id))  # a fixed summation order: reproducible means
     padded = math.ceil(len(fresh) / self._devices) * self._devices
     stacked, finite = self._stack(fresh, padded)
@@ -146,19 +151,21 @@ class Learner:
     if len(usable) < len(fresh):  # rare: restack without the non-finite ones
       padded = math.ceil(len(usable) / self._devices) * self._devices
       stacked, _ = self._stack(usable, padded)
+    used = sum(e.count for e in usable)
+    counts = np.array([e.count for e in fresh], float)
     metrics = {
       "stale_estimates": float(stale),
-      "nan_estimates": float(len(fresh) - len(usable)),
-      "used_estimates": float(len(usable)),
-      "staleness": float(np.mean([self.step - e.theta_step for e in fresh])) if fresh else 0.0,
+      "nan_estimates": float(sum(e.count for e in fresh) - used),
+      "used_estimates": float(used),
+      "staleness": float(np.average([self.step - e.theta_step for e in fresh], weights=counts)) if fresh else 0.0,
     }
     if not usable:
       metrics["skipped_step"] = 1.0
       return metrics
-    self.theta, self.opt_state, grad_norm = self._update(self.theta, self.opt_state, stacked, len(usable))
+    self.theta, self.opt_state, grad_norm = self._update(self.theta, self.opt_state, stacked, used)
     self.step += 1
     metrics["grad_norm"] = float(grad_norm)
-    metrics["meta_loss"] = float(np.mean([e.meta_loss for e in usable]))
+    metrics["meta_loss"] = float(np.average([e.meta_loss for e in usable], weights=[e.count for e in usable]))
     metrics["nan_pairs"] = float(sum(e.metrics.get("nan_pairs", 0.0) for e in usable))
     metrics["skipped_step"] = 0.0
     return metrics

@@ -157,6 +157,8 @@ class WorkerPool:
     happened for a while (the pool looks again: a patience may have run
     out); return ``None`` when ``deadline`` passed first or nothing is left
     to wait for;
+  - ``_submit()``: called after the ``_start`` calls of one decision (a pool
+    that sends the calls of one node together sends them here);
   - ``_put(theta)``: how a theta is shared with workers (default: as it is);
   - ``_down_since(index)``: since when worker ``index`` has been down (None:
     it is up; default: always up); a down worker takes no call;
@@ -208,6 +210,8 @@ class WorkerPool:
     Returns:
       ``count`` estimates, or fewer when ``timeout`` passed first or the pool
       was interrupted (the calls still in flight deliver theirs to later gathers).
+      A pool that sums estimates (per node) returns sums, each counting as its
+      :attr:`~metatrain.runtime.estimate.Estimate.count` estimates (the last one may take the total past ``count``).
     """
     self._check_open()
     if self._theta is None:
@@ -215,14 +219,16 @@ class WorkerPool:
     deadline = None if timeout is None else time.monotonic() + timeout
     self._start_idle(self.num_workers)
     estimates: list[Estimate] = []
-    while len(estimates) < count and not self.interrupted:
+    got = 0
+    while got < count and not self.interrupted:
       finished = self._next(deadline)
       if finished is None:
         break
       _, estimate = finished
       if estimate is not None:
         estimates.append(estimate)
-      self._start_idle(count - len(estimates))
+        got += estimate.count
+      self._start_idle(count - got)
     return estimates
 
   def interrupt(self) -> None:
@@ -302,6 +308,7 @@ class WorkerPool:
       assert self._step is not None  # a theta is published: every caller checks it
       self._busy[index] = self._start(index, self._theta, self._step)
       self._started.add(index)
+    self._submit()
 
   def _in_flight(self) -> int:
     """Estimates on their way: the calls computing, and those ended but not yet handed to ``gather``."""
@@ -361,6 +368,9 @@ class WorkerPool:
 
   def _stop(self) -> None:
     pass
+
+  def _submit(self) -> None:
+    """Called after ``_start`` has been called for every worker started at once (a subclass may send them together)."""
 
 
 class InProcessPool(WorkerPool):

@@ -1,4 +1,4 @@
-"""Gradient workers as Ray actors: :class:`RayPool`. The only module that imports Ray.
+"""Gradient workers as Ray actors: :class:`RayPool`. One of the two modules that import Ray (and `ray_nodes`).
 
 The layer is thin: ``GradientWorkerActor`` (a Ray actor class) wraps
 :class:`metatrain.runtime.worker.GradientWorker` unchanged, and :class:`RayPool` follows
@@ -77,6 +77,10 @@ class GradientWorkerActor:
   def load_particles(self, leaves: dict) -> bool:
     """Replaces the particles (see :meth:`GradientWorker.load_particles`)."""
     return self.worker.load_particles(leaves)
+
+  def node_id(self) -> str:
+    """The Ray node this worker runs on (the pool's probe: a restarted actor may be on another node)."""
+    return ray.get_runtime_context().get_node_id()
 
   def devices(self) -> list[str]:
     """The JAX devices this worker computes on (for logs and tests)."""
@@ -203,6 +207,7 @@ class RayPool(WorkerPool):
     self._in_flight_kept: dict[int, ray.ObjectRef] = {}
     self._snapshot: dict[int, ray.ObjectRef] = {}  # self._kept at the latest publish
     self._restore: set[int] = set()  # workers to give their kept particles before their next call
+    self._nodes: dict[int, str] = {}  # each up worker's Ray node, from its latest probe
     self.actors: list[Any] = []
     for index in range(num_workers):
       self.actors.append(self._new_actor(index))
@@ -256,7 +261,7 @@ class RayPool(WorkerPool):
     if not self._events:
       return None
     event = self._events.popleft()
-    self._queued_estimates -= event[1] is not None
+    self._queued_estimates -= 0 if event[1] is None else event[1].count
     return event
 
   def wait_for_workers(self, count: int | None = None, timeout: float | None = None) -> int:
@@ -282,7 +287,7 @@ class RayPool(WorkerPool):
     # Calls to a restarting actor fail at once (with max_task_retries=0): probe it every PROBE_SECONDS.
     for index, (probe, when, since) in list(self._restarting.items()):
       if probe is None and now >= when:
-        self._restarting[index] = (self.actors[index].pid.remote(), when, since)
+        self._restarting[index] = (self.actors[index].node_id.remote(), when, since)
     probes = {probe: index for index, (probe, _, _) in self._restarting.items() if probe is not None}
     refs = [*self._calls, *probes]
     waits = [WAIT_SECONDS] + ([deadline - now] if deadline is not None else [])
@@ -301,7 +306,7 @@ class RayPool(WorkerPool):
 
   def _probed(self, index: int, probe: ray.ObjectRef) -> None:
     try:
-      ray.get(probe)
+      self._nodes[index] = ray.get(probe)
     except RayActorError as error:
       if isinstance(error, ActorDiedError):  # restarts exhausted (or its constructor raised): replace it
         self._failed(index, error)

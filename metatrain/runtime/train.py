@@ -301,7 +301,13 @@ def make_pool(config: TrainConfig, worker: WorkerConfig, *, cache: str | None = 
     return InProcessPool(worker, config.worker_count, config.seed)
   from metatrain.runtime.ray_pool import RayPool  # Ray only where it is used
 
-  return RayPool(
+  if config.aggregate_per_node:
+    from metatrain.runtime.ray_nodes import AggregatingRayPool
+
+    pool_class: type[RayPool] = AggregatingRayPool
+  else:
+    pool_class = RayPool
+  return pool_class(
     worker,
     config.worker_count,
     config.seed,

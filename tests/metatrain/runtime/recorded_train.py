@@ -2,7 +2,8 @@
 
 Each applied outer step appends one JSON line to LOG: the learner's step after
 it, ``[worker_id, theta_step, digest of the gradient]`` for each estimate
-used, and the count of stale ones dropped (each of them under ``dropped``), so
+used (and under ``workers`` the workers each is the sum of, for sums per
+node), and the count of stale ones dropped (each of them under ``dropped``), so
 that a test run in another process can see which estimates were applied, how
 often, and when (the fault tests act on it mid-run).
 
@@ -46,7 +47,9 @@ def main(log_path: str, argv: list[str]) -> int:
     if self.step > step:
       origins = [[e.worker_id, e.theta_step, _digest(e.grad)] for e in used]
       stale = [[e.worker_id, e.theta_step, _digest(e.grad)] for e, ok in zip(estimates, fresh) if not ok]
-      log.write(json.dumps({"step": self.step, "estimates": origins, "stale": len(stale), "dropped": stale}) + "\n")
+      summed = [list(e.workers) for e in used]  # the workers of each sum (a node's aggregator), [] for one's
+      record = {"step": self.step, "estimates": origins, "workers": summed, "stale": len(stale), "dropped": stale}
+      log.write(json.dumps(record) + "\n")
       log.flush()
     return metrics
 

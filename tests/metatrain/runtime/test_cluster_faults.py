@@ -56,8 +56,8 @@ class LocalCluster:
     )
     self.address = self.cluster.address
 
-  def add(self, count: int = 1) -> list:
-    return [self.cluster.add_node(num_cpus=1, object_store_memory=1e8) for _ in range(count)]
+  def add(self, count: int = 1, cpus: int = 1) -> list:
+    return [self.cluster.add_node(num_cpus=cpus, object_store_memory=1e8) for _ in range(count)]
 
   def remove(self, nodes: list) -> None:
     for node in nodes:
@@ -186,6 +186,40 @@ def test_a_lost_node_costs_its_estimates_once_and_the_run_completes(cluster, lea
   assert min(v for _, v in _scalars(tmp_path, "faults/live_workers")) == 2
 
 
+def test_with_an_aggregator_per_node_a_lost_node_costs_its_estimates_once_and_the_run_completes(
+  cluster, learner_env, tmp_path
+):
+  """Two nodes of two workers, each node's estimates summed by its aggregator: one sum per node per step."""
+  nodes = cluster.add(2, cpus=2)
+  try:
+    bindings = _bindings(60, 4, "TrainConfig.worker_patience = 3.0", "TrainConfig.aggregate_per_node = True")
+    run = Learner(tmp_path, cluster.address, learner_env, bindings)
+    before = run.wait_step(10)
+    cluster.remove(nodes[1:2])  # its raylet, object store, aggregator and two workers, at once
+    assert run.finish() == 0, run.tail()
+  finally:
+    cluster.remove(nodes)
+  steps = run.steps()
+  assert [s["step"] for s in steps] == list(range(1, 61))  # the run completed, every step applied once
+  # Before the loss (from step 2: at step 1 the workers came up one by one): one message per node, the sum of
+  # that node's two workers.
+  pairs = [sorted(map(tuple, s["workers"])) for s in before[1:]]
+  assert all(len(p) == 2 and sorted(p[0] + p[1]) == [0, 1, 2, 3] for p in pairs), pairs
+  assert len({tuple(p) for p in pairs}) == 1  # the same two nodes every step
+  digests = [digest for s in steps for _, _, digest in s["estimates"]]
+  assert len(digests) == len(set(digests)), "a sum was applied twice"
+  # Every worker's estimate counted once: 4 per step, but for a few calls dropped as stale around the loss.
+  assert sum(sum(len(w) for w in s["workers"]) == 4 for s in steps) >= 55
+  # After it, the live node's two workers computed the lost node's estimates too: sums of that node only.
+  after = steps[len(before) :]
+  assert any(all(tuple(w) == pairs[0][0] for w in s["workers"]) for s in after) or any(
+    all(tuple(w) == pairs[0][1] for w in s["workers"]) for s in after
+  )
+  assert all(theta_step == s["step"] - 1 for s in steps for _, theta_step, _ in s["estimates"])  # synchronous
+  assert _scalars(tmp_path, "faults/lost_estimates")[-1][1] >= 2  # both of the lost node's calls
+  assert min(v for _, v in _scalars(tmp_path, "faults/live_workers")) == 2
+
+
 def test_workers_waiting_for_resources_start_on_a_node_added_mid_run(cluster, learner_env, tmp_path):
   nodes = cluster.add(1)  # room for one of the two workers
   try:
@@ -223,7 +257,12 @@ def uninterrupted(cluster, jax_cache_env, tmp_path_factory):
 
 @pytest.mark.slow
 def test_chaos_soak_ends_bit_identical_to_the_uninterrupted_run(cluster, learner_env, tmp_path, uninterrupted):
-  """Workers SIGKILLed every ~20 steps, the learner stopped by SIGTERM once and SIGKILLed twice."""
+  """Workers SIGKILLed every ~20 steps, the learner stopped by SIGTERM once and SIGKILLed twice.
+
+  Its second and fourth lives send their calls through an aggregator per node
+  (``aggregate_per_node``): one worker per node, so the sums are the
+  estimates, bit for bit, and the end is still the uninterrupted run's.
+  """
   nodes = cluster.add(2)
   bindings = _bindings(SOAK_STEPS, 2)
   stops = {40: signal.SIGTERM, 100: signal.SIGKILL, 150: signal.SIGKILL}
@@ -231,7 +270,8 @@ def test_chaos_soak_ends_bit_identical_to_the_uninterrupted_run(cluster, learner
   try:
     deadline = time.monotonic() + 2 * DEADLINE
     while True:
-      run = Learner(tmp_path, cluster.address, learner_env, bindings)
+      aggregate = f"TrainConfig.aggregate_per_node = {lives % 2 == 1}"
+      run = Learner(tmp_path, cluster.address, learner_env, [*bindings, aggregate])
       lives += 1
       done = run.steps()[-1]["step"] if run.log.exists() and run.steps() else 0
       next_kill = done + 20
@@ -264,6 +304,9 @@ def test_chaos_soak_ends_bit_identical_to_the_uninterrupted_run(cluster, learner
   finally:
     cluster.remove(nodes)
   assert lives == 4 and kills >= 6
+  records = run.steps()  # every life's applied steps: sums of one worker in the aggregated lives
+  assert any(s["workers"] and all(len(w) == 1 for w in s["workers"]) for s in records)
+  assert any(not any(s["workers"]) for s in records)
   step, theta = _theta(tmp_path)
   assert step == uninterrupted[0] == SOAK_STEPS
   for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(uninterrupted[1]), strict=True):

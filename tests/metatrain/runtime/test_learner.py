@@ -4,8 +4,10 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import optax
+import pytest
 
 from metatrain.runtime.learner import Learner
 from metatrain.runtime.worker import Estimate
@@ -155,3 +157,59 @@ def test_a_published_theta_travels_as_one_buffer_and_needs_only_numpy_to_read():
   assert out.stdout.decode().split("]")[-1].strip() == "False", out.stderr
   mixed = {"w": np.zeros(2, np.float32), "n": np.zeros(2, np.int32)}
   assert packed_tree(mixed) is mixed
+
+
+def _random_estimates(count, size=6, step=0, seed=0):
+  rng = np.random.default_rng(seed)
+  return [
+    Estimate(
+      {"a": rng.normal(size=(2, size)).astype(np.float32), "b": rng.normal(size=size).astype(np.float32)},
+      float(rng.uniform()),
+      step,
+      worker,
+      {"nan_pairs": float(worker % 2)},
+    )
+    for worker in range(count)
+  ]
+
+
+def test_sums_of_estimates_per_node_give_the_learner_the_mean_over_the_estimates():
+  import pickle
+
+  from metatrain.runtime.estimate import sum_estimates
+
+  estimates = _random_estimates(7)
+  estimates[6].grad["b"][0] = np.nan  # a diverged worker: left out of its node's sum, then dropped and counted
+  nodes = [[2, 0, 1], [4, 3], [5], [6]]  # arrival order within a node is not worker order
+  sums = [s for node in nodes for s in pickle.loads(pickle.dumps(sum_estimates([estimates[i] for i in node])))]
+  assert [s.workers for s in sums] == [(0, 1, 2), (3, 4), (5,), ()] and [s.count for s in sums] == [3, 2, 1, 1]
+  # A sum of one worker's estimate is that estimate, bit for bit; the order of arrival changes no bit.
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(sums[2].grad), jax.tree.leaves(estimates[5].grad)))
+  again = sum_estimates([estimates[i] for i in (1, 0, 2)])[0]
+  assert np.array_equal(again.flat, sums[0].flat)
+  np.testing.assert_allclose(sums[0].grad["a"], sum(estimates[i].grad["a"] for i in range(3)), rtol=1e-6)
+  assert sums[0].metrics["nan_pairs"] == 1.0
+  assert np.isclose(sums[0].meta_loss, np.mean([e.meta_loss for e in estimates[:3]]))
+
+  summed, single = Learner(optax.adam(0.1), estimates[0].grad), Learner(optax.adam(0.1), estimates[0].grad)
+  a, b = summed.apply(sums), single.apply(estimates)
+  for key in ("used_estimates", "nan_estimates", "stale_estimates", "nan_pairs", "staleness"):
+    assert a[key] == b[key], key
+  assert a["used_estimates"] == 6 and a["nan_estimates"] == 1
+  np.testing.assert_allclose(a["meta_loss"], b["meta_loss"], rtol=1e-6)
+  np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=1e-5)
+  for x, y in zip(jax.tree.leaves(summed.theta), jax.tree.leaves(single.theta)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+  # A stale sum is dropped whole, counted as the estimates it holds.
+  late = sum_estimates(_random_estimates(3, step=0, seed=1))
+  assert summed.apply([*late, *sum_estimates(_random_estimates(2, step=1, seed=2))])["stale_estimates"] == 3
+
+
+def test_only_single_estimates_at_one_step_are_summed():
+  from metatrain.runtime.estimate import sum_estimates
+
+  with pytest.raises(ValueError, match="one theta_step"):
+    sum_estimates([*_random_estimates(1, step=0), *_random_estimates(1, step=1)])
+  with pytest.raises(ValueError, match="not sums"):
+    sum_estimates(sum_estimates(_random_estimates(2)))
+  assert sum_estimates([]) == []

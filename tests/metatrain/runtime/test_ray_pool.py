@@ -216,6 +216,59 @@ def test_diverging_inner_runs_still_return_estimates(ray_session, thetas):
   assert all(np.all(np.isfinite(leaf)) for e in (estimate, after) for leaf in jax.tree.leaves(e.grad))
 
 
+def _assert_sum_of(summed, *estimates):
+  for x, *parts in zip(*(jax.tree.leaves(e.grad) for e in (summed, *estimates)), strict=True):
+    np.testing.assert_allclose(x, sum(parts), rtol=1e-5, atol=1e-6)
+
+
+def test_aggregating_pool_makes_one_call_per_node_and_returns_the_sum_of_its_workers(ray_session, thetas):
+  from metatrain.runtime.ray_nodes import AggregatingRayPool
+
+  expected = _synchronous(InProcessPool(CONFIG, 2, SEED), thetas)
+  with AggregatingRayPool(CONFIG, 2, SEED) as pool:
+    assert pool.wait_for_workers(timeout=TIMEOUT) == 2
+    for step, theta in enumerate(thetas):
+      pool.publish(theta, step)
+      assert len(pool._calls) == 1  # the session's Ray is one node: one call carries both workers
+      (summed,) = pool.gather(2, timeout=TIMEOUT)
+      assert summed.workers == (0, 1) and summed.count == 2 and summed.theta_step == step
+      _assert_sum_of(summed, expected[(0, step)], expected[(1, step)])
+    assert pool.lost == 0
+
+
+def test_aggregating_pool_counts_a_killed_worker_and_recomputes_its_estimate_exactly(ray_session, thetas):
+  """The restarted worker gets its kept particles back through the aggregator, before its call."""
+  from metatrain.runtime.ray_nodes import AggregatingRayPool
+
+  expected = _synchronous(InProcessPool(CONFIG, 2, SEED), thetas)
+  with AggregatingRayPool(CONFIG, 2, SEED, keep_particles=True) as pool:
+    assert pool.wait_for_workers(timeout=TIMEOUT) == 2
+    pool.publish(thetas[0], 0)
+    pool.gather(2, timeout=TIMEOUT)
+    pool.publish(thetas[1], 1)
+    ray_session.kill(pool.actors[1], no_restart=False)  # Ray restarts it: its call on theta 1 is lost
+    got = {e.workers: e for e in pool.gather(2, timeout=TIMEOUT)}
+    assert pool.lost == 1 and set(got) == {(0,), (1,)}  # worker 0 waited for it: no repeat in its place
+    _assert_same(got[(0,)], expected[(0, 1)])
+    _assert_same(got[(1,)], expected[(1, 1)])  # recomputed from the particles it had, not fresh ones
+
+
+def test_a_lost_aggregator_loses_its_calls_counted_and_a_new_one_takes_over(ray_session, thetas):
+  from metatrain.runtime.ray_nodes import AggregatingRayPool
+
+  with AggregatingRayPool(CONFIG, 2, SEED) as pool:
+    assert pool.wait_for_workers(timeout=TIMEOUT) == 2
+    pool.publish(thetas[0], 0)
+    (lost,) = pool._aggregators.values()
+    ray_session.kill(lost, no_restart=True)
+    first = pool.gather(2, timeout=TIMEOUT)
+    assert pool.lost == 2 and sum(e.count for e in first) == 2 and all(e.theta_step == 0 for e in first)
+    assert list(pool._aggregators.values()) != [lost]
+    pool.publish(thetas[1], 1)
+    (summed,) = pool.gather(2, timeout=TIMEOUT)
+    assert summed.workers == (0, 1) and summed.theta_step == 1 and pool.lost == 2
+
+
 def _free_port() -> int:
   with socket.socket() as probe:
     probe.bind(("127.0.0.1", 0))
