@@ -221,30 +221,19 @@ def _assert_sum_of(summed, *estimates):
     np.testing.assert_allclose(x, sum(parts), rtol=1e-5, atol=1e-6)
 
 
-def test_aggregating_pool_makes_one_call_per_node_and_returns_the_sum_of_its_workers(ray_session, thetas):
-  from metatrain.runtime.ray_nodes import AggregatingRayPool
-
-  expected = _synchronous(InProcessPool(CONFIG, 2, SEED), thetas)
-  with AggregatingRayPool(CONFIG, 2, SEED) as pool:
-    assert pool.wait_for_workers(timeout=TIMEOUT) == 2
-    for step, theta in enumerate(thetas):
-      pool.publish(theta, step)
-      assert len(pool._calls) == 1  # the session's Ray is one node: one call carries both workers
-      (summed,) = pool.gather(2, timeout=TIMEOUT)
-      assert summed.workers == (0, 1) and summed.count == 2 and summed.theta_step == step
-      _assert_sum_of(summed, expected[(0, step)], expected[(1, step)])
-    assert pool.lost == 0
-
-
-def test_aggregating_pool_counts_a_killed_worker_and_recomputes_its_estimate_exactly(ray_session, thetas):
-  """The restarted worker gets its kept particles back through the aggregator, before its call."""
+def test_aggregating_pool_sums_one_call_per_node_and_recomputes_a_killed_workers_estimate_exactly(ray_session, thetas):
+  """One call per node, returning the sum of its workers' estimates; then a worker killed mid-call gets its
+  kept particles back through the aggregator, before its next call, and recomputes its lost estimate."""
   from metatrain.runtime.ray_nodes import AggregatingRayPool
 
   expected = _synchronous(InProcessPool(CONFIG, 2, SEED), thetas)
   with AggregatingRayPool(CONFIG, 2, SEED, keep_particles=True) as pool:
     assert pool.wait_for_workers(timeout=TIMEOUT) == 2
     pool.publish(thetas[0], 0)
-    pool.gather(2, timeout=TIMEOUT)
+    assert len(pool._calls) == 1  # the session's Ray is one node: one call carries both workers
+    (summed,) = pool.gather(2, timeout=TIMEOUT)
+    assert summed.workers == (0, 1) and summed.count == 2 and summed.theta_step == 0
+    _assert_sum_of(summed, expected[(0, 0)], expected[(1, 0)])
     pool.publish(thetas[1], 1)
     ray_session.kill(pool.actors[1], no_restart=False)  # Ray restarts it: its call on theta 1 is lost
     got = {e.workers: e for e in pool.gather(2, timeout=TIMEOUT)}
