@@ -144,7 +144,9 @@ class Learner:
     """
     fresh = [e for e in estimates if self.step - e.theta_step <= self.staleness]
     stale = sum(e.count for e in estimates) - sum(e.count for e in fresh)
-    fresh.sort(key=lambda e: (e.theta_step, e.worker_id))  # a fixed summation order: reproducible means
+    # A fixed summation order, for reproducible means; a worker that computed twice at one step (for a down
+    # one) is told apart by what it computed, not by when it arrived.
+    fresh.sort(key=lambda e: (e.theta_step, e.worker_id, e.workers, e.meta_loss))
     padded = math.ceil(len(fresh) / self._devices) * self._devices
     stacked, finite = self._stack(fresh, padded)
     usable = [e for e, ok in zip(fresh, finite) if ok]

@@ -213,3 +213,16 @@ def test_only_single_estimates_at_one_step_are_summed():
   with pytest.raises(ValueError, match="not sums"):
     sum_estimates(sum_estimates(_random_estimates(2)))
   assert sum_estimates([]) == []
+
+
+def test_estimates_of_one_worker_at_one_step_give_the_same_bits_in_any_order():
+  """A worker that computed several times at a step (for down ones): the order of arrival does not change the mean."""
+  rng = np.random.default_rng(3)
+  grads = [rng.normal(size=64).astype(np.float32) * 10.0 ** rng.integers(-3, 4) for _ in range(8)]
+  estimates = [_estimate(g, 0, worker=0, loss=float(rng.uniform())) for g in grads]
+  thetas = []
+  for seed in range(4):
+    learner = Learner(optax.sgd(1.0), {"w": np.zeros(64, np.float32)})
+    learner.apply([estimates[i] for i in np.random.default_rng(seed).permutation(8)])
+    thetas.append(np.asarray(learner.theta["w"]))
+  assert all(np.array_equal(thetas[0], t) for t in thetas[1:])
