@@ -1,8 +1,8 @@
 """One Ray call per node, not per worker: :class:`AggregatingRayPool`, and the actor on every node that it talks to.
 
-With many workers, the learner's cost is Ray's per-call cost (about 0.6 ms
-to submit a call, and as much to collect it), paid once per worker per
-outer step (``docs/api/guide/benchmarks.md``). Here the learner makes one
+With many workers, the learner's cost is Ray's per-call cost (to submit a
+call and to collect it), paid once per worker per outer step (measured in
+the Benchmarks page of the docs). Here the learner makes one
 call per node per step instead: to that node's ``NodeAggregatorActor``,
 which starts the node's workers on the theta (read once from the node's
 object store), sums their estimates
@@ -20,7 +20,8 @@ patience for down workers. A lost aggregator (its node lost) loses the calls
 it carried, each counted in ``lost``, and the particles it kept (Ray's
 objects die with their owner: those workers go on from the particles they
 have); its workers are probed like any down worker, and where they come up
-(the same node, or another) an aggregator is started again. Which node a worker is on is what its latest probe answered.
+(the same node, or another) an aggregator is started again. Which node a
+worker is on is what its latest probe answered.
 
 A node's message comes when all of its workers' calls have ended, so an
 asynchronous learner gets estimates in batches of a node; synchronous
