@@ -326,6 +326,14 @@ def load_all(sources: Sequence[str | pathlib.Path], task: tasks.Task) -> list[lo
   return [loading.load(source, space=task.space) for source in sources]
 
 
+def _workdir(path: pathlib.Path) -> pathlib.Path:
+  """The run a loaded optimizer comes from: WORKDIR of WORKDIR/selected or WORKDIR/checkpoints/STEP, else the
+  folder itself (a shipped optimizer's)."""
+  if path.parent.name == "checkpoints":
+    return path.parent.parent
+  return path.parent if path.name == "selected" else path
+
+
 def names_of(loaded: Sequence[loading.LoadedOptimizer]) -> list[str]:
   """Display names ``"<kind> (step N)"``, with the workdir's name added where two are of the same kind.
 
@@ -335,15 +343,7 @@ def names_of(loaded: Sequence[loading.LoadedOptimizer]) -> list[str]:
   ``experiments/learned_optimizers/pooled.py``.)
   """
   kinds = [item.learned_optimizer.name for item in loaded]
-  # WORKDIR/selected, WORKDIR/checkpoints/STEP, or a folder of its own (a shipped optimizer's).
-  workdirs = [
-    item.path.parent.parent
-    if item.path.parent.name == "checkpoints"
-    else item.path.parent
-    if item.path.name == "selected"
-    else item.path
-    for item in loaded
-  ]
+  workdirs = [_workdir(item.path) for item in loaded]
 
   def run(index: int) -> str:
     same_kind = [workdir for workdir, kind in zip(workdirs, kinds) if kind == kinds[index]]

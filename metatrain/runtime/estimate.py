@@ -55,36 +55,38 @@ class Estimate:
     return max(1, len(self.workers))
 
   def __reduce__(self):
-    import jax  # where an estimate is pickled, JAX is loaded: it computed the gradient
-
-    leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(self.grad)]
     fields = (self.meta_loss, self.theta_step, self.worker_id, self.metrics)
-    if not leaves or len({leaf.dtype for leaf in leaves}) > 1:
+    parts = _flat_parts(self.grad)
+    if parts is None:
       return Estimate, (self.grad, *fields, None, self.workers)
-    skeleton = jax.tree.map(lambda _: 0, self.grad)
-    return packed_args(skeleton, leaves, *fields, workers=self.workers)
+    return unpack, (*parts, *fields, self.workers)
+
+
+def _flat_parts(grad: Theta) -> tuple[np.ndarray, Any, list] | None:
+  """``grad``'s leaves in one flat buffer, with the skeleton and shapes that unpack them (None: no leaves, or
+  leaves of several dtypes, which one buffer cannot hold)."""
+  import jax  # where a gradient is flattened, JAX is loaded: it computed the gradient
+
+  leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(grad)]
+  if not leaves or len({leaf.dtype for leaf in leaves}) > 1:
+    return None
+  skeleton = jax.tree.map(lambda _: 0, grad)
+  return np.concatenate([leaf.ravel() for leaf in leaves]), skeleton, [leaf.shape for leaf in leaves]
 
 
 def packed_args(
-  skeleton: Any,
-  leaves: Sequence[np.ndarray],
-  meta_loss: float,
-  theta_step: int,
-  worker_id: int,
-  metrics: dict,
-  *,
-  workers: tuple[int, ...] = (),
+  skeleton: Any, leaves: Sequence[np.ndarray], meta_loss: float, theta_step: int, worker_id: int, metrics: dict
 ) -> tuple:
-  """What an estimate pickles to: ``(unpack, (flat, skeleton, shapes, ...))``, for ``__reduce__``.
+  """What a worker's estimate pickles to: ``(unpack, (flat, skeleton, shapes, ...))``, from its leaves.
 
   Args:
     skeleton: the gradient's structure with a 0 for each leaf (nested dicts and lists pickle small).
     leaves: the gradient's leaves, in ``jax.tree.leaves`` order, all of one dtype.
-    meta_loss, theta_step, worker_id, metrics, workers: the estimate's other fields.
+    meta_loss, theta_step, worker_id, metrics: the estimate's other fields.
   """
   flat = np.concatenate([np.ravel(leaf) for leaf in leaves])
   shapes = [leaf.shape for leaf in leaves]
-  return unpack, (flat, skeleton, shapes, meta_loss, theta_step, worker_id, metrics, tuple(workers))
+  return unpack, (flat, skeleton, shapes, meta_loss, theta_step, worker_id, metrics)
 
 
 def unpack(
@@ -169,11 +171,10 @@ def _leaves_of(estimate: Estimate) -> tuple[np.ndarray, Any, list]:
   if isinstance(estimate, _Packed):
     assert estimate.flat is not None  # set by __init__
     return estimate.flat, estimate._skeleton, estimate._shapes
-  import jax  # an estimate built in this process (not unpickled): JAX made it
-
-  leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(estimate.grad)]
-  skeleton = jax.tree.map(lambda _: 0, estimate.grad)
-  return np.concatenate([leaf.ravel() for leaf in leaves]), skeleton, [leaf.shape for leaf in leaves]
+  parts = _flat_parts(estimate.grad)  # an estimate built in this process (not unpickled)
+  if parts is None:
+    raise ValueError(f"worker {estimate.worker_id}'s gradient has no leaves or leaves of several dtypes: not summable.")
+  return parts
 
 
 def sum_estimates(estimates: Sequence[Estimate]) -> list[Estimate]:

@@ -153,12 +153,12 @@ class AggregatingRayPool(RayPool):
         calls.append((index, self.actors[index], restore, self._call_args(index)))
       aggregator = self._aggregator(node)
       ref = aggregator.compute.remote([thetas[step]], step, calls, self.keep_particles)
-      self._calls[ref] = tuple(indices)  # type: ignore[assignment]  # a node's call: its workers
+      self._calls[ref] = tuple(indices)  # a node's call: its workers
       self._call_nodes[ref] = node, aggregator
 
   def _finish_all(self, refs: list[ray.ObjectRef]) -> None:
     for ref in refs:
-      indices: tuple[int, ...] = self._calls.pop(ref)  # type: ignore[assignment]
+      indices: tuple[int, ...] = self._calls.pop(ref)
       node, aggregator = self._call_nodes.pop(ref)
       try:
         result: NodeCalls = ray.get(ref)

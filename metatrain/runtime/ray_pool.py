@@ -200,7 +200,8 @@ class RayPool(WorkerPool):
     self._failures = [0] * num_workers
     # Down workers: index -> (probe call or None, when to probe next, down since).
     self._restarting: dict[int, tuple[ray.ObjectRef | None, float, float]] = {}
-    self._calls: dict[ray.ObjectRef, int] = {}  # the calls in flight, by reference
+    # The calls in flight, by reference: each one's worker index (a call per node: its workers' indices).
+    self._calls: dict[ray.ObjectRef, Any] = {}
     self._events: collections.deque[tuple[int, Estimate | None]] = collections.deque()
     self._queued_estimates = 0  # the events above that carry an estimate
     self._kept: dict[int, ray.ObjectRef] = {}  # each worker's particles after its latest call

@@ -213,6 +213,9 @@ def test_only_single_estimates_at_one_step_are_summed():
   with pytest.raises(ValueError, match="not sums"):
     sum_estimates(sum_estimates(_random_estimates(2)))
   assert sum_estimates([]) == []
+  mixed = Estimate({"a": np.ones(2, np.float32), "b": np.ones(2, np.float64)}, 0.0, 0, 0, {})
+  with pytest.raises(ValueError, match="several dtypes"):  # one buffer cannot hold it: not silently upcast
+    sum_estimates([mixed, *_random_estimates(1)])
 
 
 def test_estimates_of_one_worker_at_one_step_give_the_same_bits_in_any_order():
