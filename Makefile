@@ -105,6 +105,7 @@ bench: $(STAMP) data
 	$(PY) -m benchmarks.scaling
 	$(PY) -m benchmarks.estimator_snr
 	$(PY) -m benchmarks.inference
+	$(PY) -m benchmarks.compile_kernels
 	$(PY) -m benchmarks.zoo_generation
 	$(PY) -m benchmarks.cluster_scale
 
