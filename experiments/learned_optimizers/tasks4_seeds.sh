@@ -13,6 +13,9 @@
 # A third seed (planned on 2026-12-07, after the two-seed tie on rnn_lm was seen, so the pooled interval is a
 # sequential look and reads optimistic; the three-seed result is reported whatever its sign, and no fourth seed
 # follows): SEEDS="1 2" TASKS=rnn_lm EVAL=rnn_lm_3seeds experiments/learned_optimizers/tasks4_seeds.sh
+# A second seed on transformer_lm (planned on 2026-12-07, to test the one task where one seed put UNF ahead of
+# Deep Sets; reported whatever its sign): TASKS=transformer_lm EVAL=transformer_lm_2seeds
+#   experiments/learned_optimizers/tasks4_seeds.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs/tasks4_seeds}
