@@ -42,7 +42,9 @@ for task in $TASKS; do
     sources="$sources $RUNS/$task/${kind}_s0/selected"
     for seed in $SEEDS; do
       name=${kind}_s$seed
-      if [ ! -e "$RUNS/$task/$name/selected" ]; then  # a finished run is not rerun (its log stays)
+      # A finished run (its log says done) is not rerun, so its log and wall time stay; an interrupted one
+      # (a selection is written at every evaluation, so that proves nothing) resumes from its checkpoint.
+      if ! grep -qs "^done: " "$RUNS/$task/$name.log"; then
         /usr/bin/time -f "$task $name: %e s" "$METATRAIN" train --config "$config" --workdir "$RUNS/$task/$name" \
           --gin_bindings TrainConfig.seed="$seed" WorkerConfig.task="\"$task\"" \
           WorkerConfig.learned_optimizer="\"$kind\"" > "$RUNS/$task/$name.log" 2>&1
