@@ -357,6 +357,45 @@ def _bundle_inputs(reduced: list[jax.Array], batch: _program.BundleBatch) -> tup
   return inputs, None if np.array_equal(order, np.arange(len(order))) else order
 
 
+# A bundle batch whose every piece is this large (entries times channels, per member) runs piece by piece: each
+# piece of the input times its rows of the weights, in the layout the reduction gave it, and the products
+# transposed into the bundle's slots (where the product has fewer columns than the piece has channels) and added.
+# Put together first, as bundles of pooled pieces are, the input would be copied whole, and transposed whole where
+# its pieces come in another axis order: as much memory traffic as the product itself (a UNF learned optimizer's
+# last layer, 32 -> 1 channels, reads entry-sized hidden features of two leaves per bundle). Bundles of many small
+# pieces (a deep transformer's pools) stay one product: a product per piece would compile for minutes.
+_PIECEWISE_PIECE_MIN = 1 << 14
+
+
+def _by_piece(reduced: list[jax.Array], batch: _program.BundleBatch) -> bool:
+  """Whether every piece of a bundle batch is large enough to run by itself (``_PIECEWISE_PIECE_MIN``)."""
+  return min(math.prod(reduced[segment.batch].shape[1:]) for segment in batch.segments) >= _PIECEWISE_PIECE_MIN
+
+
+def _mix_bundle_by_piece(
+  reduced: list[jax.Array], batch: _program.BundleBatch, w: jax.Array, *, fuse: bool
+) -> jax.Array:
+  """What ``_mix_channels_batched(*_bundle_inputs(...))`` computes, piece by piece: ``w`` (members, rows,
+  columns) has its rows in the pieces' own order."""
+  channels = {piece: reduced[s.batch].shape[-1] for s in batch.segments for piece in s.pieces}
+  starts = list(itertools.accumulate((channels[k] for k in range(len(channels))), initial=0))
+  z: jax.Array | None = None
+  for segment in batch.segments:
+    source = reduced[segment.batch]
+    positions = np.asarray(segment.positions)  # (members, pieces)
+    order = (0, *(t + 1 for t in segment.transpose), source.ndim - 1)
+    for k, piece in enumerate(segment.pieces):
+      part = _rows(source, positions[:, k])  # (members, kept..., channels)
+      rows = lax.slice_in_dim(w, starts[piece], starts[piece + 1], axis=1)
+      if w.shape[-1] < part.shape[-1]:  # mix, then transpose the narrower product
+        term = jnp.transpose(_mix_channels_batched(part, rows, fuse=False), order)
+      else:
+        term = _mix_channels_batched(jnp.transpose(part, order), rows, fuse=fuse)
+      z = term if z is None else z + term
+  assert z is not None  # a bundle has pieces
+  return z
+
+
 def _cluster_columns(batch: _program.BundleBatch, groups: list[Group], widths: list[int]) -> np.ndarray | None:
   """The order of a bundle's weight columns that puts every cluster's groups side by side, pattern by pattern
   (None: their own order, groups then patterns)."""
@@ -561,11 +600,14 @@ def _apply_stacks(params: Params, stacks: list[jax.Array], p: Plan, space_out: W
   acc: dict[tuple[int, tuple[int, ...]], jax.Array] = {}
   for batch in prog.bundles:
     groups = [[p.groups[k] for k in bundle] for bundle in batch.members]
-    inputs, rows = _bundle_inputs(reduced, batch)
     weights = _members_side_by_side(params, [[_weight_name(space_out, g) for g in member] for member in groups])
     widths = [params[_weight_name(space_out, g)].shape[1] // len(g.patterns) for g in groups[0]]
     columns = _cluster_columns(batch, groups[0], widths)
-    z = _mix_channels_batched(inputs, _take(weights, rows, columns, offset=1), fuse=batch.fuse)
+    if _by_piece(reduced, batch):
+      z = _mix_bundle_by_piece(reduced, batch, _take(weights, None, columns, offset=1), fuse=batch.fuse)
+    else:
+      inputs, rows = _bundle_inputs(reduced, batch)
+      z = _mix_channels_batched(inputs, _take(weights, rows, columns, offset=1), fuse=batch.fuse)
     if groups[0][0].has_bias:  # signature () groups, and only they, have biases: a bundle has all or none
       biases = _members_side_by_side(params, [[_bias_name(space_out, g) for g in member] for member in groups])
       z = z + _take(biases, None, columns)[:, *([None] * (z.ndim - 2)), :]

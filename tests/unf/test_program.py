@@ -68,15 +68,32 @@ def _program_of(space, sizes):
   return p, _program.program(p, _program.label_sizes_key({**sizes, **dict(new)}))
 
 
-@pytest.mark.parametrize("name", ["transformer", "mlp", "rnn"])
-def test_a_batched_layer_equals_its_steps_run_one_by_one(name, key, monkeypatch):
+def _by_piece(monkeypatch, by_piece: bool) -> None:
+  """Every bundle runs piece by piece (as large ones do), or none does (the tests' spaces are small)."""
+  monkeypatch.setattr(linear, "_PIECEWISE_PIECE_MIN", 0 if by_piece else 1 << 62)
+
+
+@pytest.mark.parametrize(
+  "name, features, by_piece",
+  [
+    ("transformer", (2, 3), False),
+    ("mlp", (2, 3), False),
+    ("rnn", (2, 3), False),
+    # By piece: more output columns than input channels (transposed, then mixed), and fewer (mixed first).
+    ("transformer", (2, 3), True),
+    ("transformer", (5, 1), True),
+    ("rnn", (5, 1), True),
+  ],
+)
+def test_a_batched_layer_equals_its_steps_run_one_by_one(name, features, by_piece, key, monkeypatch):
+  _by_piece(monkeypatch, by_piece)
   space = transformer(2) if name == "transformer" else bound(SPACES[name])
-  x = random_features(space, _uniform(space), 2, key)
+  x = random_features(space, _uniform(space), features[0], key)
   if name == "transformer":
     # Blocks of one shape but other values: a batch that mixed up its members' inputs or outputs would give
     # block 0's output to block 1, which the comparison leaf by leaf sees.
     x["block1"] = jax.tree.map(lambda leaf: 10.0 * leaf + 1.0, x["block1"])
-  params = _params(space, space, 2, 3)
+  params = _params(space, space, *features)
   fn = lambda t: linear.apply(params, t, space, space)  # noqa: E731
   got = _jit(fn)(x)
   _assert_trees_close(got, _step_by_step(monkeypatch, fn, x))
@@ -167,8 +184,9 @@ def repeated_spaces(draw):
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(spec=repeated_spaces(), size=st.integers(1, 3))
-def test_random_repeated_spaces_batch_to_the_same_numbers(spec, size, key, monkeypatch):
+@given(spec=repeated_spaces(), size=st.integers(1, 3), by_piece=st.booleans())
+def test_random_repeated_spaces_batch_to_the_same_numbers(spec, size, by_piece, key, monkeypatch):
+  _by_piece(monkeypatch, by_piece)
   space = bound(spec, fixed=2)
   x = random_features(space, {label: size for label in space.labels}, 2, key)
   params = _params(space, space, 2, 2)
