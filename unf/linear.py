@@ -357,43 +357,47 @@ def _bundle_inputs(reduced: list[jax.Array], batch: _program.BundleBatch) -> tup
   return inputs, None if np.array_equal(order, np.arange(len(order))) else order
 
 
-# A bundle batch whose every piece is this large (entries times channels, per member) runs piece by piece: each
-# piece of the input times its rows of the weights, in the layout the reduction gave it, and the products
-# transposed into the bundle's slots (where the product has fewer columns than the piece has channels) and added.
-# Put together first, as bundles of pooled pieces are, the input would be copied whole, and transposed whole where
-# its pieces come in another axis order: as much memory traffic as the product itself (a UNF learned optimizer's
-# last layer, 32 -> 1 channels, reads entry-sized hidden features of two leaves per bundle). Bundles of many small
-# pieces (a deep transformer's pools) stay one product: a product per piece would compile for minutes.
+# A bundle whose every piece is this large (entries times channels, per member of a batch) runs piece by piece
+# (:func:`_mix_by_piece`). Put together first, as bundles of pooled pieces are, its input would be copied whole,
+# and transposed whole where its pieces come in another axis order: as much memory traffic as the product itself
+# (a UNF learned optimizer's last layer, 32 -> 1 channels, reads entry-sized hidden features of two leaves per
+# bundle). Bundles of small pieces (a deep transformer's pools) stay one product: a product per piece there would
+# compile for minutes.
 _PIECEWISE_PIECE_MIN = 1 << 14
 
 
-def _by_piece(reduced: list[jax.Array], batch: _program.BundleBatch) -> bool:
-  """Whether every piece of a bundle batch is large enough to run by itself (``_PIECEWISE_PIECE_MIN``)."""
-  return min(math.prod(reduced[segment.batch].shape[1:]) for segment in batch.segments) >= _PIECEWISE_PIECE_MIN
-
-
-def _mix_bundle_by_piece(
-  reduced: list[jax.Array], batch: _program.BundleBatch, w: jax.Array, *, fuse: bool
-) -> jax.Array:
-  """What ``_mix_channels_batched(*_bundle_inputs(...))`` computes, piece by piece: ``w`` (members, rows,
-  columns) has its rows in the pieces' own order."""
-  channels = {piece: reduced[s.batch].shape[-1] for s in batch.segments for piece in s.pieces}
-  starts = list(itertools.accumulate((channels[k] for k in range(len(channels))), initial=0))
+def _mix_by_piece(pieces: list[tuple[jax.Array, tuple[int, ...]]], w: jax.Array, *, fuse: bool) -> jax.Array:
+  """``concatenate([transpose(x, t) for x, t in pieces], -1)`` times each member's weight ``w`` (members, rows,
+  columns), without the concatenation: each piece ``x`` (members, kept..., channels) times its rows of ``w``,
+  the narrower of the piece and its product transposed (``t``: the order of the kept axes in the bundle's slots),
+  the products added."""
   z: jax.Array | None = None
-  for segment in batch.segments:
-    source = reduced[segment.batch]
-    positions = np.asarray(segment.positions)  # (members, pieces)
-    order = (0, *(t + 1 for t in segment.transpose), source.ndim - 1)
-    for k, piece in enumerate(segment.pieces):
-      part = _rows(source, positions[:, k])  # (members, kept..., channels)
-      rows = lax.slice_in_dim(w, starts[piece], starts[piece + 1], axis=1)
-      if w.shape[-1] < part.shape[-1]:  # mix, then transpose the narrower product
-        term = jnp.transpose(_mix_channels_batched(part, rows, fuse=False), order)
-      else:
-        term = _mix_channels_batched(jnp.transpose(part, order), rows, fuse=fuse)
-      z = term if z is None else z + term
+  start = 0
+  for x, transpose in pieces:
+    rows = lax.slice_in_dim(w, start, start + x.shape[-1], axis=1)
+    start += x.shape[-1]
+    order = (0, *(t + 1 for t in transpose), x.ndim - 1)
+    if w.shape[-1] < x.shape[-1]:  # mix, then transpose the narrower product
+      term = jnp.transpose(_mix_channels_batched(x, rows, fuse=False), order)
+    else:
+      term = _mix_channels_batched(jnp.transpose(x, order), rows, fuse=fuse)
+    z = term if z is None else z + term
   assert z is not None  # a bundle has pieces
   return z
+
+
+def _batch_pieces(reduced: list[jax.Array], batch: _program.BundleBatch) -> list[tuple[jax.Array, tuple[int, ...]]]:
+  """A bundle batch's pieces for :func:`_mix_by_piece`, in the pieces' own order (the order of their weight rows);
+  none where a piece is below ``_PIECEWISE_PIECE_MIN``."""
+  pieces: dict[int, tuple[jax.Array, tuple[int, ...]]] = {}
+  for segment in batch.segments:
+    source = reduced[segment.batch]
+    if math.prod(source.shape[1:]) < _PIECEWISE_PIECE_MIN:
+      return []
+    positions = np.asarray(segment.positions)  # (members, pieces)
+    for k, piece in enumerate(segment.pieces):
+      pieces[piece] = (_rows(source, positions[:, k]), segment.transpose)
+  return [pieces[k] for k in range(len(pieces))]
 
 
 def _cluster_columns(batch: _program.BundleBatch, groups: list[Group], widths: list[int]) -> np.ndarray | None:
@@ -501,16 +505,20 @@ def _apply_step_by_step(
   acc: dict[int, jax.Array] = {}  # per output leaf, the sum of its terms
   for bundle in p.bundles:
     groups = [p.groups[k] for k in bundle]
-    parts = []
-    for piece in groups[0].pieces:
-      part = reduced[piece.reduction]
-      if piece.transpose != tuple(range(len(piece.transpose))):
-        part = jnp.transpose(part, (*piece.transpose, part.ndim - 1))
-      parts.append(part)
-    inputs = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
     weights = [params[_weight_name(space_out, g)] for g in groups]
     fuse = all(_program.writes_every_entry_once(g.patterns) for g in groups)
-    z = _mix_channels(inputs, weights[0] if len(weights) == 1 else jnp.concatenate(weights, axis=1), fuse=fuse)
+    w = weights[0] if len(weights) == 1 else jnp.concatenate(weights, axis=1)
+    sources = [reduced[piece.reduction] for piece in groups[0].pieces]
+    if min(source.size for source in sources) >= _PIECEWISE_PIECE_MIN:
+      pieces = [(source[None], piece.transpose) for source, piece in zip(sources, groups[0].pieces)]
+      z = _mix_by_piece(pieces, w[None], fuse=fuse)[0]
+    else:
+      parts = []
+      for piece, part in zip(groups[0].pieces, sources):
+        if piece.transpose != tuple(range(len(piece.transpose))):
+          part = jnp.transpose(part, (*piece.transpose, part.ndim - 1))
+        parts.append(part)
+      z = _mix_channels(parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1), w, fuse=fuse)
     if groups[0].has_bias:  # signature () groups, and only they, have biases: a bundle has all or none
       biases = [params[_bias_name(space_out, g)] for g in groups]
       z = z + (biases[0] if len(biases) == 1 else jnp.concatenate(biases))
@@ -603,8 +611,9 @@ def _apply_stacks(params: Params, stacks: list[jax.Array], p: Plan, space_out: W
     weights = _members_side_by_side(params, [[_weight_name(space_out, g) for g in member] for member in groups])
     widths = [params[_weight_name(space_out, g)].shape[1] // len(g.patterns) for g in groups[0]]
     columns = _cluster_columns(batch, groups[0], widths)
-    if _by_piece(reduced, batch):
-      z = _mix_bundle_by_piece(reduced, batch, _take(weights, None, columns, offset=1), fuse=batch.fuse)
+    pieces = _batch_pieces(reduced, batch)
+    if pieces:
+      z = _mix_by_piece(pieces, _take(weights, None, columns, offset=1), fuse=batch.fuse)
     else:
       inputs, rows = _bundle_inputs(reduced, batch)
       z = _mix_channels_batched(inputs, _take(weights, rows, columns, offset=1), fuse=batch.fuse)

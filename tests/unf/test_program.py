@@ -49,9 +49,11 @@ def _jit(fn):
   return jax.jit(lambda *args: fn(*args))
 
 
-def _step_by_step(monkeypatch, fn, *args):
+def _step_by_step(monkeypatch, fn, *args, by_piece: bool = False):
+  """The reference: every step by itself, and every bundle's pieces concatenated (unless ``by_piece``)."""
   with monkeypatch.context() as patch:
     patch.setattr(linear, "_BATCH", False)
+    patch.setattr(linear, "_PIECEWISE_PIECE_MIN", 0 if by_piece else 1 << 62)
     return _jit(fn)(*args)
 
 
@@ -69,7 +71,7 @@ def _program_of(space, sizes):
 
 
 def _by_piece(monkeypatch, by_piece: bool) -> None:
-  """Every bundle runs piece by piece (as large ones do), or none does (the tests' spaces are small)."""
+  """Every batched bundle runs piece by piece (as large ones do), or none does (the tests' spaces are small)."""
   monkeypatch.setattr(linear, "_PIECEWISE_PIECE_MIN", 0 if by_piece else 1 << 62)
 
 
@@ -96,7 +98,10 @@ def test_a_batched_layer_equals_its_steps_run_one_by_one(name, features, by_piec
   params = _params(space, space, *features)
   fn = lambda t: linear.apply(params, t, space, space)  # noqa: E731
   got = _jit(fn)(x)
-  _assert_trees_close(got, _step_by_step(monkeypatch, fn, x))
+  expected = _step_by_step(monkeypatch, fn, x)
+  _assert_trees_close(got, expected)
+  if by_piece:  # the step-by-step run's own bundles, piece by piece
+    _assert_trees_close(_step_by_step(monkeypatch, fn, x, by_piece=True), expected)
   pool = lambda t: linear.invariant_pool(t, space)  # noqa: E731
   _assert_trees_close(_jit(pool)(x), _step_by_step(monkeypatch, pool, x))
   if name == "transformer":  # the comparison above ran batches of both blocks
@@ -191,6 +196,9 @@ def test_random_repeated_spaces_batch_to_the_same_numbers(spec, size, by_piece, 
   x = random_features(space, {label: size for label in space.labels}, 2, key)
   params = _params(space, space, 2, 2)
   fn = lambda t: linear.apply(params, t, space, space)  # noqa: E731
-  _assert_trees_close(_jit(fn)(x), _step_by_step(monkeypatch, fn, x))
+  expected = _step_by_step(monkeypatch, fn, x)
+  _assert_trees_close(_jit(fn)(x), expected)
+  if by_piece:
+    _assert_trees_close(_step_by_step(monkeypatch, fn, x, by_piece=True), expected)
   pool = lambda t: linear.invariant_pool(t, space)  # noqa: E731
   _assert_trees_close(_jit(pool)(x), _step_by_step(monkeypatch, pool, x))
