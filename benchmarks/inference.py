@@ -5,7 +5,10 @@ as in the ``transformer_lm`` task; the first of ``--blocks``) from its jaxpr, wi
 ``check_symmetry`` proof, then for every ``--blocks`` the seconds to enumerate one layer's basis
 (``unf.basis.plan``, part of the build) and to build a ``unf.UNF`` (two hidden layers of 16 channels) on that
 space and run it once (compile included). With ``--step-by-step`` it also times the layers run one step of the
-plan at a time (``unf.linear._BATCH = False``, as before isomorphic blocks were batched).
+plan at a time (``unf.linear._BATCH = False``, as before isomorphic blocks were batched). With ``--opt-level0``
+it also times the build + first call jitted with XLA's backend optimisation level 0
+(``jax.jit(..., compiler_options={"xla_backend_optimization_level": 0})``), and a call after the first at both
+levels: what a user who calls a UNF a few times on a new space trades.
 Each figure is a fresh measurement in this process after one warm-up of jax itself; the median of ``--repeats``
 runs. Not a test: numbers depend on the machine. Run with `make bench` or `python -m benchmarks.inference`.
 """
@@ -39,12 +42,29 @@ def _transformer(blocks: int, vocab: int):
   return apply, params, jnp.zeros((8, 8), jnp.int32)
 
 
-def _build_and_call(space, params):
+OPT_LEVEL0 = {"xla_backend_optimization_level": 0}
+
+
+def _build_and_call(space, params, compiler_options=None):
+  """Builds a fresh UNF on ``space`` and calls it once, jitted (with ``compiler_options`` if given)."""
   unf.basis.clear_caches()  # a fresh space each time, as a new user's first call
   unf._program.program.cache_clear()
   x = jax.tree.map(lambda w: w[..., None], params)
   net = unf.UNF(space, 1, 1, hidden=(16, 16), rngs=nnx.Rngs(0))
-  return nnx.jit(lambda n, t: n(t))(net, x)
+  if compiler_options is None:
+    return nnx.jit(lambda n, t: n(t))(net, x)
+  graphdef, state = nnx.split(net)
+  jitted = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t), compiler_options=compiler_options)
+  return jitted(state, x)
+
+
+def _call_seconds(space, params, compiler_options, repeats: int) -> float:
+  """Median seconds of one call after the first (compiled) of a UNF on ``space``."""
+  x = jax.tree.map(lambda w: w[..., None], params)
+  graphdef, state = nnx.split(unf.UNF(space, 1, 1, hidden=(16, 16), rngs=nnx.Rngs(0)))
+  jitted = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t), compiler_options=compiler_options)
+  jax.block_until_ready(jitted(state, x))
+  return statistics.median(_seconds(lambda: jitted(state, x)) for _ in range(max(repeats, 10)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--vocab", type=int, default=84, help="vocabulary (84: the Shakespeare task's)")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--step-by-step", action="store_true", help="also time the plan run one step at a time")
+  parser.add_argument(
+    "--opt-level0", action="store_true", help="also time the UNF jitted at XLA's backend optimisation level 0"
+  )
   args = parser.parse_args(argv)
   apply, params, tokens = _transformer(args.blocks[0], args.vocab)
   unf.infer_space(apply, params, tokens, verify=False)  # warm-up of jax's tracing machinery
@@ -72,10 +95,16 @@ def main(argv: list[str] | None = None) -> None:
       how = "" if batched else ", step by step"
       rows.append((f"UNF build + first call, {blocks} blocks{how}", statistics.median(times)))
     unf.linear._BATCH = True
+    if args.opt_level0:
+      times = [_seconds(lambda s=space, p=params: _build_and_call(s, p, OPT_LEVEL0)) for _ in range(args.repeats)]
+      rows.append((f"UNF build + first call, {blocks} blocks, XLA optimisation level 0", statistics.median(times)))
+      for name, options in (("default", None), ("level 0", OPT_LEVEL0)):
+        seconds = _call_seconds(space, params, options, args.repeats)
+        rows.append((f"UNF call after the first, {blocks} blocks, XLA optimisation {name}", seconds))
   print(f"Transformer LM (d 32, 4 heads, MLP 128, vocabulary {args.vocab})")
   print("| what | seconds (median) |\n|---|---|")
   for what, seconds in rows:
-    print(f"| {what} | {seconds:.2f} |")
+    print(f"| {what} | {seconds:.2f} |" if seconds >= 0.1 else f"| {what} | {seconds:.4f} |")
 
 
 if __name__ == "__main__":
