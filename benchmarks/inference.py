@@ -53,16 +53,20 @@ def _build_and_call(space, params, compiler_options=None):
   net = unf.UNF(space, 1, 1, hidden=(16, 16), rngs=nnx.Rngs(0))
   if compiler_options is None:
     return nnx.jit(lambda n, t: n(t))(net, x)
-  graphdef, state = nnx.split(net)
-  jitted = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t), compiler_options=compiler_options)
+  jitted, state = _jitted(net, compiler_options)
   return jitted(state, x)
+
+
+def _jitted(net: nnx.Module, compiler_options):
+  """``(call, state)``: ``net``'s call jitted with ``compiler_options`` (which ``nnx.jit`` does not take)."""
+  graphdef, state = nnx.split(net)
+  return jax.jit(lambda s, t: nnx.merge(graphdef, s)(t), compiler_options=compiler_options), state
 
 
 def _call_seconds(space, params, compiler_options, repeats: int) -> float:
   """Median seconds of one call after the first (compiled) of a UNF on ``space``."""
   x = jax.tree.map(lambda w: w[..., None], params)
-  graphdef, state = nnx.split(unf.UNF(space, 1, 1, hidden=(16, 16), rngs=nnx.Rngs(0)))
-  jitted = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t), compiler_options=compiler_options)
+  jitted, state = _jitted(unf.UNF(space, 1, 1, hidden=(16, 16), rngs=nnx.Rngs(0)), compiler_options)
   jax.block_until_ready(jitted(state, x))
   return statistics.median(_seconds(lambda: jitted(state, x)) for _ in range(max(repeats, 10)))
 
