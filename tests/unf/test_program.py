@@ -53,7 +53,7 @@ def _step_by_step(monkeypatch, fn, *args, by_piece: bool = False):
   """The reference: every step by itself, and every bundle's pieces concatenated (unless ``by_piece``)."""
   with monkeypatch.context() as patch:
     patch.setattr(linear, "_BATCH", False)
-    patch.setattr(linear, "_PIECEWISE_PIECE_MIN", 0 if by_piece else 1 << 62)
+    _by_piece(patch, by_piece)
     return _jit(fn)(*args)
 
 
